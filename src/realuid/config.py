@@ -1,0 +1,299 @@
+"""Strict loading of ``params.yaml``: one frozen dataclass per section.
+
+Every stage validates the whole file before doing any work, so a typo anywhere stops the pipeline at the
+first stage with a message that names the key. Unknown keys, missing keys, wrong types and values out of
+range are all errors; nothing is filled in silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the offending key."""
+
+
+def _spec(*, choices=None, ge=None, gt=None, le=None, lt=None, doc: str = "") -> dict:
+    return {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+
+
+def opt(default=dataclasses.MISSING, **spec) -> Any:
+    """A dataclass field carrying validation metadata (choices and numeric bounds)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=_spec(**spec))
+    return field(default=default, metadata=_spec(**spec))
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """The matching family shared by teacher, distillation and sampling."""
+
+    name: str = opt(choices=("fm", "diffusion", "si", "bridge"))
+    schedule: str = opt(choices=("vp", "ve"), doc="diffusion: noise schedule")
+    prediction: str = opt(choices=("eps", "x1"), doc="diffusion: regression target")
+    generator_sigma: float = opt(gt=0, doc="diffusion: noise level (EDM units) the generator starts from")
+    interpolant: str = opt(choices=("linear", "trig"), doc="si: the A(t), B(t) pair")
+    sigma: float = opt(ge=0, doc="si: gamma(t) = sigma*sqrt(t(1-t)); bridge: Brownian noise")
+
+    def options(self) -> dict:
+        """Keyword arguments of :func:`realuid.matching.make_family` for this family."""
+        by_family = {
+            "fm": {},
+            "diffusion": {
+                "schedule": self.schedule,
+                "prediction": self.prediction,
+                "generator_sigma": self.generator_sigma,
+            },
+            "si": {"interpolant": self.interpolant, "sigma": self.sigma},
+            "bridge": {"sigma": self.sigma},
+        }
+        return by_family[self.name]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    source: str = opt(choices=("toy", "digits", "cifar10", "file"))
+    toy: str = opt(choices=("gmm8", "checkerboard", "moons"))
+    path: str = opt(doc="file: .npz/.h5 of the user's data; cifar10: torchvision folder or archive")
+    pairing: str = opt(choices=("none", "noise", "mask", "downsample"), doc="x0 = degraded x1 (bridges)")
+    pairing_strength: float = opt(ge=0)
+    normalize: bool = opt(doc="file: map each dimension affinely into [-1, 1]")
+    n_train: int = opt(gt=0, doc="toy: number of training points")
+    n_test: int = opt(gt=0, doc="toy: number of held-out points")
+    test_fraction: float = opt(gt=0, lt=1, doc="digits/file: held-out fraction")
+    download: bool = opt(doc="cifar10: allow torchvision to download")
+    seed: int = opt(ge=0)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The offline feature extractor behind the default image metrics."""
+
+    steps: int = opt(gt=0)
+    batch_size: int = opt(gt=0)
+    lr: float = opt(gt=0)
+    seed: int = opt(ge=0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone of teacher, fake model and generator (they share one architecture)."""
+
+    arch: str = opt(choices=("auto", "mlp", "unet"), doc="auto: mlp for points, unet for images")
+    hidden_dim: int = opt(gt=0, doc="mlp")
+    depth: int = opt(gt=0, doc="mlp: hidden layers")
+    time_embed_dim: int = opt(gt=0, doc="mlp")
+    channels: int = opt(gt=0, doc="unet: base channels")
+    channel_mult: list[int] = opt(doc="unet: per-resolution multipliers")
+    num_res_blocks: int = opt(gt=0, doc="unet")
+    attention_resolutions: str = opt(doc="unet: comma-separated resolutions, '' for none")
+    num_heads: int = opt(gt=0, doc="unet")
+    num_head_channels: int = opt(doc="unet: -1 to use num_heads")
+    dropout: float = opt(ge=0, lt=1)
+    class_cond: bool = opt(doc="condition on the data set's labels")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam with linear warm-up and global-norm clipping."""
+
+    lr: float = opt(gt=0)
+    betas: list[float] = opt()
+    warmup_steps: int = opt(ge=0)
+    grad_clip: float = opt(ge=0, doc="0 disables clipping")
+
+
+@dataclass(frozen=True)
+class TrainTeacherConfig:
+    model: ModelConfig = opt()
+    optim: OptimConfig = opt()
+    steps: int = opt(gt=0)
+    batch_size: int = opt(gt=0)
+    ema_decay: float = opt(ge=0, lt=1)
+    checkpoint_every_steps: int = opt(gt=0)
+    log_every_steps: int = opt(gt=0)
+    seed: int = opt(ge=0)
+    device: str = opt(doc="auto | cpu | cuda | cuda:N")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = opt(gt=0, doc="generator updates")
+    fake_updates_per_generator_update: int = opt(gt=0)
+    batch_size: int = opt(gt=0)
+    generator_optim: OptimConfig = opt()
+    fake_optim: OptimConfig = opt()
+    fake_init: str = opt(choices=("random", "teacher"))
+    ema_decays: list[float] = opt()
+    checkpoint_every_steps: int = opt(gt=0)
+    log_every_steps: int = opt(gt=0)
+    seed: int = opt(ge=0)
+    device: str = opt(doc="auto | cpu | cuda | cuda:N")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n_samples: int = opt(gt=0)
+    batch_size: int = opt(gt=0)
+    teacher_nfe: int = opt(gt=0)
+    teacher_method: str = opt(choices=("euler", "heun", "sde"))
+    generator_ema: str = opt(doc="'none' for the raw generator, else one of distill.ema_decays")
+    seed: int = opt(ge=0, doc="sample i uses seed + i")
+    device: str = opt(doc="auto | cpu | cuda | cuda:N")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    feature_extractor: str = opt(choices=("realuid-features", "inception-v3-compat"))
+    feature_extractor_weights_path: str = opt(doc="inception-v3-compat: weights file you supply")
+    kid_subset_size: int = opt(gt=1)
+    batch_size: int = opt(gt=0)
+    seed: int = opt(ge=0)
+
+
+@dataclass(frozen=True)
+class Params:
+    alpha: float = opt(gt=0, le=1, doc="RealUID weight of generated samples in the fake model's norm term")
+    beta: float = opt(gt=0, le=1, doc="RealUID weight of generated samples in the fake model's cross term")
+    family: FamilyConfig = opt()
+    prepare: PrepareConfig = opt()
+    features: FeaturesConfig = opt()
+    train_teacher: TrainTeacherConfig = opt()
+    distill: DistillConfig = opt()
+    sample: SampleConfig = opt()
+    evaluate: EvaluateConfig = opt()
+
+
+# --------------------------------------------------------------------------------------------------
+# Loader
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_value(key: str, value: Any, expected: Any, meta: dict) -> Any:
+    """Type-check one leaf value (no coercion except int -> float) and apply its bounds."""
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {item_type.__name__}, got {value!r}")
+        return [_check_value(f"{key}[{i}]", v, item_type, {}) for i, v in enumerate(value)]
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    elif expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    elif expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, meta['choices']))}")
+    for bound, ok, word in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
+        if meta.get(bound) is not None and not ok(value, meta[bound]):
+            raise ConfigError(f"{key}: must be {word} {meta[bound]}, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown and missing keys."""
+    where = prefix.rstrip(".") or "params"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} (valid keys of {where}: {', '.join(fields)})")
+    missing = [name for name in fields if name not in data]
+    if missing:
+        raise ConfigError(f"missing key {prefix}{missing[0]}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = build(hints[name], data[name], key + ".")
+        else:
+            values[name] = _check_value(key, data[name], hints[name], f.metadata)
+    obj = cls(**values)
+    _check_cross_fields(obj, prefix)
+    return obj
+
+
+def _check_cross_fields(obj: Any, prefix: str) -> None:
+    """Constraints that involve more than one key."""
+    if isinstance(obj, OptimConfig):
+        if len(obj.betas) != 2 or not all(0 <= b < 1 for b in obj.betas):
+            raise ConfigError(f"{prefix}betas: expected two numbers in [0, 1), got {obj.betas!r}")
+    if isinstance(obj, ModelConfig):
+        if not obj.channel_mult or any(m <= 0 for m in obj.channel_mult):
+            raise ConfigError(f"{prefix}channel_mult: expected positive integers, got {obj.channel_mult!r}")
+        if obj.attention_resolutions and not all(
+            p.strip().isdigit() for p in obj.attention_resolutions.split(",")
+        ):
+            raise ConfigError(f"{prefix}attention_resolutions: expected e.g. '16' or '16,8' or ''")
+    if isinstance(obj, DistillConfig):
+        if not all(0 < d < 1 for d in obj.ema_decays):
+            raise ConfigError(f"{prefix}ema_decays: each decay must be in (0, 1), got {obj.ema_decays!r}")
+        if len(set(obj.ema_decays)) != len(obj.ema_decays):
+            raise ConfigError(f"{prefix}ema_decays: duplicate decays {obj.ema_decays!r}")
+    if hasattr(obj, "device"):
+        dev = obj.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
+    if isinstance(obj, Params):
+        ema = obj.sample.generator_ema
+        if ema != "none" and ema_key(ema) not in {ema_key(d) for d in obj.distill.ema_decays}:
+            raise ConfigError(
+                f"sample.generator_ema: {ema!r} is not 'none' nor one of distill.ema_decays "
+                f"{obj.distill.ema_decays}"
+            )
+        if obj.family.name == "bridge" and obj.prepare.pairing == "none":
+            raise ConfigError("family.name: the bridge family needs paired data; set prepare.pairing")
+        if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
+            raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
+
+
+def ema_key(decay: float | str) -> str:
+    """Canonical string of an EMA decay, as used for checkpoint keys (``0.999`` -> ``"0.999"``)."""
+    return repr(float(decay))
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raises :class:`ConfigError` naming the first bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"params file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    return build(Params, data)
+
+
+def to_dict(obj: Any) -> dict:
+    """Plain-dict view of a config dataclass (for checkpoints, hashes and logs)."""
+    return dataclasses.asdict(obj)
