@@ -346,8 +346,9 @@ class Family:
     def _time_tensor(t: float | Tensor, like: Tensor) -> Tensor:
         if isinstance(t, Tensor):
             return t
-        t = _check_real(t, "t")
-        return torch.full((like.shape[0],), t, dtype=_coef_dtype(like.dtype), device=like.device)
+        if isinstance(t, bool) or not isinstance(t, Real):
+            raise ValueError(f"t must be a real number or a [B] tensor, got {t!r}")
+        return torch.full((like.shape[0],), float(t), dtype=_coef_dtype(like.dtype), device=like.device)
 
     def _check_conversion(self, t: Tensor, x_t: Tensor, output: Tensor) -> Tensor:
         _check_batch(x_t, "x_t")
