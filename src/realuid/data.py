@@ -284,6 +284,8 @@ _PICKLE_ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),  # protocol 5 pickles of arrays
+    ("numpy.core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
@@ -723,17 +725,26 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
                         compression_opts=H5_GZIP_LEVEL,
                         shuffle=True,
                         fletcher32=True,
-                        # HDF5 stamps each dataset with its creation time unless told not to.
+                        # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
                         track_times=False,
                     )
             for key in sorted(all_attrs):
                 f.attrs[key] = _attr_value(all_attrs[key])
+        # mkstemp creates the file private (0600); give it the mode a plain open() would.
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
     return digest
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (reading it requires setting it; it is restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _plain(value: Any) -> Any:
