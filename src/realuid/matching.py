@@ -293,7 +293,7 @@ class Family:
             noise = _randn_like(x0, generator)
         coefficients = self._coefficients_for(t, x0)
         x_t, g = build_path(coefficients, x0, x1, noise)
-        weight = self.time_weight(t.to(coefficients.A.dtype)).to(x0.dtype)
+        weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.A.dtype)).to(x0.dtype)
         return PathSample(x_t=x_t, target=g, weight=weight)
 
     def source_state(self, x0: Tensor, t: float | Tensor) -> Tensor:
@@ -305,7 +305,7 @@ class Family:
         _check_batch(x0, "x0")
         t = self._time_tensor(t, x0)
         _check_time(t, x0.shape[0], 0.0, self.t_end, f"the {self.name!r} source state")
-        A = self._source_coefficient(t.to(_coef_dtype(x0.dtype)))
+        A = self._source_coefficient(t.to(device=x0.device, dtype=_coef_dtype(x0.dtype)))
         return (_as_column(A, x0) * x0).to(x0.dtype)
 
     # -- conversions of a model output
