@@ -1,0 +1,76 @@
+"""Backbones and the one-step generator wrapper.
+
+Every network is described by a plain ``spec`` dict (architecture name, data shape, number of classes
+and the architecture's own arguments). Checkpoints carry that spec, so a checkpoint rebuilds its own
+model with :func:`build_model` and nothing else.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .generator import OneStepGenerator
+from .mlp import MLP
+
+
+def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict:
+    """The constructor spec for ``model_cfg`` (a :class:`realuid.config.ModelConfig`) on this data.
+
+    ``arch: auto`` picks the MLP for points ([D]) and the UNet for images ([C, H, W]).
+    """
+    data_shape = tuple(int(s) for s in data_shape)
+    arch = model_cfg.arch
+    if arch == "auto":
+        arch = "mlp" if len(data_shape) == 1 else "unet"
+    classes = num_classes if model_cfg.class_cond else 0
+    if model_cfg.class_cond and num_classes < 1:
+        raise ValueError("model.class_cond is true but the data set has no labels")
+    if arch == "mlp":
+        if len(data_shape) != 1:
+            raise ValueError(f"the mlp backbone needs points of shape [D], the data has shape {list(data_shape)}")
+        args = dict(
+            dim=data_shape[0],
+            hidden_dim=model_cfg.hidden_dim,
+            depth=model_cfg.depth,
+            time_embed_dim=model_cfg.time_embed_dim,
+            num_classes=classes,
+            dropout=model_cfg.dropout,
+        )
+    else:
+        if len(data_shape) != 3:
+            raise ValueError(f"the unet backbone needs images [C, H, W], the data has shape {list(data_shape)}")
+        size = data_shape[-1]
+        if size % 2 ** (len(model_cfg.channel_mult) - 1):
+            raise ValueError(
+                f"image size {size} is not divisible by 2^{len(model_cfg.channel_mult) - 1} "
+                f"(model.channel_mult has {len(model_cfg.channel_mult)} levels)"
+            )
+        args = dict(
+            shape=list(data_shape),
+            channels=model_cfg.channels,
+            channel_mult=list(model_cfg.channel_mult),
+            num_res_blocks=model_cfg.num_res_blocks,
+            attention_resolutions=model_cfg.attention_resolutions,
+            num_heads=model_cfg.num_heads,
+            num_head_channels=model_cfg.num_head_channels,
+            dropout=model_cfg.dropout,
+            num_classes=classes,
+        )
+    return {"arch": arch, "args": args}
+
+
+def build_model(spec: dict) -> nn.Module:
+    """Instantiate the network a spec describes (fresh random weights)."""
+    arch, args = spec["arch"], dict(spec["args"])
+    if arch == "mlp":
+        return MLP(**args)
+    if arch == "unet":
+        # Imported lazily: torchcfm pulls in extra modules that point-only runs never need.
+        from .unet import UNet
+
+        args["shape"] = tuple(args["shape"])
+        return UNet(**args)
+    raise ValueError(f"unknown architecture {arch!r} in model spec")
+
+
+__all__ = ["MLP", "OneStepGenerator", "build_model", "model_spec"]

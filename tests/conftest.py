@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tests run many tiny tensor ops; on a 2-core machine thread hand-offs cost more than they save.
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def subprocess_env():
+    """Environment for running stage CLIs as real subprocesses (the package from src/, one thread)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env

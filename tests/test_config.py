@@ -1,0 +1,92 @@
+"""Strict params loading: the committed params.yaml loads; every kind of mistake names its key."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from realuid.config import ConfigError, ema_key, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def edited(**changes) -> dict:
+    data = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return data
+
+
+def test_committed_params_load():
+    params = load_params(ROOT / "params.yaml")
+    assert 0 < params.alpha <= 1 and 0 < params.beta <= 1
+    assert params.family.name in ("fm", "diffusion", "si", "bridge")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"bogus": 1}, "unknown key bogus"),
+        ({"distill__bogus": 1}, "unknown key distill.bogus"),
+        ({"train_teacher__model__bogus": 1}, "unknown key train_teacher.model.bogus"),
+        ({"alpha": KeyError}, "missing key alpha"),
+        ({"distill__generator_optim__lr": KeyError}, "missing key distill.generator_optim.lr"),
+        ({"alpha": 1.5}, "alpha: must be <= 1"),
+        ({"alpha": 0.0}, "alpha: must be > 0"),
+        ({"beta": "high"}, "beta: expected a number"),
+        ({"alpha": True}, "alpha: expected a number"),
+        ({"distill__steps": 10.5}, "distill.steps: expected an integer"),
+        ({"distill__steps": 0}, "distill.steps: must be > 0"),
+        ({"family__name": "gan"}, "family.name: 'gan' is not one of"),
+        ({"prepare__download": "yes"}, "prepare.download: expected true or false"),
+        ({"distill__ema_decays": [0.9, 1.0]}, "distill.ema_decays"),
+        ({"distill__fake_optim__betas": [0.9]}, "distill.fake_optim.betas"),
+        ({"sample__generator_ema": "0.5"}, "sample.generator_ema"),
+        ({"distill__device": "tpu"}, "distill.device"),
+        ({"train_teacher__model__channel_mult": [1, 0]}, "train_teacher.model.channel_mult"),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_params(write(tmp_path, edited(**changes)))
+
+
+def test_bridge_needs_pairing(tmp_path):
+    with pytest.raises(ConfigError, match="paired data"):
+        load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="none")))
+    load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise")))
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(path)
+    path.write_text("alpha: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_int_is_accepted_where_a_float_is_expected(tmp_path):
+    assert load_params(write(tmp_path, edited(alpha=1))).alpha == 1.0
+
+
+def test_ema_key_is_canonical():
+    assert ema_key(0.999) == ema_key("0.999") == "0.999"
