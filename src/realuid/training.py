@@ -1,0 +1,532 @@
+"""Training loops: the teacher's matching regression and RealUID distillation, both resumable.
+
+Resuming: every random draw of step ``k`` comes from a generator seeded by ``(seed, k, phase)`` and the
+data order of epoch ``e`` from one seeded by ``(seed, e)``, so the loop's randomness is a pure function of
+the step counter. A checkpoint therefore only needs weights, optimizer, scheduler and EMA state plus the
+step; a run killed at any point and started again ends with bit-identical weights on CPU (tested).
+
+Host synchronisation: losses and gradient norms are accumulated on the device and read once per log
+interval; the NaN/Inf check happens there too, and a checkpoint is written only after the check passed,
+so the last checkpoint on disk is always a good one.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .losses import fake_loss, generator_loss, matching_loss
+from .models import OneStepGenerator, build_model
+
+CHECKPOINT_FORMAT = "realuid-checkpoint/1"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Small utilities: devices, files, seeds
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+
+
+def state_key(*parts) -> str:
+    """Short stable hash of JSON-serialisable parts, naming the state folder of a configuration."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (inputs of a stage are part of its state key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _seed_value(seed: int, *counters: int) -> int:
+    """A 63-bit seed that depends only on (seed, counters): the basis of exact resume."""
+    mixed = hashlib.sha256(repr((seed, *counters)).encode()).digest()
+    return int.from_bytes(mixed[:8], "little") & ((1 << 63) - 1)
+
+
+def _seeded(seed: int, *counters: int, device: torch.device) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(_seed_value(seed, *counters))
+    return gen
+
+
+# --------------------------------------------------------------------------------------------------
+# Data batches
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainData:
+    """A training split on the device: ``x1`` [N, ...] data, ``y`` [N] labels, ``x0`` [N, ...] pairs."""
+
+    x1: torch.Tensor
+    y: torch.Tensor | None = None
+    x0: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x1.shape[0]
+
+
+class BatchStream:
+    """Batch ``k`` of a shuffled, epoch-based stream, computable from ``k`` alone."""
+
+    def __init__(self, data: TrainData, batch_size: int, seed: int):
+        if batch_size > len(data):
+            raise ValueError(f"batch_size {batch_size} is larger than the training set ({len(data)} samples)")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.per_epoch = len(data) // batch_size  # the ragged tail of an epoch is dropped
+        self._epoch, self._perm = None, None
+
+    def __call__(self, k: int) -> TrainData:
+        epoch, pos = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            gen = _seeded(self.seed, epoch, device=torch.device("cpu"))
+            self._perm = torch.randperm(len(self.data), generator=gen).to(self.data.x1.device)
+            self._epoch = epoch
+        idx = self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        return TrainData(self.data.x1[idx], pick(self.data.y), pick(self.data.x0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimisation pieces
+# --------------------------------------------------------------------------------------------------
+
+
+class EMA:
+    """Exponential moving averages of a module's parameters and buffers, at several decays at once.
+
+    The effective decay is ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run is not
+    dominated by its starting weights.
+    """
+
+    def __init__(self, module: nn.Module, decays: Iterable[float]):
+        self.decays = [float(d) for d in decays]
+        self.updates = 0
+        self.shadows = {d: copy.deepcopy(module.state_dict()) for d in self.decays}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.updates += 1
+        current = module.state_dict()
+        for decay, shadow in self.shadows.items():
+            d = min(decay, (1 + self.updates) / (10 + self.updates))
+            for name, value in current.items():
+                if value.is_floating_point():
+                    shadow[name].lerp_(value, 1.0 - d)
+                else:
+                    shadow[name].copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadows": {repr(d): s for d, s in self.shadows.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for d in self.decays:
+            for name, value in state["shadows"][repr(d)].items():
+                self.shadows[d][name].copy_(value)
+
+
+def make_optimizer(params, optim_cfg) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam with a linear learning-rate warm-up over ``warmup_steps`` optimizer steps."""
+    opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+    warmup = optim_cfg.warmup_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return opt, sched
+
+
+def optimizer_step(loss, params, opt, sched, grad_clip: float) -> torch.Tensor:
+    """Backward, global-norm clip (0 = no clipping), step; returns the pre-clip gradient norm (on device)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    opt.step()
+    sched.step()
+    return norm.detach()
+
+
+class CurveLog:
+    """Training curves as CSV (one row per log interval), trimmed to the checkpoint step on resume."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, ["step", *fields]
+
+    def trim(self, last_step: int) -> None:
+        """Drop rows logged after ``last_step`` (the run was killed before its next checkpoint)."""
+        rows = self.rows()
+        kept = [r for r in rows if int(r["step"]) <= last_step]
+        self._write(kept)
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def _write(self, rows: list[dict]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, self.fields)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+class Meter:
+    """Sums of per-step scalars kept on the device; read (one host sync) at log boundaries."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, **values: torch.Tensor) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def read(self) -> dict[str, float]:
+        means = {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+def _check_finite(means: dict[str, float], step: int, checkpoint: Path) -> None:
+    bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+    if bad:
+        where = f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists() else "no checkpoint yet"
+        raise TrainingDiverged(
+            f"training diverged before step {step}: {', '.join(f'{k}={v}' for k, v in bad.items())}; "
+            f"{where}. Lower the learning rate or raise the warm-up, then run the same command again."
+        )
+
+
+def _draw(family, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Source endpoint, time and extra path noise for one batch: (x0, t, noise)."""
+    x1 = batch.x1
+    x0 = batch.x0 if family.paired else family.sample_source(x1, generator=gen)
+    t = family.sample_time(x1.shape[0], generator=gen, device=x1.device)
+    noise = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype) if family.needs_noise else None
+    return x0, t, noise
+
+
+def _progress(total: int, start: int, desc: str, enabled: bool):
+    return tqdm(total=total, initial=start, desc=desc, disable=not enabled, mininterval=1.0, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Teacher
+# --------------------------------------------------------------------------------------------------
+
+
+def train_teacher(
+    family,
+    data: TrainData,
+    spec: dict,
+    cfg,
+    state_dir: str | Path,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``f(t, x_t, y)`` by the universal matching loss on real data; resumes from ``state_dir``.
+
+    ``cfg`` is a :class:`realuid.config.TrainTeacherConfig`. ``stop_after`` ends the call early at that
+    step (after checkpointing), which is how tests simulate a killed run. Returns the final checkpoint
+    dict: ``{"format", "kind": "teacher", "spec", "state_dict", "ema_state_dict", "step"}``.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = state_dir / "checkpoint.pt"
+    device = data.x1.device
+    torch.manual_seed(cfg.seed)  # initial weights
+    model = build_model(spec).to(device)
+    ema = EMA(model, [cfg.ema_decay])
+    opt, sched = make_optimizer(model.parameters(), cfg.optim)
+    log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
+    stream = BatchStream(data, cfg.batch_size, cfg.seed)
+    labels = spec["args"].get("num_classes", 0) > 0
+
+    start = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        ema.load_state_dict(state["ema"])
+        start = state["step"]
+    log.trim(start)
+
+    def save(step: int) -> None:
+        atomic_save(
+            {"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "ema": ema.state_dict()},
+            ckpt_path,
+        )
+
+    meter = Meter()
+    model.train()
+    bar = _progress(cfg.steps, start, "teacher", progress)
+    for step in range(start, cfg.steps):
+        gen = _seeded(cfg.seed, step, 0, device=device)
+        torch.manual_seed(_seed_value(cfg.seed, step, -1))  # dropout draws, if any
+        batch = stream(step)
+        x0, t, noise = _draw(family, batch, gen)
+        path = family.path_sample(x0, batch.x1, t, noise)
+        pred = model(t, path.x_t, batch.y if labels else None)
+        loss = matching_loss(pred, path.target, path.weight).mean()
+        norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip)
+        ema.update(model)
+        meter.add(loss=loss, grad_norm=norm)
+        done = step + 1
+        bar.update(1)
+        at_log = done % cfg.log_every_steps == 0 or done == cfg.steps
+        at_ckpt = done % cfg.checkpoint_every_steps == 0 or done == cfg.steps or done == stop_after
+        if at_log or at_ckpt:
+            means = meter.read()
+            _check_finite(means, done, ckpt_path)
+            log.append({"step": done, **means, "lr": sched.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{means['loss']:.4g}")
+        if at_ckpt:
+            save(done)
+        if done == stop_after:
+            break
+    bar.close()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "teacher",
+        "spec": spec,
+        "state_dict": model.state_dict(),
+        "ema_state_dict": ema.shadows[float(cfg.ema_decay)],
+        "step": min(cfg.steps, stop_after or cfg.steps),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# RealUID distillation
+# --------------------------------------------------------------------------------------------------
+
+
+class RealUID:
+    """The two phases of RealUID distillation over a frozen teacher ``f*``.
+
+    ``generator`` starts as a copy of ``student_init`` (default: the teacher), the fake model from the
+    teacher or from random weights (``cfg.fake_init``). Each phase has its own optimizer and touches only
+    its own network: the fake step samples the generator without autograd, the generator step freezes the
+    fake model so its gradients stay as the fake step left them.
+    """
+
+    def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
+                 device: torch.device, student_init: nn.Module | None = None):
+        self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
+        self.labels = spec["args"].get("num_classes", 0) > 0
+        self.data_free = alpha == 1 and beta == 1
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        init = student_init if student_init is not None else teacher
+        self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).train()
+        torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
+        self.fake = build_model(spec).to(device).train()
+        if cfg.fake_init == "teacher":
+            self.fake.load_state_dict(teacher.state_dict())
+        self.fake.requires_grad_(True)
+        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim)
+        self.fake_opt, self.fake_sched = make_optimizer(self.fake.parameters(), cfg.fake_optim)
+        self.ema = EMA(self.generator.net, cfg.ema_decays)
+
+    def _inputs(self, batch: TrainData, gen: torch.Generator):
+        """Labels and the generator's input: fresh noise, or the corrupted input of a pair."""
+        y = batch.y if self.labels else None
+        z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, generator=gen)
+        return y, z
+
+    def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of the fake model ``f``; returns (loss, gradient norm) on the device."""
+        y, z = self._inputs(batch, gen)
+        with torch.no_grad():  # the generator is only a sampler here
+            x1_gen = self.generator(z, y)
+        # Generated and real terms share t, x0 and the path noise within the step.
+        x0, t, noise = _draw(self.family, batch, gen)
+        gen_path = self.family.path_sample(x0, x1_gen, t, noise)
+        if self.data_free:
+            f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y), None, None
+        else:
+            data_path = self.family.path_sample(x0, batch.x1, t, noise)
+            # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
+            both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]), None if y is None else y.repeat(2))
+            f_gen, f_data = both.chunk(2)
+            data_target = data_path.target
+        loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
+                         weight=gen_path.weight).mean()
+        norm = optimizer_step(loss, self.fake.parameters(), self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
+        return loss.detach(), norm
+
+    def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of the generator through ``x1_gen``; returns (loss, gradient norm) on the device."""
+        y, z = self._inputs(batch, gen)
+        x1_gen = self.generator(z, y)
+        x0, t, noise = _draw(self.family, batch, gen)
+        gen_path = self.family.path_sample(x0, x1_gen, t, noise)
+        self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
+        try:
+            loss = generator_loss(self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y), gen_path.target,
+                                  alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
+            norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
+                                  self.cfg.generator_optim.grad_clip)
+        finally:
+            self.fake.requires_grad_(True)
+        self.ema.update(self.generator.net)
+        return loss.detach(), norm
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.net.state_dict(), "fake": self.fake.state_dict(),
+                "gen_opt": self.gen_opt.state_dict(), "gen_sched": self.gen_sched.state_dict(),
+                "fake_opt": self.fake_opt.state_dict(), "fake_sched": self.fake_sched.state_dict(),
+                "ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.net.load_state_dict(state["generator"])
+        self.fake.load_state_dict(state["fake"])
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.gen_sched.load_state_dict(state["gen_sched"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
+        self.fake_sched.load_state_dict(state["fake_sched"])
+        self.ema.load_state_dict(state["ema"])
+
+
+def distill(
+    family,
+    data: TrainData,
+    teacher: nn.Module,
+    spec: dict,
+    cfg,
+    state_dir: str | Path,
+    *,
+    alpha: float,
+    beta: float,
+    progress: bool = True,
+    stop_after: int | None = None,
+    student_init: nn.Module | None = None,
+    on_log: Callable[[dict, nn.Module], None] | None = None,
+) -> dict:
+    """RealUID distillation: ``cfg.fake_updates_per_generator_update`` fake steps, then one generator step.
+
+    ``teacher`` is the frozen multi-step model ``f*`` (see :class:`RealUID`); ``cfg`` is a
+    :class:`realuid.config.DistillConfig`; resumes from ``state_dir``. ``on_log(row, generator)`` is called
+    at each log interval (benchmarks follow convergence with it). Returns the generator checkpoint dict
+    ``{"format", "kind": "generator", "spec", "state_dict", "ema": {decay: state_dict}, "alpha", "beta", "step"}``.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = state_dir / "checkpoint.pt"
+    device = data.x1.device
+    uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=device, student_init=student_init)
+    log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
+    stream = BatchStream(data, cfg.batch_size, cfg.seed)
+    phases = cfg.fake_updates_per_generator_update + 1
+
+    start = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        uid.load_state_dict(state)
+        start = state["step"]
+    log.trim(start)
+
+    meter = Meter()
+    bar = _progress(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress)
+    for step in range(start, cfg.steps):
+        torch.manual_seed(_seed_value(cfg.seed, step, -1))  # dropout draws, if any
+        # Batches and draws are indexed by (step, phase): the loop's randomness is a function of `step`.
+        for k in range(phases - 1):
+            f_loss, f_norm = uid.fake_step(stream(step * phases + k), _seeded(cfg.seed, step, k, device=device))
+        last = phases - 1
+        g_loss, g_norm = uid.generator_step(stream(step * phases + last), _seeded(cfg.seed, step, last, device=device))
+        meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
+        done = step + 1
+        bar.update(1)
+        at_log = done % cfg.log_every_steps == 0 or done == cfg.steps
+        at_ckpt = done % cfg.checkpoint_every_steps == 0 or done == cfg.steps or done == stop_after
+        if at_log or at_ckpt:
+            means = meter.read()
+            _check_finite(means, done, ckpt_path)
+            row = {"step": done, **means}
+            log.append(row)
+            if on_log is not None:
+                on_log(row, uid.generator)
+            bar.set_postfix(fake=f"{means['fake_loss']:.3g}", gen=f"{means['generator_loss']:.3g}")
+        if at_ckpt:
+            atomic_save({"step": done, **uid.state_dict()}, ckpt_path)
+        if done == stop_after:
+            break
+    bar.close()
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": "generator",
+        "spec": spec,
+        "state_dict": uid.generator.net.state_dict(),
+        "ema": {repr(d): s for d, s in uid.ema.shadows.items()},
+        "alpha": alpha,
+        "beta": beta,
+        "step": min(cfg.steps, stop_after or cfg.steps),
+    }

@@ -1,0 +1,196 @@
+"""Training loops: exact resume, phase isolation, divergence handling, and that distillation works."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from realuid.analytic import gmm8
+from realuid.config import DistillConfig, ModelConfig, OptimConfig, TrainTeacherConfig
+from realuid.matching import make_family
+from realuid.metrics import sliced_wasserstein2
+from realuid import training
+from realuid.models import build_model, model_spec
+from realuid.training import RealUID, TrainData, TrainingDiverged, distill, train_teacher
+
+MODEL = ModelConfig(arch="auto", hidden_dim=32, depth=1, time_embed_dim=16, channels=8, channel_mult=[1, 2],
+                    num_res_blocks=1, attention_resolutions="", num_heads=1, num_head_channels=-1,
+                    dropout=0.0, class_cond=False)
+OPTIM = OptimConfig(lr=2e-3, betas=[0.9, 0.999], warmup_steps=5, grad_clip=1.0)
+TEACHER = TrainTeacherConfig(model=MODEL, optim=OPTIM, steps=12, batch_size=64, ema_decay=0.99,
+                             checkpoint_every_steps=5, log_every_steps=2, seed=3, device="cpu")
+DISTILL = DistillConfig(steps=6, fake_updates_per_generator_update=2, batch_size=64,
+                        generator_optim=dataclasses.replace(OPTIM, betas=[0.0, 0.999]),
+                        fake_optim=dataclasses.replace(OPTIM, betas=[0.0, 0.999]), fake_init="random",
+                        ema_decays=[0.9, 0.99], checkpoint_every_steps=4, log_every_steps=2, seed=5, device="cpu")
+
+
+def toy_data(family, n=256, shape=(2,), classes=0):
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand(n, *shape, generator=g) * 2 - 1
+    y = torch.randint(0, classes, (n,), generator=g) if classes else None
+    x0 = (x1 + 0.3 * torch.randn(x1.shape, generator=g)).clamp(-1, 1) if family.paired else None
+    return TrainData(x1, y, x0)
+
+
+def spec_for(shape=(2,), classes=0):
+    return model_spec(dataclasses.replace(MODEL, class_cond=bool(classes)), shape, classes)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(monkeypatch, call: int):
+    """Make the n-th optimizer step raise, like a kill at an arbitrary point between checkpoints."""
+    real, calls = training.optimizer_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "optimizer_step", step)
+    return lambda: monkeypatch.setattr(training, "optimizer_step", real)
+
+
+@pytest.mark.parametrize("family_name", ["fm", "bridge", "si", "diffusion"])
+def test_teacher_resume_is_bit_identical(tmp_path, monkeypatch, family_name):
+    family = make_family(family_name)
+    data, spec = toy_data(family), spec_for()
+    straight = train_teacher(family, data, spec, TEACHER, tmp_path / "a", progress=False)
+    undo = crash_at(monkeypatch, 8)  # between the checkpoints at steps 5 and 10
+    with pytest.raises(Crash):
+        train_teacher(family, data, spec, TEACHER, tmp_path / "b", progress=False)
+    undo()
+    resumed = train_teacher(family, data, spec, TEACHER, tmp_path / "b", progress=False)
+    assert same_weights(straight["state_dict"], resumed["state_dict"])
+    assert same_weights(straight["ema_state_dict"], resumed["ema_state_dict"])
+    # The curve log of the resumed run equals the uninterrupted one (rows after the crash are redone once).
+    assert (tmp_path / "a" / "curves.csv").read_text() == (tmp_path / "b" / "curves.csv").read_text()
+
+
+@pytest.mark.parametrize("family_name, alpha, beta, classes", [("fm", 0.9, 0.95, 0), ("bridge", 1.0, 0.9, 0),
+                                                                ("fm", 1.0, 1.0, 3)])
+def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, alpha, beta, classes):
+    family = make_family(family_name)
+    data, spec = toy_data(family, classes=classes), spec_for(classes=classes)
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    run = lambda d: distill(family, data, teacher, spec, DISTILL, tmp_path / d, alpha=alpha, beta=beta, progress=False)
+    straight = run("a")
+    undo = crash_at(monkeypatch, 16)  # inside generator update 6 of 6 (3 optimizer steps per update)
+    with pytest.raises(Crash):
+        run("b")
+    undo()
+    resumed = run("b")
+    assert same_weights(straight["state_dict"], resumed["state_dict"])
+    for key in straight["ema"]:
+        assert same_weights(straight["ema"][key], resumed["ema"][key])
+    assert not same_weights(straight["state_dict"], teacher.state_dict())  # it did train
+
+
+def test_finished_run_is_not_repeated(tmp_path, monkeypatch):
+    family = make_family("fm")
+    data, spec = toy_data(family), spec_for()
+    first = train_teacher(family, data, spec, TEACHER, tmp_path, progress=False)
+    crash_at(monkeypatch, 1)  # any optimizer step would now fail
+    again = train_teacher(family, data, spec, TEACHER, tmp_path, progress=False)
+    assert same_weights(first["state_dict"], again["state_dict"])
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def grads(module):
+    return [None if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("family_name", ["fm", "diffusion", "bridge"])
+def test_each_phase_touches_only_its_own_network(family_name):
+    family = make_family(family_name)
+    data, spec = toy_data(family), spec_for()
+    torch.manual_seed(1)
+    teacher = build_model(spec)
+    uid = RealUID(family, teacher, spec, DISTILL, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+    batch, gen = TrainData(data.x1[:32], None, None if data.x0 is None else data.x0[:32]), torch.Generator().manual_seed(0)
+    t0, g0, f0 = snapshot(uid.teacher), snapshot(uid.generator.net), snapshot(uid.fake)
+
+    uid.fake_step(batch, gen)
+    assert same_weights(snapshot(uid.teacher), t0) and same_weights(snapshot(uid.generator.net), g0)
+    assert not same_weights(snapshot(uid.fake), f0)
+    assert all(p.grad is None for p in uid.generator.parameters())
+    assert all(p.grad is None for p in uid.teacher.parameters())
+
+    f1, fake_grads = snapshot(uid.fake), grads(uid.fake)
+    uid.generator_step(batch, gen)
+    assert same_weights(snapshot(uid.teacher), t0) and same_weights(snapshot(uid.fake), f1)
+    assert not same_weights(snapshot(uid.generator.net), g0)
+    assert all(torch.equal(a, b) for a, b in zip(fake_grads, grads(uid.fake)))
+    assert all(p.grad is None for p in uid.teacher.parameters())
+    assert all(p.requires_grad for p in uid.fake.parameters())  # restored for the next fake step
+
+
+def test_fake_init_from_teacher_or_random():
+    family, spec = make_family("fm"), spec_for()
+    torch.manual_seed(1)
+    teacher = build_model(spec)
+    from_teacher = RealUID(family, teacher, spec, dataclasses.replace(DISTILL, fake_init="teacher"),
+                           alpha=0.9, beta=0.9, device=torch.device("cpu"))
+    random = RealUID(family, teacher, spec, DISTILL, alpha=0.9, beta=0.9, device=torch.device("cpu"))
+    assert same_weights(from_teacher.fake.state_dict(), teacher.state_dict())
+    assert not same_weights(random.fake.state_dict(), teacher.state_dict())
+    assert same_weights(random.generator.net.state_dict(), teacher.state_dict())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    family = make_family("fm")
+    data, spec = toy_data(family), spec_for()
+    train_teacher(family, data, spec, dataclasses.replace(TEACHER, steps=5), tmp_path, progress=False)
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    poisoned = TrainData(torch.full_like(data.x1, float("nan")))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint is kept"):
+        train_teacher(family, poisoned, spec, TEACHER, tmp_path, progress=False)
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert kept["step"] == 5 and same_weights(kept["model"], good["model"])
+
+
+def test_batch_larger_than_data_is_a_clear_error(tmp_path):
+    family = make_family("fm")
+    with pytest.raises(ValueError, match="larger than the training set"):
+        train_teacher(family, toy_data(family, n=10), spec_for(), TEACHER, tmp_path, progress=False)
+
+
+def test_short_distillation_lowers_distance_to_data(tmp_path):
+    """A rough teacher used as a one-step generator is poor; a short RealUID run improves it."""
+    torch.manual_seed(0)
+    family, mixture = make_family("fm"), gmm8()
+    g = torch.Generator().manual_seed(0)
+    data, test = TrainData(mixture.sample(4096, generator=g)), mixture.sample(2000, generator=g)
+    model = dataclasses.replace(MODEL, hidden_dim=64, depth=2)
+    spec = model_spec(model, (2,), 0)
+    tcfg = dataclasses.replace(TEACHER, model=model, steps=400, batch_size=256, checkpoint_every_steps=400,
+                               log_every_steps=100, optim=dataclasses.replace(OPTIM, lr=3e-3))
+    teacher = build_model(spec)
+    teacher.load_state_dict(train_teacher(family, data, spec, tcfg, tmp_path / "t", progress=False)["ema_state_dict"])
+    dcfg = dataclasses.replace(DISTILL, steps=150, batch_size=256, fake_init="teacher", ema_decays=[0.95],
+                               checkpoint_every_steps=150, log_every_steps=50,
+                               generator_optim=dataclasses.replace(DISTILL.generator_optim, lr=1e-3, warmup_steps=20),
+                               fake_optim=dataclasses.replace(DISTILL.fake_optim, lr=1e-3, warmup_steps=20))
+    z = torch.randn(2000, 2, generator=g)
+    from realuid.models import OneStepGenerator
+
+    with torch.no_grad():
+        before = sliced_wasserstein2(OneStepGenerator(family, teacher)(z), test)
+    result = distill(family, data, teacher, spec, dcfg, tmp_path / "d", alpha=0.94, beta=0.96, progress=False)
+    with torch.no_grad():
+        net = build_model(spec)
+        net.load_state_dict(result["ema"]["0.95"])
+        after = sliced_wasserstein2(OneStepGenerator(family, net)(z), test)
+    assert after < 0.6 * before, (before, after)
