@@ -362,7 +362,10 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
         generated_uint8 = generated_uint8.repeat(1, 3, 1, 1)
         reference_uint8 = reference_uint8.repeat(1, 3, 1, 1)
 
-    import torch_fidelity
+    try:
+        import torch_fidelity
+    except ImportError as error:  # the library itself runs without it; only image metrics need it
+        raise ImportError("image metrics need torch-fidelity (pip install torch-fidelity)") from error
 
     feature_net_module.register_fidelity_extractor()
     options: dict[str, Any] = dict(
