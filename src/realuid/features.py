@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .checkpoints import atomic_save, load_checkpoint
 
 EXTRACTOR_NAME = "realuid-features"
 CHECKPOINT_FORMAT = "realuid-feature-net"
@@ -288,26 +289,11 @@ def save_feature_net(path: str | os.PathLike, net: FeatureNet, meta: dict | None
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "meta": meta,
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # Write next to the target and rename: a crash never leaves a half-written checkpoint behind.
-    handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    atomic_save(payload, path)
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"feature net checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -1,0 +1,125 @@
+"""What every stage CLI shares: argument parsing, error reporting, atomic outputs, loading inputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from ..config import ConfigError, Params, load_params
+
+
+class StageError(RuntimeError):
+    """A problem with the stage's inputs, reported to the user without a traceback."""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return p
+
+
+def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argparse.ArgumentParser) -> None:
+    """Parse arguments, validate the whole params file, run ``main``; clear one-line errors, exit 1."""
+    args = args_parser.parse_args()
+    try:
+        params = load_params(args.params)
+        main(args, params)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except (ConfigError, StageError, ValueError, FileNotFoundError, RuntimeError) as err:
+        if os.environ.get("REALUID_TRACEBACK"):
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+@contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it vanishes.
+
+    Outputs of a stage therefore appear all at once or not at all.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(obj, path: str | Path) -> None:
+    """Pretty, key-sorted JSON written atomically (small metric and info files)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def make_family(params: Params):
+    from ..matching import make_family as _make
+
+    return _make(params.family.name, **params.family.options())
+
+
+def load_split(path: str | Path):
+    from ..data import read_split
+
+    return read_split(path)
+
+
+def train_data(split, device: torch.device):
+    """A data split as :class:`realuid.training.TrainData` on ``device``."""
+    from ..training import TrainData
+
+    as_tensor = lambda a, dtype: None if a is None else torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+    return TrainData(as_tensor(split.x1, torch.float32), as_tensor(split.y, torch.long), as_tensor(split.x0, torch.float32))
+
+
+def check_family_matches_data(family, split) -> None:
+    if family.paired and split.x0 is None:
+        raise StageError(
+            f"the {family.name} family needs paired data (x0, x1): set prepare.pairing and rerun prepare"
+        )
+
+
+def load_model(checkpoint: dict, *, use_ema: str | None, device: torch.device) -> torch.nn.Module:
+    """Rebuild the network of a teacher or generator checkpoint from its own spec.
+
+    ``use_ema``: for a teacher, ``"ema"`` picks the EMA weights; for a generator, a decay key such as
+    ``"0.999"`` picks that EMA copy. ``None`` takes the raw weights.
+    """
+    from ..config import ema_key
+    from ..models import build_model
+
+    net = build_model(checkpoint["spec"])
+    if use_ema is None or use_ema == "none":
+        state = checkpoint["state_dict"]
+    elif checkpoint["kind"] == "teacher":
+        state = checkpoint["ema_state_dict"]
+    else:
+        key = ema_key(use_ema)
+        if key not in checkpoint["ema"]:
+            raise StageError(f"the generator has no EMA copy {use_ema!r}; it has {sorted(checkpoint['ema'])}")
+        state = checkpoint["ema"][key]
+    net.load_state_dict(state)  # strict: a layout mismatch is an error, never ignored
+    return net.to(device).eval()

@@ -1,0 +1,52 @@
+"""Stage ``distill``: RealUID distillation of the teacher into a one-step generator."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..config import to_dict
+from ..checkpoints import atomic_save, file_digest, load_checkpoint
+from ..training import distill, resolve_device, state_key
+from . import common
+
+
+def main(args, params) -> None:
+    cfg = params.distill
+    family = common.make_family(params)
+    split = common.load_split(args.data)
+    common.check_family_matches_data(family, split)
+    device = resolve_device(cfg.device)
+    teacher_ckpt = load_checkpoint(args.teacher)
+    if teacher_ckpt.get("family", {}).get("name") != params.family.name:
+        raise common.StageError(
+            f"the teacher was trained for family {teacher_ckpt.get('family')}, params say {params.family.name}: "
+            "rerun train_teacher"
+        )
+    # f* is the teacher's EMA copy: the weights its multi-step samples come from.
+    teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
+
+    key = state_key("distill", params.alpha, params.beta, to_dict(params.family), to_dict(cfg),
+                    file_digest(args.data), file_digest(args.teacher))
+    state_dir = Path(args.state) / key
+    print(f"distill: alpha={params.alpha} beta={params.beta}, {device}, state {state_dir}")
+    result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], cfg, state_dir,
+                     alpha=params.alpha, beta=params.beta)
+    result["family"] = teacher_ckpt["family"]
+
+    with common.atomic_dir(args.out) as tmp:
+        atomic_save(result, tmp / "generator.pt")
+        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+
+
+def cli() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="training split (HDF5) from prepare")
+    p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
+    p.add_argument("--out", required=True, help="output folder: generator.pt, curves.csv")
+    p.add_argument("--state", default="state/distill", help="resumable state (not a pipeline output)")
+    common.run(main, p)
+
+
+if __name__ == "__main__":
+    cli()

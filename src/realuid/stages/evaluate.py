@@ -1,0 +1,82 @@
+"""Stage ``evaluate``: quality and speed of the teacher and the one-step student, as a metrics file.
+
+Rows: ``teacher`` (multi-step), ``student`` (one step) and ``real`` — held-out real data scored the same
+way, the floor that finite sample sizes put under every distance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import common
+
+
+def _real_floor(train, n: int, seed: int) -> np.ndarray:
+    """``n`` training samples (a fixed random subset) standing in for a perfect generator."""
+    rng = np.random.default_rng(seed)
+    return train.x1[rng.choice(len(train), size=min(n, len(train)), replace=False)]
+
+
+def main(args, params) -> None:
+    from ..data import read_split
+
+    cfg = params.evaluate
+    samples = Path(args.samples)
+    train, test = common.load_split(args.train), common.load_split(args.test)
+    gen = {who: read_split(samples / f"{who}.h5").x1 for who in ("teacher", "student")}
+    timing = json.loads((samples / "timing.json").read_text())
+    n = len(gen["student"])
+    gen["real"] = _real_floor(train, n, cfg.seed)
+
+    metrics = {}
+    if train.kind == "points":
+        from ..metrics import point_metrics
+
+        for who, x in gen.items():
+            metrics[who] = point_metrics(x, test.x1, seed=cfg.seed)
+    else:
+        from ..metrics import image_metrics
+
+        if cfg.feature_extractor == "inception-v3-compat":
+            weights = cfg.feature_extractor_weights_path
+            if not weights or not Path(weights).is_file():
+                raise common.StageError(
+                    "evaluate.feature_extractor_weights_path must name the Inception weights file you supply "
+                    f"(got {weights!r}); nothing is downloaded"
+                )
+        else:
+            weights = str(Path(args.features) / "extractor.pt")
+        reference = torch.as_tensor(test.x1)
+        for who, x in gen.items():
+            metrics[who] = image_metrics(torch.as_tensor(x), reference, extractor=cfg.feature_extractor,
+                                         extractor_weights_path=weights, batch_size=cfg.batch_size,
+                                         kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    for who in ("teacher", "student"):
+        metrics[who].update(timing[who])
+        bad = [k for k, v in metrics[who].items() if not np.isfinite(v)]
+        if bad:
+            raise common.StageError(f"non-finite {who} metrics: {bad}")
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    common.write_json(metrics, args.out)
+    keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second")]
+    for who in ("teacher", "student", "real"):
+        print(f"evaluate: {who:8s} " + "  ".join(f"{k}={metrics[who][k]:.4g}" for k in keys))
+
+
+def cli() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--samples", required=True, help="folder from the sample stage")
+    p.add_argument("--train", required=True, help="training split (HDF5): the real-data floor")
+    p.add_argument("--test", required=True, help="test split (HDF5): the reference set")
+    p.add_argument("--features", required=True, help="folder from the features stage")
+    p.add_argument("--out", required=True, help="metrics JSON file")
+    common.run(main, p)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,47 @@
+"""Stage ``features``: train the offline feature extractor that image metrics use by default.
+
+Standard FID needs Inception weights from the internet; this extractor is trained here, on the prepared
+training split (class labels when there are any, rotation prediction otherwise), so FID, KID and
+precision/recall work offline. Point data needs none: its metrics use raw coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import common
+
+
+def main(args, params) -> None:
+    cfg = params.features
+    train, test = common.load_split(args.data), common.load_split(args.test)
+    with common.atomic_dir(args.out) as tmp:
+        if train.kind == "points":
+            info = {"kind": "points", "extractor": None, "note": "point metrics use raw coordinates"}
+            print("features: point data, no extractor needed")
+        else:
+            from ..features import classifier_accuracy, save_feature_net, train_feature_net
+
+            torch.set_num_threads(torch.get_num_threads())
+            net = train_feature_net(torch.as_tensor(train.x1), None if train.y is None else torch.as_tensor(train.y),
+                                    steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+            info = {"kind": "images", "extractor": "extractor.pt", "labels": train.y is not None}
+            if test.y is not None and train.y is not None:
+                acc = classifier_accuracy(net, torch.as_tensor(test.x1), torch.as_tensor(test.y))
+                info["test_accuracy"] = acc
+                print(f"features: classifier test accuracy {acc['accuracy']:.3f}")
+            save_feature_net(tmp / "extractor.pt", net, {"source": train.attrs.get("source"),
+                                                         "content_hash": train.attrs.get("content_hash")})
+        common.write_json(info, tmp / "info.json")
+
+
+def cli() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--data", required=True, help="training split (HDF5)")
+    p.add_argument("--test", required=True, help="test split (HDF5), for the reported accuracy")
+    p.add_argument("--out", required=True, help="output folder: info.json (+ extractor.pt for images)")
+    common.run(main, p)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,75 @@
+"""Stage ``report``: one Markdown page with metrics, samples side by side and training curves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..plots import curves, read_curves
+from . import common
+
+ROWS = (("teacher", "teacher (multi-step)"), ("student", "one-step student"), ("real", "real data (floor)"))
+
+
+def metrics_table(metrics: dict) -> str:
+    keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second")]
+    head = ["model", *keys, "NFE", "samples/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for who, label in ROWS:
+        row = metrics[who]
+        cells = [f"{row[k]:.4g}" for k in keys]
+        speed = [str(row.get("nfe", "–")), f"{row['samples_per_second']:.0f}" if "samples_per_second" in row else "–"]
+        lines.append("| " + " | ".join([label, *cells, *speed]) + " |")
+    return "\n".join(lines)
+
+
+def main(args, params) -> None:
+    metrics = json.loads(Path(args.metrics).read_text())
+    samples = Path(args.samples)
+    with common.atomic_dir(args.out) as tmp:
+        for who in ("teacher", "student"):
+            shutil.copyfile(samples / f"{who}.png", tmp / f"{who}.png")
+        curves({"teacher (matching loss)": read_curves(args.teacher_curves),
+                "distillation": read_curves(args.distill_curves)}, tmp / "curves.png", title="training curves")
+        t, s = metrics["teacher"], metrics["student"]
+        speedup = s["samples_per_second"] / t["samples_per_second"]
+        page = f"""# RealUID report
+
+Family **{params.family.name}**, data **{params.prepare.source}**, alpha = {params.alpha}, beta = {params.beta}
+(beta/alpha = {params.beta / params.alpha:.3f}).
+
+## Metrics
+
+Lower is better for every distance; `real` scores held-out real data the same way (the floor).
+
+{metrics_table(metrics)}
+
+The one-step student samples {speedup:.0f}x faster than the teacher at NFE {t['nfe']}.
+
+## Samples
+
+| teacher, NFE {t['nfe']} | one-step student |
+|---|---|
+| ![teacher](teacher.png) | ![student](student.png) |
+
+## Training curves
+
+![curves](curves.png)
+"""
+        (tmp / "index.md").write_text(page)
+    print(f"report: {Path(args.out) / 'index.md'}")
+
+
+def cli() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--samples", required=True)
+    p.add_argument("--teacher-curves", required=True)
+    p.add_argument("--distill-curves", required=True)
+    p.add_argument("--out", required=True, help="output folder: index.md and pictures")
+    common.run(main, p)
+
+
+if __name__ == "__main__":
+    cli()

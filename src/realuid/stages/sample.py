@@ -1,0 +1,108 @@
+"""Stage ``sample``: draw samples from the multi-step teacher and the one-step generator.
+
+Sample ``i`` starts from the noise of seed ``sample.seed + i`` (paired families: from the ``i``-th
+corrupted input of the test split, cycled), so it is the same whatever the batch size or device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..models import OneStepGenerator
+from ..plots import image_grid, scatter
+from ..checkpoints import load_checkpoint
+from ..training import resolve_device
+from . import common
+
+GRID_IMAGES = 100
+
+
+def _timed(fn, device: torch.device):
+    """Run ``fn`` and return (result, seconds), synchronising CUDA so the time is the real one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
+def sources(family, split, n: int, first_seed: int, shape, num_classes: int):
+    """Generator inputs and labels of samples ``0 .. n-1``: (x0 [n, ...], y [n] or None)."""
+    from ..sampling import seeded_noise
+
+    idx = np.arange(n)
+    if family.paired:
+        x0 = torch.as_tensor(split.x0[idx % len(split)])
+    else:
+        x0 = seeded_noise(list(range(first_seed, first_seed + n)), tuple(shape))
+    y = torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None  # balanced classes
+    return x0, y
+
+
+def main(args, params) -> None:
+    from ..data import write_split
+    from ..sampling import sample_teacher
+
+    cfg = params.sample
+    family = common.make_family(params)
+    device = resolve_device(cfg.device)
+    split = common.load_split(args.data)
+    common.check_family_matches_data(family, split)
+    teacher_ckpt, gen_ckpt = load_checkpoint(args.teacher), load_checkpoint(args.generator)
+    teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
+    generator = OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=cfg.generator_ema, device=device))
+    classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
+    x0, y = sources(family, split, cfg.n_samples, cfg.seed, split.sample_shape, classes)
+
+    outputs = {"teacher": [], "student": []}
+    seconds = {"teacher": 0.0, "student": 0.0}
+    with torch.no_grad():
+        for start in range(0, cfg.n_samples, cfg.batch_size):
+            xb = x0[start : start + cfg.batch_size].to(device)
+            yb = None if y is None else y[start : start + cfg.batch_size].to(device)
+            # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
+            rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
+            out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
+                                                     method=cfg.teacher_method, y=yb, generator=rng), device)
+            outputs["teacher"].append(out.cpu())
+            seconds["teacher"] += sec
+            out, sec = _timed(lambda: generator(xb, yb), device)
+            outputs["student"].append(out.cpu())
+            seconds["student"] += sec
+
+    nfe = {"teacher": cfg.teacher_nfe, "student": 1}
+    labels = None if y is None else y.numpy()
+    with common.atomic_dir(args.out) as tmp:
+        timing = {}
+        for who, parts in outputs.items():
+            x = torch.cat(parts).float().numpy()
+            if not np.isfinite(x).all():
+                raise common.StageError(f"the {who} produced non-finite samples")
+            timing[who] = {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)}
+            # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
+            write_split(tmp / f"{who}.h5", x, y=labels, attrs={"source": who, "nfe": nfe[who], "seed": cfg.seed})
+            title = f"{who} ({params.family.name}, NFE {nfe[who]})"
+            if x.ndim == 4:
+                image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
+            else:
+                scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
+        common.write_json({**timing, "device": str(device), "n_samples": cfg.n_samples}, tmp / "timing.json")
+        print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items()))
+
+
+def cli() -> None:
+    p = common.parser(__doc__)
+    p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
+    p.add_argument("--generator", required=True, help="generator.pt from distill")
+    p.add_argument("--data", required=True, help="test split (HDF5): pairs for bridges, shapes, reference plot")
+    p.add_argument("--out", required=True, help="output folder: teacher.h5, student.h5, PNGs, timing.json")
+    common.run(main, p)
+
+
+if __name__ == "__main__":
+    cli()
