@@ -40,7 +40,7 @@ def write_params(folder: Path, **prepare_overrides) -> Path:
 def run_stage(tmp_path: Path, **prepare_overrides) -> tuple[int, Path]:
     params = write_params(tmp_path, **prepare_overrides)
     out = tmp_path / "data" / "prepare"
-    code = prepare.main(["--params", str(params), "--out", str(out)])
+    code = prepare.cli(["--params", str(params), "--out", str(out)])
     return code, out
 
 

@@ -39,6 +39,9 @@ def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict
     else:
         if len(data_shape) != 3:
             raise ValueError(f"the unet backbone needs images [C, H, W], the data has shape {list(data_shape)}")
+        if model_cfg.channels % 32:
+            # torchcfm's UNet normalises with GroupNorm(32 groups).
+            raise ValueError(f"model.channels must be a multiple of 32 for the unet, got {model_cfg.channels}")
         size = data_shape[-1]
         if size % 2 ** (len(model_cfg.channel_mult) - 1):
             raise ValueError(

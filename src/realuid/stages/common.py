@@ -28,20 +28,26 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argparse.ArgumentParser) -> None:
-    """Parse arguments, validate the whole params file, run ``main``; clear one-line errors, exit 1."""
-    args = args_parser.parse_args()
+def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argparse.ArgumentParser,
+        argv: list[str] | None = None) -> int:
+    """Parse arguments, validate the whole params file, run ``main``; returns the exit code.
+
+    Expected problems (bad params, unusable data, a diverged run) print one ``error:`` message and give
+    exit code 1; set ``REALUID_TRACEBACK=1`` to see where they came from.
+    """
+    args = args_parser.parse_args(argv)
     try:
         params = load_params(args.params)
         main(args, params)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except (ConfigError, StageError, ValueError, FileNotFoundError, RuntimeError) as err:
         if os.environ.get("REALUID_TRACEBACK"):
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
 
 
 @contextmanager
@@ -53,6 +59,9 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; outputs get the usual permissions
     try:
         yield tmp
         if out.exists():

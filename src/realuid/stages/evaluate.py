@@ -6,6 +6,8 @@ way, the floor that finite sample sizes put under every distance.
 
 from __future__ import annotations
 
+import sys
+
 import json
 from pathlib import Path
 
@@ -68,15 +70,15 @@ def main(args, params) -> None:
         print(f"evaluate: {who:8s} " + "  ".join(f"{k}={metrics[who][k]:.4g}" for k in keys))
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--samples", required=True, help="folder from the sample stage")
     p.add_argument("--train", required=True, help="training split (HDF5): the real-data floor")
     p.add_argument("--test", required=True, help="test split (HDF5): the reference set")
     p.add_argument("--features", required=True, help="folder from the features stage")
     p.add_argument("--out", required=True, help="metrics JSON file")
-    common.run(main, p)
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

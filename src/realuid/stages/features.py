@@ -7,6 +7,8 @@ precision/recall work offline. Point data needs none: its metrics use raw coordi
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from . import common
@@ -35,13 +37,13 @@ def main(args, params) -> None:
         common.write_json(info, tmp / "info.json")
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--data", required=True, help="training split (HDF5)")
     p.add_argument("--test", required=True, help="test split (HDF5), for the reported accuracy")
     p.add_argument("--out", required=True, help="output folder: info.json (+ extractor.pt for images)")
-    common.run(main, p)
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

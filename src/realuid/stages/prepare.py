@@ -11,17 +11,15 @@ Unusable params or data (a missing file, a bad setting) print one ``error:`` lin
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from realuid.config import ConfigError, load_params
-from realuid.data import DataError, Split, build_splits, current_umask, expected_sample_shape, save_split
-from realuid.validation import ValidationResult, json_ready, validate_split
+from ..data import Split, build_splits, expected_sample_shape, save_split
+from ..validation import ValidationResult, json_ready, validate_split
+from . import common
 
 SPLIT_NAMES = ("train", "test")
 VALIDATION_FILE = "validation.json"
@@ -67,22 +65,6 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def publish(folder: Path, out: Path) -> None:
-    """Move a finished ``folder`` to ``out``, replacing an earlier ``out``.
-
-    Both renames stay on one file system (the folder sits beside ``out``), so each is atomic; the
-    earlier output is only deleted once the new one is in place.
-    """
-    old = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        old.rmdir()
-        out.rename(old)
-    folder.rename(out)
-    if old is not None:
-        remove_path(old)
-
-
 def summary_line(splits: dict[str, Split], hashes: dict[str, str]) -> str:
     train, test = splits["train"], splits["test"]
     classes = f"{train.num_classes} classes" if train.num_classes else "unlabelled"
@@ -94,53 +76,30 @@ def summary_line(splits: dict[str, Split], hashes: dict[str, str]) -> str:
     )
 
 
-def run(params_path: Path, out: Path) -> int:
-    """The stage; returns the process exit code: 0 when published, 1 otherwise."""
-    try:
-        params = load_params(params_path).prepare
-        train, test = build_splits(params)
-    except (ConfigError, DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def main(args, params) -> None:
+    cfg = params.prepare
+    out = Path(args.out)
+    train, test = build_splits(cfg)
     splits = {"train": train, "test": test}
-
-    results = validate_both(params, splits)
+    results = validate_both(cfg, splits)
     if not all(r.success for r in results.values()):
-        print("prepare: validation failed, nothing written:", file=sys.stderr)
-        for name, result in results.items():
-            for failure in result.failures:
-                print(f"  {name}: {failure}", file=sys.stderr)
+        lines = [f"  {name}: {failure}" for name, r in results.items() for failure in r.failures]
         if out.exists() or out.is_symlink():
             remove_path(out)
-            print(f"prepare: removed the earlier {out}, which no longer matches the params", file=sys.stderr)
-        return 1
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it private (0700)
+            lines.append(f"  (removed the earlier {out}, which no longer matches the params)")
+        raise common.StageError("validation failed, nothing written:\n" + "\n".join(lines))
+    with common.atomic_dir(out) as staging:
         hashes = {name: save_split(split, staging / f"{name}.h5") for name, split in splits.items()}
         report = json.dumps(validation_report(results), indent=2, sort_keys=True) + "\n"
         (staging / VALIDATION_FILE).write_text(report)
-        publish(staging, out)
-    finally:
-        if staging.exists():
-            remove_path(staging)
     print(summary_line(splits, hashes))
-    return 0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m realuid.stages.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (section 'prepare')")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (train.h5, test.h5, validation.json)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run(args.params, args.out)
+def cli(argv: list[str] | None = None) -> int:
+    p = common.parser(__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (train.h5, test.h5, validation.json)")
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import json
 import shutil
 from pathlib import Path
@@ -61,15 +63,15 @@ The one-step student samples {speedup:.0f}x faster than the teacher at NFE {t['n
     print(f"report: {Path(args.out) / 'index.md'}")
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--metrics", required=True)
     p.add_argument("--samples", required=True)
     p.add_argument("--teacher-curves", required=True)
     p.add_argument("--distill-curves", required=True)
     p.add_argument("--out", required=True, help="output folder: index.md and pictures")
-    common.run(main, p)
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

@@ -6,6 +6,8 @@ corrupted input of the test split, cycled), so it is the same whatever the batch
 
 from __future__ import annotations
 
+import sys
+
 import time
 
 import numpy as np
@@ -95,14 +97,14 @@ def main(args, params) -> None:
         print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items()))
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
     p.add_argument("--generator", required=True, help="generator.pt from distill")
     p.add_argument("--data", required=True, help="test split (HDF5): pairs for bridges, shapes, reference plot")
     p.add_argument("--out", required=True, help="output folder: teacher.h5, student.h5, PNGs, timing.json")
-    common.run(main, p)
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

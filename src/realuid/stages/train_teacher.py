@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import shutil
 from pathlib import Path
 
@@ -33,13 +35,13 @@ def main(args, params) -> None:
         shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
 
 
-def cli() -> None:
+def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--data", required=True, help="training split (HDF5) from prepare")
     p.add_argument("--out", required=True, help="output folder: teacher.pt, curves.csv")
     p.add_argument("--state", default="state/train_teacher", help="resumable state (not a pipeline output)")
-    common.run(main, p)
+    return common.run(main, p, argv)
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())
