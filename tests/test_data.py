@@ -459,6 +459,13 @@ def test_write_read_round_trip(tmp_path, images, labelled, paired):
     assert back.attrs["source"] == "file" and back.attrs["params"] == "{}"
 
 
+def test_string_attributes_round_trip_unicode_and_empty(tmp_path):
+    attrs = {"source": "file", "params": '{"path": "données.npz"}', "note": ""}
+    data.write_split(tmp_path / "s.h5", np.zeros((2, 2), np.float32), attrs=attrs)
+    back = data.read_split(tmp_path / "s.h5").attrs
+    assert back["params"] == attrs["params"] and back["note"] == ""
+
+
 def test_written_datasets_are_checksummed_compressed_and_untimed(tmp_path):
     data.save_split(small_split(paired=True), tmp_path / "s.h5")
     with h5py.File(tmp_path / "s.h5", "r") as f:
@@ -477,7 +484,7 @@ def test_rewrite_is_byte_identical_even_seconds_apart(tmp_path):
 
 def test_write_is_atomic_and_cleans_up(tmp_path):
     split = small_split()
-    with pytest.raises(ValueError, match="None"):
+    with pytest.raises(ValueError, match="'extra' cannot be None"):
         data.write_split(tmp_path / "s.h5", split.x1, attrs={"source": "file", "extra": None})
     assert list(tmp_path.iterdir()) == []
     data.save_split(split, tmp_path / "s.h5")
@@ -513,6 +520,19 @@ def test_read_detects_flipped_bytes(tmp_path):
     raw = bytearray((tmp_path / "s.h5").read_bytes())
     middle = len(raw) // 2
     raw[middle : middle + 8] = bytes(b ^ 0xFF for b in raw[middle : middle + 8])
+    (tmp_path / "s.h5").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="corrupted"):
+        data.read_split(tmp_path / "s.h5")
+
+
+@pytest.mark.parametrize("marker", [b"points", b"gmm8"])
+def test_read_detects_damaged_attributes(tmp_path, marker):
+    # Attributes sit in checksummed object headers, so a damaged one is caught like damaged data.
+    data.save_split(Split(np.zeros((5, 2), np.float32), attrs={"source": "toy", "dataset": "gmm8"}), tmp_path / "s.h5")
+    raw = bytearray((tmp_path / "s.h5").read_bytes())
+    where = raw.find(marker)
+    assert where > 0
+    raw[where] ^= 0x20
     (tmp_path / "s.h5").write_bytes(bytes(raw))
     with pytest.raises(DataError, match="corrupted"):
         data.read_split(tmp_path / "s.h5")

@@ -675,13 +675,24 @@ def _check_arrays(x1: np.ndarray, y: np.ndarray | None, x0: np.ndarray | None) -
         raise ValueError(f"x0 has shape {x0.shape}; expected the shape of x1, {x1.shape}")
 
 
-def _attr_value(value: Any) -> Any:
-    """An attribute as HDF5 stores it without surprises (lists become arrays, None is refused)."""
+def _write_attr(attrs: Any, key: str, value: Any) -> None:
+    """Store one attribute inside the (checksummed) object header.
+
+    Strings are written fixed-length: h5py's default variable-length strings live in the global heap,
+    which has no checksum, so a damaged attribute would go unnoticed (or hang the HDF5 reader).
+    Lists become arrays; None is refused.
+    """
+    import h5py
+
     if value is None:
-        raise ValueError("attribute values cannot be None")
-    if isinstance(value, (list, tuple)):
-        return np.asarray(value)
-    return value
+        raise ValueError(f"attribute {key!r} cannot be None")
+    if isinstance(value, str):
+        encoded = value.encode("utf-8")
+        attrs.create(key, data=encoded, dtype=h5py.string_dtype("utf-8", max(len(encoded), 1)))
+    elif isinstance(value, (list, tuple)):
+        attrs[key] = np.asarray(value)
+    else:
+        attrs[key] = value
 
 
 def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None, x0: np.ndarray | None = None, attrs: dict) -> str:
@@ -729,7 +740,7 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
                         track_times=False,
                     )
             for key in sorted(all_attrs):
-                f.attrs[key] = _attr_value(all_attrs[key])
+                _write_attr(f.attrs, key, all_attrs[key])
         # mkstemp creates the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
