@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -114,11 +117,20 @@ def test_file_h5_uint8_images(tmp_path):
     assert train.attrs["kind"] == "images" and train.y is None
 
 
-def test_synthetic_cifar_archive(tmp_path):
-    from test_data import tar_folder, write_cifar_batches
+def write_cifar_archive(path: Path, n_per_batch: int) -> None:
+    """A miniature cifar-10-python.tar.gz: the official member names, pickled dict batches."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as archive:
+        for name in data.CIFAR10_TRAIN_BATCHES + data.CIFAR10_TEST_BATCHES:
+            batch = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), "labels": list(range(n_per_batch))}
+            raw = pickle.dumps(batch, protocol=2)
+            member = tarfile.TarInfo(f"{data.CIFAR10_FOLDER}/{name}")
+            member.size = len(raw)
+            archive.addfile(member, io.BytesIO(raw))
 
-    write_cifar_batches(tmp_path / "raw" / data.CIFAR10_FOLDER, n_per_batch=3)
-    tar_folder(tmp_path / "raw" / data.CIFAR10_FOLDER, tmp_path / data.CIFAR10_ARCHIVE)
+
+def test_synthetic_cifar_archive(tmp_path):
+    write_cifar_archive(tmp_path / data.CIFAR10_ARCHIVE, n_per_batch=3)
     code, out = run_stage(tmp_path, source="cifar10", path=str(tmp_path / data.CIFAR10_ARCHIVE))
     assert code == 0
     train, test = assert_published(out)
