@@ -222,7 +222,7 @@ def dvc_edges(project) -> set:
 
 
 def snakemake_edges(project) -> set:
-    dot = sh(project, "snakemake", "--rulegraph", "all").stdout
+    dot = sh(project, "snakemake", "--rulegraph", "dot").stdout
     labels = dict(re.findall(r'(\d+)\[label = "(\w+)"', dot))
     edges = {(labels[a], labels[b]) for a, b in re.findall(r"(\d+) -> (\d+)", dot)}
     return {(a, b) for a, b in edges if "all" not in (a, b)}
