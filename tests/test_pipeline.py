@@ -126,7 +126,8 @@ def covers(declared: list[str], key: str) -> bool:
 
 CONFIGS = {
     "toy-fm": tiny_params(),
-    "digits-fm": tiny_params(prepare__source="digits", sample__n_samples=200, evaluate__kid_subset_size=50),
+    "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
+                                         sample__n_samples=200, evaluate__kid_subset_size=50),
     "toy-bridge": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde"),
 }
 
@@ -153,14 +154,34 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
             assert metrics[who] and all(math.isfinite(v) for v in metrics[who].values()), (label, who)
         assert metrics["student"]["nfe"] == 1 and metrics["teacher"]["nfe"] == params["sample"]["teacher_nfe"]
         if label.startswith("digits"):
-            assert {"fid", "kid_mean", "precision", "recall"} <= set(metrics["student"])
+            assert {"fid", "kid_mean", "precision", "recall", "class_accuracy"} <= set(metrics["student"])
+            assert {f"class_accuracy_{c}" for c in range(10)} <= set(metrics["teacher"])
             assert (project / "data/features/extractor.pt").is_file()
         page = (project / "data/report/index.md").read_text()
         assert "one-step student" in page and "![student](student.png)" in page
         assert not list(project.glob("data/.*")), f"{label}: a temporary file or folder was left behind"
+        if label == "toy-fm":
+            check_samples_do_not_depend_on_batch_size(project, params)
     for stage in STAGES:
         unread = sorted(d for d in stage.params if not any(covers([d], k) for k in read_by_stage[stage.name]))
         assert not unread, f"{stage.name} declares params it never reads: {unread}"
+
+
+def check_samples_do_not_depend_on_batch_size(project: Path, params: dict) -> None:
+    """Per-seed noise: sample i is the same whatever the batch split."""
+    from realuid.data import read_split
+
+    other = copy.deepcopy(params)
+    other["sample"]["batch_size"] = 70
+    (project / "params_b.yaml").write_text(yaml.safe_dump(other))
+    argv = shlex.split(stage_named("sample").cmd)[3:]
+    argv[argv.index("--params") + 1] = "params_b.yaml"
+    argv[argv.index("--out") + 1] = "data/sample_b"
+    assert importlib.import_module("realuid.stages.sample").cli(argv) == 0
+    for who in ("teacher", "student"):
+        a, b = (read_split(project / folder / f"{who}.h5").x1 for folder in ("data/sample", "data/sample_b"))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=who)
+    shutil.rmtree(project / "data/sample_b")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def main(args, params) -> None:
     cfg = params.evaluate
     samples = Path(args.samples)
     train, test = common.load_split(args.train), common.load_split(args.test)
-    gen = {who: read_split(samples / f"{who}.h5").x1 for who in ("teacher", "student")}
+    drawn = {who: read_split(samples / f"{who}.h5") for who in ("teacher", "student")}
+    gen = {who: split.x1 for who, split in drawn.items()}
     timing = json.loads((samples / "timing.json").read_text())
     n = len(gen["student"])
     gen["real"] = _real_floor(train, n, cfg.seed)
@@ -57,6 +58,16 @@ def main(args, params) -> None:
             metrics[who] = image_metrics(torch.as_tensor(x), reference, extractor=cfg.feature_extractor,
                                          extractor_weights_path=weights, batch_size=cfg.batch_size,
                                          kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        if cfg.feature_extractor == "realuid-features" and drawn["student"].y is not None:
+            # Class-conditional models: does the pipeline's classifier see the class each sample was asked for?
+            from ..features import classifier_accuracy, load_feature_net
+
+            net = load_feature_net(weights)
+            if net.task == "classification":
+                for who, split in drawn.items():
+                    acc = classifier_accuracy(net, torch.as_tensor(split.x1).clamp(-1, 1), torch.as_tensor(split.y))
+                    metrics[who]["class_accuracy"] = acc["accuracy"]
+                    metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
     for who in ("teacher", "student"):
         metrics[who].update(timing[who])
         bad = [k for k, v in metrics[who].items() if not np.isfinite(v)]
@@ -65,9 +76,9 @@ def main(args, params) -> None:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     common.write_json(metrics, args.out)
-    keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second")]
     for who in ("teacher", "student", "real"):
-        print(f"evaluate: {who:8s} " + "  ".join(f"{k}={metrics[who][k]:.4g}" for k in keys))
+        shown = {k: v for k, v in metrics[who].items() if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k}
+        print(f"evaluate: {who:8s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -15,12 +15,13 @@ ROWS = (("teacher", "teacher (multi-step)"), ("student", "one-step student"), ("
 
 
 def metrics_table(metrics: dict) -> str:
-    keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second")]
+    # Per-class accuracies of class-conditional models would swamp the table; the metrics file has them.
+    keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k]
     head = ["model", *keys, "NFE", "samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for who, label in ROWS:
         row = metrics[who]
-        cells = [f"{row[k]:.4g}" for k in keys]
+        cells = [f"{row[k]:.4g}" if k in row else "–" for k in keys]
         speed = [str(row.get("nfe", "–")), f"{row['samples_per_second']:.0f}" if "samples_per_second" in row else "–"]
         lines.append("| " + " | ".join([label, *cells, *speed]) + " |")
     return "\n".join(lines)
