@@ -18,8 +18,8 @@ MODEL = ModelConfig(arch="auto", hidden_dim=32, depth=1, time_embed_dim=16, chan
                     dropout=0.0, class_cond=False)
 OPTIM = OptimConfig(lr=2e-3, betas=[0.9, 0.999], warmup_steps=5, grad_clip=1.0)
 TEACHER = TrainTeacherConfig(model=MODEL, optim=OPTIM, steps=12, batch_size=64, ema_decay=0.99,
-                             checkpoint_every_steps=5, log_every_steps=2, seed=3, device="cpu")
-DISTILL = DistillConfig(steps=6, fake_updates_per_generator_update=2, batch_size=64,
+                             checkpoint_every_steps=5, log_every_steps=2, seed=3, device="cpu", precision="fp32")
+DISTILL = DistillConfig(steps=6, fake_updates_per_generator_update=2, batch_size=64, precision="fp32",
                         generator_optim=dataclasses.replace(OPTIM, betas=[0.0, 0.999]),
                         fake_optim=dataclasses.replace(OPTIM, betas=[0.0, 0.999]), fake_init="random",
                         ema_decays=[0.9, 0.99], checkpoint_every_steps=4, log_every_steps=2, seed=5, device="cpu")
@@ -194,3 +194,22 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
         net.load_state_dict(result["ema"]["0.95"])
         after = sliced_wasserstein2(OneStepGenerator(family, net)(z), test)
     assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("family_name", ["fm", "diffusion"])
+def test_bf16_autocast_runs_on_cpu_and_keeps_float32_weights(tmp_path, family_name):
+    family = make_family(family_name)
+    data, spec = toy_data(family), spec_for()
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    result = distill(family, data, teacher, spec, dataclasses.replace(DISTILL, precision="bf16"), tmp_path,
+                     alpha=0.9, beta=0.95, progress=False)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in result["state_dict"].values())
+    teacher_run = train_teacher(family, data, spec, dataclasses.replace(TEACHER, precision="bf16"), tmp_path / "t",
+                                progress=False)
+    assert all(torch.isfinite(v).all() for v in teacher_run["state_dict"].values())
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision"):
+        training.autocast(torch.device("cpu"), "fp16")

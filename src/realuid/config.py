@@ -127,6 +127,7 @@ class TrainTeacherConfig:
     log_every_steps: int = opt(gt=0)
     seed: int = opt(ge=0)
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
+    precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class DistillConfig:
     log_every_steps: int = opt(gt=0)
     seed: int = opt(ge=0)
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
+    precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,24 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    """``auto`` picks CUDA when present, else CPU. On CUDA, float32 matmuls may use TF32 tensor cores."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for forward passes: ``bf16`` autocasts, ``fp32`` is a no-op context.
+
+    Losses are always reduced in float32 (outputs are cast back before the loss).
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def state_key(*parts) -> str:
@@ -301,8 +312,9 @@ def train_teacher(
         batch = stream(step)
         x0, t, noise = _draw(family, batch, gen)
         path = family.path_sample(x0, batch.x1, t, noise)
-        pred = model(t, path.x_t, batch.y if labels else None)
-        loss = matching_loss(pred, path.target, path.weight).mean()
+        with autocast(device, cfg.precision):
+            pred = model(t, path.x_t, batch.y if labels else None)
+        loss = matching_loss(pred.float(), path.target, path.weight).mean()
         norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip)
         ema.update(model)
         meter.add(loss=loss, grad_norm=norm)
@@ -347,6 +359,7 @@ class RealUID:
     def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
                  device: torch.device, student_init: nn.Module | None = None):
         self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
+        self.device = device
         self.labels = spec["args"].get("num_classes", 0) > 0
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
@@ -370,19 +383,21 @@ class RealUID:
     def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the fake model ``f``; returns (loss, gradient norm) on the device."""
         y, z = self._inputs(batch, gen)
-        with torch.no_grad():  # the generator is only a sampler here
-            x1_gen = self.generator(z, y)
+        with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
+            x1_gen = self.generator(z, y).float()
         # Generated and real terms share t, x0 and the path noise within the step.
         x0, t, noise = _draw(self.family, batch, gen)
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
-        if self.data_free:
-            f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y), None, None
-        else:
-            data_path = self.family.path_sample(x0, batch.x1, t, noise)
-            # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
-            both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]), None if y is None else y.repeat(2))
-            f_gen, f_data = both.chunk(2)
-            data_target = data_path.target
+        with autocast(self.device, self.cfg.precision):
+            if self.data_free:
+                f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y).float(), None, None
+            else:
+                data_path = self.family.path_sample(x0, batch.x1, t, noise)
+                # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
+                both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
+                                 None if y is None else y.repeat(2))
+                f_gen, f_data = both.float().chunk(2)
+                data_target = data_path.target
         loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
                          weight=gen_path.weight).mean()
         norm = optimizer_step(loss, self.fake.parameters(), self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
@@ -391,12 +406,14 @@ class RealUID:
     def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the generator through ``x1_gen``; returns (loss, gradient norm) on the device."""
         y, z = self._inputs(batch, gen)
-        x1_gen = self.generator(z, y)
-        x0, t, noise = _draw(self.family, batch, gen)
-        gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
         try:
-            loss = generator_loss(self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y), gen_path.target,
+            with autocast(self.device, self.cfg.precision):
+                x1_gen = self.generator(z, y).float()
+                x0, t, noise = _draw(self.family, batch, gen)
+                gen_path = self.family.path_sample(x0, x1_gen, t, noise)
+                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
+            loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
                                   self.cfg.generator_optim.grad_clip)
