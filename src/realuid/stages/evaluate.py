@@ -29,7 +29,9 @@ def main(args, params) -> None:
     cfg = params.evaluate
     samples = Path(args.samples)
     train, test = common.load_split(args.train), common.load_split(args.test)
-    drawn = {who: read_split(samples / f"{who}.h5") for who in ("teacher", "student")}
+    # teacher, student (the headline copy) and every copy of the generator (student_raw, student_ema_*)
+    names = ["teacher", "student", *sorted(p.stem for p in samples.glob("student_*.h5"))]
+    drawn = {who: read_split(samples / f"{who}.h5") for who in names}
     gen = {who: split.x1 for who, split in drawn.items()}
     timing = json.loads((samples / "timing.json").read_text())
     n = len(gen["student"])
@@ -70,15 +72,16 @@ def main(args, params) -> None:
                     metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
     for who in ("teacher", "student"):
         metrics[who].update(timing[who])
-        bad = [k for k, v in metrics[who].items() if not np.isfinite(v)]
+    for who, row in metrics.items():
+        bad = [k for k, v in row.items() if not np.isfinite(v)]
         if bad:
             raise common.StageError(f"non-finite {who} metrics: {bad}")
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     common.write_json(metrics, args.out)
-    for who in ("teacher", "student", "real"):
+    for who in metrics:
         shown = {k: v for k, v in metrics[who].items() if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k}
-        print(f"evaluate: {who:8s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        print(f"evaluate: {who:18s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -19,7 +19,8 @@ def metrics_table(metrics: dict) -> str:
     keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k]
     head = ["model", *keys, "NFE", "samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for who, label in ROWS:
+    copies = [(who, f"student copy `{who.removeprefix('student_')}`") for who in sorted(metrics) if who.startswith("student_")]
+    for who, label in [*ROWS, *copies]:
         row = metrics[who]
         cells = [f"{row[k]:.4g}" if k in row else "–" for k in keys]
         speed = [str(row.get("nfe", "–")), f"{row['samples_per_second']:.0f}" if "samples_per_second" in row else "–"]
@@ -36,6 +37,7 @@ def main(args, params) -> None:
         curves({"teacher (matching loss)": read_curves(args.teacher_curves),
                 "distillation": read_curves(args.distill_curves)}, tmp / "curves.png", title="training curves")
         t, s = metrics["teacher"], metrics["student"]
+        headline = json.loads((samples / "timing.json").read_text())["student_copy"].removeprefix("student_")
         speedup = s["samples_per_second"] / t["samples_per_second"]
         page = f"""# RealUID report
 
@@ -45,6 +47,7 @@ Family **{params.family.name}**, data **{params.prepare.source}**, alpha = {para
 ## Metrics
 
 Lower is better for every distance; `real` scores held-out real data the same way (the floor).
+The one-step student is the generator copy `{headline}`; every copy is listed below it.
 
 {metrics_table(metrics)}
 

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from ..config import ema_key
 from ..models import OneStepGenerator
 from ..plots import image_grid, scatter
 from ..checkpoints import load_checkpoint
@@ -57,11 +58,17 @@ def main(args, params) -> None:
     common.check_family_matches_data(family, split)
     teacher_ckpt, gen_ckpt = load_checkpoint(args.teacher), load_checkpoint(args.generator)
     teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
-    generator = OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=cfg.generator_ema, device=device))
+    # Every copy of the generator is sampled: the raw weights and each EMA decay. `student` is the one
+    # `sample.generator_ema` names, the headline of the report.
+    copies = {"student_raw": "none", **{f"student_ema_{k.replace('.', '_')}": k for k in sorted(gen_ckpt["ema"])}}
+    headline = next(name for name, key in copies.items() if key == (cfg.generator_ema if cfg.generator_ema == "none"
+                                                                   else ema_key(cfg.generator_ema)))
+    generators = {name: OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=key, device=device))
+                  for name, key in copies.items()}
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
     x0, y = sources(family, split, cfg.n_samples, cfg.seed, split.sample_shape, classes)
 
-    outputs = {"teacher": [], "student": []}
+    outputs = {"teacher": [], **{name: [] for name in generators}}
     seconds = {"teacher": 0.0, "student": 0.0}
     with torch.no_grad():
         for start in range(0, cfg.n_samples, cfg.batch_size):
@@ -73,28 +80,33 @@ def main(args, params) -> None:
                                                      method=cfg.teacher_method, y=yb, generator=rng), device)
             outputs["teacher"].append(out.cpu())
             seconds["teacher"] += sec
-            out, sec = _timed(lambda: generator(xb, yb), device)
-            outputs["student"].append(out.cpu())
-            seconds["student"] += sec
+            for name, generator in generators.items():
+                out, sec = _timed(lambda: generator(xb, yb), device)
+                outputs[name].append(out.cpu())
+                if name == headline:
+                    seconds["student"] += sec
+    outputs["student"] = outputs[headline]
 
     nfe = {"teacher": cfg.teacher_nfe, "student": 1}
     labels = None if y is None else y.numpy()
     with common.atomic_dir(args.out) as tmp:
-        timing = {}
         for who, parts in outputs.items():
             x = torch.cat(parts).float().numpy()
             if not np.isfinite(x).all():
-                raise common.StageError(f"the {who} produced non-finite samples")
-            timing[who] = {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)}
+                raise common.StageError(f"the {who} generator produced non-finite samples")
             # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
-            write_split(tmp / f"{who}.h5", x, y=labels, attrs={"source": who, "nfe": nfe[who], "seed": cfg.seed})
-            title = f"{who} ({params.family.name}, NFE {nfe[who]})"
-            if x.ndim == 4:
-                image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
-            else:
-                scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
-        common.write_json({**timing, "device": str(device), "n_samples": cfg.n_samples}, tmp / "timing.json")
-        print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items()))
+            write_split(tmp / f"{who}.h5", x, y=labels, attrs={"source": who, "seed": cfg.seed})
+            if who in nfe:
+                title = f"{who} ({params.family.name}, NFE {nfe[who]})"
+                if x.ndim == 4:
+                    image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
+                else:
+                    scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
+        timing = {who: {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)} for who in nfe}
+        common.write_json({**timing, "device": str(device), "n_samples": cfg.n_samples, "student_copy": headline},
+                          tmp / "timing.json")
+        print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items())
+              + f"; student = {headline}, also {', '.join(n for n in generators if n != headline)}")
 
 
 def cli(argv: list[str] | None = None) -> int:
