@@ -1,0 +1,123 @@
+"""bench/gpu_check.sh: the CPU-sized run end to end, and how it finds torchcfm on machines without it."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_check  # noqa: E402
+
+
+@pytest.fixture
+def env(subprocess_env):
+    return dict(subprocess_env, PYTHON=sys.executable)
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter with bench/ importable (import state cannot leak between tests)."""
+    prelude = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r})\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_tiny_run_on_cpu_measures_both_precisions(env, tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(SCRIPT), "--tiny", "--teacher-nfe", "5", "--json", str(out)], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| precision | distill it/s |" in proc.stdout
+    assert "losses and samples finite: yes" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["device"].startswith("CPU") and result["batch_size"] == 8 and result["teacher_nfe"] == 5
+    rows = {r["precision"]: r for r in result["rows"]}
+    assert set(rows) == {"fp32", "bf16"}
+    for row in rows.values():
+        assert row["losses_finite"] and row["samples_finite"]
+        assert row["iterations_per_s"] > 0
+        assert row["optimizer_steps_per_s"] == pytest.approx(6 * row["iterations_per_s"])
+        # One network call per image against five: one-step sampling must be the faster one.
+        assert row["one_step_images_per_s"] > row["teacher_images_per_s"]
+        assert row["peak_memory_gib"] is None and row["host_syncs_per_iteration"] is None  # CUDA-only readings
+
+
+def test_torchcfm_models_import_without_pot(env):
+    """torchcfm installed, POT missing: its models still import (its package __init__ needs POT)."""
+    proc = run_python("""
+        sys.modules["ot"] = None  # as on a machine without POT: `import ot` fails
+        from pathlib import Path
+        import torch, gpu_check
+        how = gpu_check.ensure_torchcfm(Path("/nonexistent"))
+        from realuid.models import build_model
+        net = build_model(gpu_check.tiny_size().spec)
+        assert net(torch.rand(2), torch.randn(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+        assert "torchcfm.conditional_flow_matching" not in sys.modules
+        print(how)
+    """, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("installed, models only (package import failed: ModuleNotFoundError")
+    assert "ot" in proc.stdout.split("ModuleNotFoundError", 1)[1]
+
+
+def test_carried_copy_is_used_when_torchcfm_is_absent(env, tmp_path):
+    carry = tmp_path / "carry"
+    prep = subprocess.run(["bash", str(SCRIPT), "--prepare-carry", str(carry)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert prep.returncode == 0, prep.stderr
+    assert (carry / "torchcfm" / "models" / "unet" / "unet.py").is_file()
+    assert not list(carry.rglob("__pycache__"))
+    proc = run_python(f"""
+        sys.modules["torchcfm"] = None  # as on a machine without torchcfm
+        sys.modules["ot"] = None
+        from pathlib import Path
+        import gpu_check
+        try:
+            gpu_check.ensure_torchcfm(Path({str(tmp_path / 'empty')!r}))
+        except gpu_check.MissingDependency as err:
+            assert "--prepare-carry" in str(err), err
+        else:
+            raise AssertionError("no error without torchcfm")
+        sys.modules["torchcfm"] = None
+        how = gpu_check.ensure_torchcfm(Path({str(carry)!r}))
+        import torchcfm.models.unet.unet as unet
+        assert unet.__file__.startswith({str(carry)!r}), unet.__file__
+        print(how)
+    """, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(str(carry))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA refusal")
+def test_full_size_is_refused_on_a_cpu_unless_asked_for(capsys):
+    assert gpu_check.main([]) == 2
+    assert "--tiny" in capsys.readouterr().err
+
+
+def test_arguments_are_validated():
+    assert gpu_check.parse_args(["--tiny"]).precisions == ["fp32", "bf16"]
+    assert gpu_check.parse_args(["--precisions", "bf16"]).precisions == ["bf16"]
+    for bad in (["--precisions", "fp16"], ["--precisions", ""], ["--iterations", "0"]):
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(bad)
+
+
+def test_table_shows_skipped_rows_and_missing_readings():
+    rows = [
+        {"precision": "fp32", "iterations_per_s": 2.5, "optimizer_steps_per_s": 15.0, "peak_memory_gib": None,
+         "host_syncs_per_iteration": 3, "one_step_images_per_s": 1000.0, "teacher_images_per_s": 10.0,
+         "losses_finite": True, "samples_finite": False},
+        {"precision": "bf16", "skipped": "time budget of 270 s spent"},
+    ]
+    text = gpu_check.table(rows, 99)
+    assert "| fp32 | 2.50 | 15.0 | n/a | 3 | 1000 | 10.0 | 100x | NO |" in text
+    assert "| bf16 | skipped: time budget of 270 s spent |" in text
+
+
+def test_shell_script_is_executable():
+    assert os.access(SCRIPT, os.X_OK)
