@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 from registry import load_stages  # noqa: E402
 
 STAGES = load_stages(ROOT / "dvc.yaml")
-DOWNSTREAM_OF_ALPHA = {"distill", "sample", "evaluate", "report"}
+DOWNSTREAM_OF_ALPHA = {"distill", "finetune", "sample", "evaluate", "report"}
 
 
 def tiny_params(**sections) -> dict:
@@ -128,7 +128,8 @@ CONFIGS = {
     "toy-fm": tiny_params(),
     "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
                                          sample__n_samples=200, evaluate__kid_subset_size=50),
-    "toy-bridge": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde"),
+    "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
+                                        finetune__enabled=True, finetune__steps=2),
 }
 
 
@@ -162,6 +163,9 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
         assert not list(project.glob("data/.*")), f"{label}: a temporary file or folder was left behind"
         if label == "toy-fm":
             check_samples_do_not_depend_on_batch_size(project, params)
+        passed_through = (project / "data/finetune/generator.pt").read_bytes() == (
+            project / "data/distill/generator.pt").read_bytes()
+        assert passed_through != params["finetune"]["enabled"], label
     for stage in STAGES:
         unread = sorted(d for d in stage.params if not any(covers([d], k) for k in read_by_stage[stage.name]))
         assert not unread, f"{stage.name} declares params it never reads: {unread}"

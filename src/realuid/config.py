@@ -147,6 +147,22 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """An optional second RealUID run from a distilled generator, with the fake model restarted from the
+    teacher and its own coefficients (the authors move beta/alpha further from 1 here, to ~0.94 or 1.06).
+    Batch size, optimizer betas, warm-up, clipping, EMA decays, device and precision come from ``distill``.
+    """
+
+    enabled: bool = opt(doc="false: the distilled generator passes through unchanged")
+    alpha: float = opt(gt=0, le=1)
+    beta: float = opt(gt=0, le=1)
+    from_ema: str = opt(doc="the distilled copy to start from: 'none' (raw) or one of distill.ema_decays")
+    steps: int = opt(gt=0, doc="generator updates")
+    generator_lr: float = opt(gt=0)
+    fake_lr: float = opt(gt=0)
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     n_samples: int = opt(gt=0)
     batch_size: int = opt(gt=0)
@@ -175,6 +191,7 @@ class Params:
     features: FeaturesConfig = opt()
     train_teacher: TrainTeacherConfig = opt()
     distill: DistillConfig = opt()
+    finetune: FinetuneConfig = opt()
     sample: SampleConfig = opt()
     evaluate: EvaluateConfig = opt()
 
@@ -267,16 +284,21 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError(f"{prefix}device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
     if isinstance(obj, Params):
-        ema = obj.sample.generator_ema
-        if ema != "none" and ema_key(ema) not in {ema_key(d) for d in obj.distill.ema_decays}:
-            raise ConfigError(
-                f"sample.generator_ema: {ema!r} is not 'none' nor one of distill.ema_decays "
-                f"{obj.distill.ema_decays}"
-            )
+        decays = {ema_key(d) for d in obj.distill.ema_decays}
+        for key, ema in (("sample.generator_ema", obj.sample.generator_ema), ("finetune.from_ema", obj.finetune.from_ema)):
+            if ema != "none" and _ema_or_none(ema) not in decays:
+                raise ConfigError(f"{key}: {ema!r} is not 'none' nor one of distill.ema_decays {obj.distill.ema_decays}")
         if obj.family.name == "bridge" and obj.prepare.pairing == "none":
             raise ConfigError("family.name: the bridge family needs paired data; set prepare.pairing")
         if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
             raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
+
+
+def _ema_or_none(value: str) -> str | None:
+    try:
+        return ema_key(value)
+    except ValueError:
+        return None
 
 
 def ema_key(decay: float | str) -> str:

@@ -34,15 +34,19 @@ def main(args, params) -> None:
     with common.atomic_dir(args.out) as tmp:
         for who in ("teacher", "student"):
             shutil.copyfile(samples / f"{who}.png", tmp / f"{who}.png")
-        curves({"teacher (matching loss)": read_curves(args.teacher_curves),
-                "distillation": read_curves(args.distill_curves)}, tmp / "curves.png", title="training curves")
+        panels = {"teacher (matching loss)": read_curves(args.teacher_curves),
+                  "distillation": read_curves(args.distill_curves)}
+        if params.finetune.enabled:
+            panels["fine-tuning"] = read_curves(Path(args.finetune) / "curves.csv")
+        curves(panels, tmp / "curves.png", title="training curves")
         t, s = metrics["teacher"], metrics["student"]
         headline = json.loads((samples / "timing.json").read_text())["student_copy"].removeprefix("student_")
         speedup = s["samples_per_second"] / t["samples_per_second"]
+        finetuned = ", then fine-tuned (see the curves)" if params.finetune.enabled else ""
         page = f"""# RealUID report
 
 Family **{params.family.name}**, data **{params.prepare.source}**, alpha = {params.alpha}, beta = {params.beta}
-(beta/alpha = {params.beta / params.alpha:.3f}).
+(beta/alpha = {params.beta / params.alpha:.3f}){finetuned}.
 
 ## Metrics
 
@@ -73,6 +77,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--teacher-curves", required=True)
     p.add_argument("--distill-curves", required=True)
+    p.add_argument("--finetune", required=True, help="folder from the finetune stage")
     p.add_argument("--out", required=True, help="output folder: index.md and pictures")
     return common.run(main, p, argv)
 
