@@ -1,0 +1,144 @@
+"""``bench/sweep``: the α/β grid through the pipeline itself, as DVC experiments, and its heatmap.
+
+    bench/sweep queue      queue one experiment per grid point (dvc exp run --queue --set-param ...)
+    bench/sweep start      dvc queue start (-j workers); dvc queue status shows progress
+    bench/sweep collect    dvc exp show --json -> table of the metric per (alpha, beta) + heatmap PNG
+
+The grid crosses a few values of alpha with the ratios beta/alpha the authors discuss (0.94, 0.98, 1,
+1.02, 1.06), plus the data-free point alpha = beta = 1. Every point keeps beta <= 1 (params.yaml's range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+ALPHAS = (0.86, 0.90, 0.94)
+RATIOS = (0.94, 0.98, 1.0, 1.02, 1.06)
+METRICS_FILE = "data/evaluate/metrics.json"
+DEFAULT_METRIC = "student.sliced_wasserstein2"
+
+
+def grid(alphas=ALPHAS, ratios=RATIOS) -> list[tuple[float, float]]:
+    """(alpha, beta) points, beta = alpha * ratio rounded to 4 decimals, plus the data-free (1, 1)."""
+    points = []
+    for a in alphas:
+        for r in ratios:
+            b = round(a * r, 4)
+            if not 0 < b <= 1:
+                raise ValueError(f"alpha {a} with beta/alpha {r} gives beta {b} outside (0, 1]")
+            points.append((a, b))
+    return points + [(1.0, 1.0)]
+
+
+def experiment_name(alpha: float, beta: float) -> str:
+    return f"sweep-a{alpha:g}-b{beta:g}".replace(".", "p")
+
+
+def queue_commands(points: list[tuple[float, float]]) -> list[list[str]]:
+    return [["dvc", "exp", "run", "--queue", "-n", experiment_name(a, b), "--set-param", f"alpha={a}",
+             "--set-param", f"beta={b}"] for a, b in points]
+
+
+def _nodes(tree: Any) -> Iterator[dict]:
+    """Every dict in ``dvc exp show --json`` output that carries both params and metrics."""
+    if isinstance(tree, dict):
+        if "params" in tree and "metrics" in tree:
+            yield tree
+        for value in tree.values():
+            yield from _nodes(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _nodes(value)
+
+
+def _lookup(data: dict, dotted: str | list[str]) -> Any:
+    """``data[a][b]...`` for ``"a.b"`` (or a list of keys, for keys that contain dots); None if missing."""
+    for part in dotted.split(".") if isinstance(dotted, str) else dotted:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def collect(exp_show: Any, metric: str = DEFAULT_METRIC, metrics_file: str = METRICS_FILE) -> dict:
+    """{(alpha, beta): metric value} from parsed ``dvc exp show --json`` (the last entry per point wins)."""
+    values = {}
+    for node in _nodes(exp_show):
+        params = _lookup(node["params"], ["params.yaml", "data"]) or {}
+        metrics = _lookup(node["metrics"], [metrics_file, "data"]) or {}
+        alpha, beta, value = params.get("alpha"), params.get("beta"), _lookup(metrics, metric)
+        if alpha is not None and beta is not None and isinstance(value, (int, float)):
+            values[(float(alpha), float(beta))] = float(value)
+    return values
+
+
+def heatmap(values: dict, path: Path, metric: str) -> None:
+    """Metric over (alpha, beta/alpha) as a coloured grid with the numbers written in (PNG)."""
+    from .figures import _pyplot, _save
+
+    plt = _pyplot()
+    alphas = sorted({a for a, _ in values})
+    ratios = sorted({round(b / a, 4) for a, b in values})
+    table = [[values.get((a, round(a * r, 4)), float("nan")) for r in ratios] for a in alphas]
+    fig, ax = plt.subplots(figsize=(1.2 * len(ratios) + 2, 0.8 * len(alphas) + 1.5))
+    image = ax.imshow(table, cmap="viridis_r", aspect="auto")
+    for i, row in enumerate(table):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlabel("beta / alpha")
+    ax.set_ylabel("alpha")
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(f"{metric} (lower is better)", fontsize=10)
+    _save(fig, path)
+
+
+def _dvc(cmd: list[str]) -> list[str]:
+    """``dvc ...`` through the PATH, or through this interpreter when only the package is installed."""
+    return cmd if shutil.which("dvc") else [sys.executable, "-m", *cmd]
+
+
+def _run(cmd: list[str], dry_run: bool) -> int:
+    print("$ " + " ".join(cmd), flush=True)
+    return 0 if dry_run else subprocess.run(_dvc(cmd)).returncode
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/sweep", description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=("queue", "start", "collect"))
+    p.add_argument("--jobs", type=int, default=1, help="start: parallel queue workers (default 1)")
+    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"collect: dotted key in {METRICS_FILE}")
+    p.add_argument("--from-json", help="collect: read a saved `dvc exp show --json` instead of running it")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "sweep_heatmap.png"))
+    p.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
+    args = p.parse_args(argv)
+    if args.action == "queue":
+        return max(_run(cmd, args.dry_run) for cmd in queue_commands(grid()))
+    if args.action == "start":
+        return _run(["dvc", "queue", "start", "-j", str(args.jobs)], args.dry_run)
+    if args.from_json:
+        shown = json.loads(Path(args.from_json).read_text())
+    else:
+        done = subprocess.run(_dvc(["dvc", "exp", "show", "--json"]), capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        shown = json.loads(done.stdout)
+    values = collect(shown, args.metric)
+    if not values:
+        print(f"no finished experiment reports {args.metric} yet (dvc queue status shows progress)", file=sys.stderr)
+        return 1
+    print(f"| alpha | beta | beta/alpha | {args.metric} |\n|---|---|---|---|")
+    for (a, b), v in sorted(values.items()):
+        print(f"| {a:g} | {b:g} | {b / a:.3f} | {v:.4g} |")
+    heatmap(values, Path(args.out), args.metric)
+    print(f"heatmap: {args.out}")
+    return 0

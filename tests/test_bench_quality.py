@@ -1,0 +1,281 @@
+"""The quality study of bench/quality: its statistics, its data, and a tiny end-to-end run (so it cannot rot)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality_study import cli, settings, stats, tasks  # noqa: E402
+from quality_study.toy import ToyJob, distances, run_toy_job  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- stats
+
+
+def test_summary_mean_and_sample_std():
+    s = stats.summarize([1.0, 2.0, 3.0])
+    assert (s.mean, s.min, s.max, s.n) == (2.0, 1.0, 3.0, 3)
+    assert s.std == pytest.approx(1.0)  # ddof=1
+    assert stats.summarize([5.0]).std == 0.0
+    assert "nan" in stats.summarize([1.0, float("nan")]).text()
+    with pytest.raises(ValueError, match="no values"):
+        stats.summarize([])
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], "better"),  # gap 1.0 > spread 0.1
+        ([2.0, 2.1, 1.9], [1.0, 1.1, 0.9], "worse"),
+        ([1.0, 1.5, 0.5], [1.2, 1.3, 1.1], "no difference"),  # gap 0.2 < spread 0.5
+        ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], "no difference"),
+    ],
+)
+def test_verdict_follows_the_spread_rule(a, b, expected):
+    assert stats.verdict(a, b) == expected
+
+
+def test_phrase_reads_between_two_names():
+    assert stats.phrase([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "better than"
+    assert stats.phrase([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "worse than"
+    assert stats.phrase([1.0, 1.5, 0.5], [1.2, 1.3, 1.1]) == "no different from"
+
+
+def test_verdict_for_higher_is_better_and_diverged_runs():
+    assert stats.verdict([0.9, 0.91, 0.92], [0.5, 0.5, 0.51], lower_is_better=False) == "better"
+    assert stats.verdict([float("nan"), 1, 1], [1, 1, 1]).startswith("undetermined")
+
+
+def test_paired_wins_and_ratio():
+    assert stats.paired_wins([1, 2, 3], [2, 2, 4]) == "2/3"
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_wins([1, 2], [1, 2, 3])
+    r = stats.ratio([2.0, 4.0], [1.0, 2.0])
+    assert (r.mean, r.std) == (2.0, 0.0)
+
+
+def test_crossing_steps():
+    curves = [{"step": [0, 10, 20, 30], "value": [5, 3, 1, 0.5]}, {"step": [0, 10, 20, 30], "value": [5, 4, 3, 2]}]
+    assert stats.crossing_steps(curves, 1.0) == [20, None]
+    assert stats.first_step_at_or_below([0, 10], [0.5, 0.1], 1.0) == 0
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_toy_task_sets_are_independent_and_reproducible():
+    a = tasks.toy_task("gmm8", 0, n_train=300, n_eval=100, paired=True, pairing_strength=0.5)
+    b = tasks.toy_task("gmm8", 0, n_train=300, n_eval=100, paired=True, pairing_strength=0.5)
+    assert np.array_equal(a.train_x1, b.train_x1) and np.array_equal(a.floor_x0, b.floor_x0)
+    assert a.train_x1.shape == (300, 2) and a.reference.shape == a.floor.shape == (100, 2)
+    assert not np.array_equal(a.reference, a.floor)
+    # Bridge pairs are noisy copies of their own x1, clipped into the box.
+    assert np.abs(a.train_x0).max() <= 1.0 and 0.2 < np.std(a.train_x0 - a.train_x1) < 0.6
+    # A bigger reference set does not move the training points (separate random streams).
+    c = tasks.toy_task("gmm8", 0, n_train=300, n_eval=150)
+    assert np.array_equal(a.train_x1, c.train_x1) and c.train_x0 is None
+    assert not np.array_equal(a.train_x1, tasks.toy_task("gmm8", 1, n_train=300, n_eval=100).train_x1)
+
+
+def test_user_points_are_scaled_into_the_box_with_a_recorded_map(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.normal([10.0, -3.0], [4.0, 0.5], size=(1000, 2))
+    np.savez(tmp_path / "p.npz", x=raw)
+    user = tasks.load_user_points(tmp_path / "p.npz")
+    assert np.abs(user.points).max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(user.points * np.array(user.scale) + np.array(user.shift), raw, rtol=1e-5, atol=1e-4)
+    task = tasks.user_task(user, 0, n_train=10_000, n_eval=400)
+    assert task.reference.shape == task.floor.shape == (200, 2)  # at most a fifth of the points each
+    assert len(task.train_x1) == 600
+
+
+def test_user_points_inside_the_box_are_kept_as_they_are(tmp_path):
+    raw = np.random.default_rng(0).uniform(-0.5, 0.5, size=(600, 2)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", x1=raw)
+    user = tasks.load_user_points(tmp_path / "p.npz")
+    assert np.array_equal(user.points, raw) and user.scale == [1.0, 1.0] and user.shift == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"y": np.zeros((600, 2))}, "named 'x' or 'x1'"),
+        ({"x": np.zeros(600)}, r"shape \[N, D\]"),
+        ({"x": np.zeros((10, 2))}, "at least 500"),
+        ({"x": np.full((600, 2), np.nan)}, "NaN"),
+    ],
+)
+def test_bad_point_files_are_clear_errors(tmp_path, arrays, message):
+    np.savez(tmp_path / "p.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        tasks.load_user_points(tmp_path / "p.npz")
+
+
+def test_missing_point_file():
+    with pytest.raises(FileNotFoundError):
+        tasks.load_user_points("/nonexistent/points.npz")
+
+
+def test_distances_zero_for_identical_sets_and_nan_for_diverged_samples():
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    d = distances(x, x, n_projections=16, seed=0)
+    assert d["sw2"] == pytest.approx(0.0, abs=1e-12) and d["energy"] == pytest.approx(0.0, abs=1e-12)
+    shifted = distances(x + 1.0, x, n_projections=64, seed=0)
+    assert shifted["sw2"] > 0.5 and shifted["energy"] > 0.5
+    bad = x.copy()
+    bad[0, 0] = np.inf
+    assert all(np.isnan(v) for v in distances(bad, x, n_projections=16, seed=0).values())
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+
+
+def test_a_toy_job_returns_every_row_and_curve(tmp_path):
+    study = settings.tiny()
+    result = run_toy_job(ToyJob("bridge", "gmm8", 0), study, tmp_path / "job")
+    assert set(result["metrics"]) == {"floor", "teacher_nfe99", "teacher_nfe1", "data_free", "realuid",
+                                      "data_free_raw", "realuid_raw"}
+    for row in result["metrics"].values():
+        assert np.isfinite(row["sw2"]) and np.isfinite(row["energy"])
+    steps = [e["step"] for e in result["curves"]["realuid"]]
+    assert steps == [0, 2, 4]  # the start, then every log interval
+    assert result["samples"]["realuid"].shape == (study.toy.n_eval, 2)
+
+
+def test_exact_variant_uses_the_closed_form_teacher(tmp_path):
+    result = run_toy_job(ToyJob("fm", "gmm8", 0, "exact"), settings.tiny(), tmp_path / "job")
+    # The exact teacher read once maps every noise to the mixture mean: a collapse, far from the data...
+    assert result["metrics"]["teacher_nfe1"]["sw2"] > 0.4
+    # ...while its 99-step ODE is close to real data (here only 5 steps: within a loose bound).
+    assert result["metrics"]["teacher_nfe99"]["sw2"] < 0.2
+    assert "student_start" in result["metrics"]
+    with pytest.raises(ValueError, match="flow matching on gmm8"):
+        run_toy_job(ToyJob("si", "gmm8", 0, "exact"), settings.tiny(), tmp_path / "job2")
+
+
+def test_unknown_variant(tmp_path):
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_toy_job(ToyJob("fm", "gmm8", 0, "bogus"), settings.tiny(), tmp_path / "job")
+
+
+def test_presets_are_consistent():
+    for make in settings.PRESETS.values():
+        study = make()
+        assert len(study.seeds) >= 2 and 0 < study.alpha <= 1 and 0 < study.beta <= 1
+        assert repr(float(study.toy.student_ema)) in {repr(float(d)) for d in study.toy.distill.ema_decays}
+        if study.digits is not None:
+            assert repr(float(study.digits.student_ema)) in {repr(float(d)) for d in study.digits.distill.ema_decays}
+    full = settings.full()
+    assert full.seeds == (0, 1, 2) and set(full.toy.families) == {"fm", "diffusion", "si", "bridge"}
+    assert 0.98 <= full.beta / full.alpha <= 1.06  # the authors' advice
+
+
+def test_settings_digest_changes_with_settings():
+    a, b = settings.tiny(), dataclasses.replace(settings.tiny(), alpha=0.9)
+    assert cli.settings_digest(a, None) != cli.settings_digest(b, None)
+    assert cli.settings_digest(a, None) == cli.settings_digest(settings.tiny(), None)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_tiny_study_end_to_end_then_resumes_from_cache(tmp_path, capsys):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert cli.main(["--preset", "tiny", "--work", str(work), "--out", str(out)]) == 0
+    report = (out / "RESULTS-tiny.md").read_text()
+    assert "TINY SETTINGS" in report
+    for heading in ("## 1. Toy 2-D", "## 2. Exact teacher", "## 3. Imperfect teacher", "## 4. Convergence",
+                    "## Conclusions"):
+        assert heading in report
+    assert "flow matching" in report and "bridge matching" in report
+    for figure in ("tiny-toy_samples_gmm8.png", "tiny-toy_sw2_gmm8.png", "tiny-toy_convergence.png"):
+        assert (out / "figures" / figure).stat().st_size > 1000
+        assert f"figures/{figure}" in report
+    numbers = json.loads((out / "RESULTS-tiny.json").read_text())
+    assert "toy-main-fm-gmm8-s1" in numbers["jobs"]
+    capsys.readouterr()
+    # Same command again: every job comes from the cache, nothing is recomputed.
+    assert cli.main(["--preset", "tiny", "--work", str(work), "--out", str(out)]) == 0
+    assert "already done (cached), 0 to run" in capsys.readouterr().out
+
+
+def test_user_points_study(tmp_path):
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 800)
+    ring = np.stack([3 * np.cos(angle), 3 * np.sin(angle)], 1) + 0.1 * rng.normal(size=(800, 2))
+    np.savez(tmp_path / "ring.npz", x=ring)
+    out = tmp_path / "out"
+    assert cli.main(["--preset", "tiny", "--points", str(tmp_path / "ring.npz"), "--work", str(tmp_path / "w"),
+                     "--out", str(out)]) == 0
+    report = (out / "RESULTS-ring.md").read_text()
+    assert "ring.npz" in report and "scale" in report
+    assert "## 2. Exact teacher" not in report  # the closed form exists only for the built-in mixture
+    assert not (out / "RESULTS.md").exists()
+
+
+def test_bad_arguments_exit_with_a_message(tmp_path, capsys):
+    assert cli.main(["--preset", "tiny", "--points", str(tmp_path / "none.npz")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_command_line_entry_point_runs():
+    done = subprocess.run([str(ROOT / "bench" / "quality"), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--points" in done.stdout and "--quick" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+def test_sweep_grid_covers_the_authors_ratios_and_stays_in_range():
+    from quality_study import sweep
+
+    points = sweep.grid()
+    assert (1.0, 1.0) in points and len(points) == len(sweep.ALPHAS) * len(sweep.RATIOS) + 1
+    ratios = {round(b / a, 2) for a, b in points}
+    assert {0.94, 0.98, 1.0, 1.02, 1.06} <= ratios
+    assert all(0 < a <= 1 and 0 < b <= 1 for a, b in points)
+    with pytest.raises(ValueError, match="outside"):
+        sweep.grid(alphas=(0.99,), ratios=(1.06,))
+    names = {sweep.experiment_name(a, b) for a, b in points}
+    assert len(names) == len(points) and all("." not in n for n in names)
+    cmd = sweep.queue_commands([(0.94, 0.96)])[0]
+    assert cmd[:4] == ["dvc", "exp", "run", "--queue"] and "alpha=0.94" in cmd and "beta=0.96" in cmd
+
+
+def test_sweep_collects_dvc_exp_show_json_and_draws_the_heatmap(tmp_path, capsys):
+    from quality_study import sweep
+
+    def exp(alpha, beta, sw2):
+        return {"rev": "abc", "data": {
+            "params": {"params.yaml": {"data": {"alpha": alpha, "beta": beta, "family": {"name": "fm"}}}},
+            "metrics": {sweep.METRICS_FILE: {"data": {"student": {"sliced_wasserstein2": sw2}}}}}}
+
+    shown = [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"alpha": 0.94, "beta": 0.96}}},
+                                             "metrics": {}}},
+             {"rev": "HEAD", "experiments": [{"revs": [exp(0.9, 0.882, 0.05), exp(0.9, 0.918, 0.07)]},
+                                             {"revs": [exp(1.0, 1.0, 0.09)]}]}]
+    assert sweep.collect(shown) == {(0.9, 0.882): 0.05, (0.9, 0.918): 0.07, (1.0, 1.0): 0.09}
+    path = tmp_path / "shown.json"
+    path.write_text(json.dumps(shown))
+    out = tmp_path / "heat.png"
+    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000 and "| 0.9 | 0.882 | 0.980 | 0.05 |" in capsys.readouterr().out
+    path.write_text("[]")
+    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 1
+
+
+def test_sweep_dry_run_prints_the_queue(capsys):
+    from quality_study import sweep
+
+    assert sweep.main(["queue", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("dvc exp run --queue") == len(sweep.grid())
+    assert sweep.main(["start", "--jobs", "2", "--dry-run"]) == 0
+    assert "dvc queue start -j 2" in capsys.readouterr().out
