@@ -127,6 +127,7 @@ def covers(declared: list[str], key: str) -> bool:
 CONFIGS = {
     "toy-fm": tiny_params(),
     "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
+                                         evaluate__reference="train",
                                          sample__n_samples=200, evaluate__kid_subset_size=50),
     "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
                                         finetune__enabled=True, finetune__steps=2),
@@ -158,6 +159,7 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
             assert {"fid", "kid_mean", "precision", "recall", "class_accuracy"} <= set(metrics["student"])
             assert {f"class_accuracy_{c}" for c in range(10)} <= set(metrics["teacher"])
             assert (project / "data/features/extractor.pt").is_file()
+            assert any((project / "data/features/reference_cache").iterdir())
         page = (project / "data/report/index.md").read_text()
         assert "one-step student" in page and "![student](student.png)" in page
         assert not list(project.glob("data/.*")), f"{label}: a temporary file or folder was left behind"

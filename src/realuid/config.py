@@ -177,6 +177,7 @@ class SampleConfig:
 class EvaluateConfig:
     feature_extractor: str = opt(choices=("realuid-features", "inception-v3-compat"))
     feature_extractor_weights_path: str = opt(doc="inception-v3-compat: weights file you supply")
+    reference: str = opt(choices=("test", "train"), doc="split the samples are compared with")
     kid_subset_size: int = opt(gt=1)
     batch_size: int = opt(gt=0)
     seed: int = opt(ge=0)

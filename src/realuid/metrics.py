@@ -390,3 +390,20 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
         "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
         "f_score": float(raw[torch_fidelity.KEY_METRIC_F_SCORE]),
     }
+
+
+def cache_reference_features(reference: torch.Tensor, *, extractor: str, extractor_weights_path: str | os.PathLike,
+                             cache_root: str | os.PathLike, batch_size: int = 64, device: str | None = None) -> None:
+    """Compute the reference set's features once and store them under ``cache_root``.
+
+    A later :func:`image_metrics` call with the same reference images, extractor weights and
+    ``cache_root`` reads them instead of recomputing (50k Inception passes for standard FID).
+    torch-fidelity fills its cache as a side effect of a metric call, so this scores a handful of
+    reference images against the whole reference set.
+    """
+    few = reference[: max(8, min(64, reference.shape[0]))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the KID subset is clamped to the handful: irrelevant here
+        image_metrics(few, reference, extractor=extractor, extractor_weights_path=extractor_weights_path,
+                      batch_size=batch_size, kid_subset_size=few.shape[0], kid_subsets=1, device=device,
+                      cache_root=cache_root)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,13 @@ import torch
 from . import common
 
 
-def _real_floor(train, n: int, seed: int) -> np.ndarray:
-    """``n`` training samples (a fixed random subset) standing in for a perfect generator."""
+def _real_floor(split, n: int, seed: int) -> np.ndarray:
+    """``n`` real samples (a fixed random subset) standing in for a perfect generator.
+
+    They come from the split the samples are *not* compared with, so the floor is an honest one.
+    """
     rng = np.random.default_rng(seed)
-    return train.x1[rng.choice(len(train), size=min(n, len(train)), replace=False)]
+    return split.x1[rng.choice(len(split), size=min(n, len(split)), replace=False)]
 
 
 def main(args, params) -> None:
@@ -35,31 +40,32 @@ def main(args, params) -> None:
     gen = {who: split.x1 for who, split in drawn.items()}
     timing = json.loads((samples / "timing.json").read_text())
     n = len(gen["student"])
-    gen["real"] = _real_floor(train, n, cfg.seed)
+    reference, other = (train, test) if cfg.reference == "train" else (test, train)
+    gen["real"] = _real_floor(other, n, cfg.seed)
 
     metrics = {}
     if train.kind == "points":
         from ..metrics import point_metrics
 
         for who, x in gen.items():
-            metrics[who] = point_metrics(x, test.x1, seed=cfg.seed)
+            metrics[who] = point_metrics(x, reference.x1, seed=cfg.seed)
     else:
         from ..metrics import image_metrics
 
-        if cfg.feature_extractor == "inception-v3-compat":
-            weights = cfg.feature_extractor_weights_path
-            if not weights or not Path(weights).is_file():
-                raise common.StageError(
-                    "evaluate.feature_extractor_weights_path must name the Inception weights file you supply "
-                    f"(got {weights!r}); nothing is downloaded"
-                )
-        else:
-            weights = str(Path(args.features) / "extractor.pt")
-        reference = torch.as_tensor(test.x1)
-        for who, x in gen.items():
-            metrics[who] = image_metrics(torch.as_tensor(x), reference, extractor=cfg.feature_extractor,
-                                         extractor_weights_path=weights, batch_size=cfg.batch_size,
-                                         kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+        from .features import reference_weights
+
+        weights = reference_weights(params, Path(args.features))
+        reference_images = torch.as_tensor(reference.x1)
+        # A private copy of the features stage's reference cache: reads hit it, and whatever torch-fidelity
+        # writes stays out of another stage's output.
+        with tempfile.TemporaryDirectory() as cache:
+            cached = Path(args.features) / "reference_cache"
+            if cached.is_dir():
+                shutil.copytree(cached, cache, dirs_exist_ok=True)
+            for who, x in gen.items():
+                metrics[who] = image_metrics(torch.as_tensor(x), reference_images, extractor=cfg.feature_extractor,
+                                             extractor_weights_path=weights, batch_size=cfg.batch_size,
+                                             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed, cache_root=cache)
         if cfg.feature_extractor == "realuid-features" and drawn["student"].y is not None:
             # Class-conditional models: does the pipeline's classifier see the class each sample was asked for?
             from ..features import classifier_accuracy, load_feature_net

@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+
 import torch
 
 from . import common
 
 
+def reference_weights(params, features_dir: Path) -> str:
+    """The weights file the image metrics use: the extractor trained here, or the user's Inception file."""
+    extractor, user_weights = params.evaluate.feature_extractor, params.evaluate.feature_extractor_weights_path
+    if extractor == "realuid-features":
+        return str(features_dir / "extractor.pt")
+    if not user_weights or not Path(user_weights).is_file():
+        raise common.StageError(
+            "evaluate.feature_extractor_weights_path must name the Inception weights file you supply "
+            f"(got {user_weights!r}); nothing is downloaded"
+        )
+    return user_weights
+
+
 def main(args, params) -> None:
     cfg = params.features
     train, test = common.load_split(args.data), common.load_split(args.test)
+    if train.kind == "images":
+        reference_weights(params, Path(args.out))  # a missing Inception file fails here, before any training
     with common.atomic_dir(args.out) as tmp:
         if train.kind == "points":
             info = {"kind": "points", "extractor": None, "note": "point metrics use raw coordinates"}
@@ -34,6 +51,15 @@ def main(args, params) -> None:
                 print(f"features: classifier test accuracy {acc['accuracy']:.3f}")
             save_feature_net(tmp / "extractor.pt", net, {"source": train.attrs.get("source"),
                                                          "content_hash": train.attrs.get("content_hash")})
+            # The reference statistics are computed once here, not in every evaluate run.
+            from ..metrics import cache_reference_features
+
+            reference = train if params.evaluate.reference == "train" else test
+            weights = reference_weights(params, tmp)
+            cache_reference_features(torch.as_tensor(reference.x1), extractor=params.evaluate.feature_extractor,
+                                     extractor_weights_path=weights, cache_root=tmp / "reference_cache",
+                                     batch_size=params.evaluate.batch_size)
+            info["reference"] = {"split": params.evaluate.reference, "extractor": params.evaluate.feature_extractor}
         common.write_json(info, tmp / "info.json")
 
 
