@@ -127,7 +127,7 @@ def covers(declared: list[str], key: str) -> bool:
 CONFIGS = {
     "toy-fm": tiny_params(),
     "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
-                                         evaluate__reference="train",
+                                         evaluate__reference="train", distill__gan__enabled=True,
                                          sample__n_samples=200, evaluate__kid_subset_size=50),
     "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
                                         finetune__enabled=True, finetune__steps=2),

@@ -131,6 +131,15 @@ class TrainTeacherConfig:
 
 
 @dataclass(frozen=True)
+class GanConfig:
+    """RealUID + GAN: a discriminator head on the fake model's encoder, judged at t in (0.8, 1]."""
+
+    enabled: bool = opt(doc="false: the 'No GANs' RealUID losses alone")
+    gen_coef: float = opt(ge=0, doc="weight of softplus(-D(x_gen)) in the generator loss")
+    disc_coef: float = opt(ge=0, doc="weight of the discriminator loss in the fake loss (authors: 3 x gen_coef)")
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     steps: int = opt(gt=0, doc="generator updates")
     fake_updates_per_generator_update: int = opt(gt=0)
@@ -144,6 +153,8 @@ class DistillConfig:
     seed: int = opt(ge=0)
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
+    # A default so code that builds a DistillConfig by hand stays valid; params files still list it.
+    gan: GanConfig = opt(GanConfig(enabled=False, gen_coef=5.0, disc_coef=15.0))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import atomic_save, load_checkpoint
+from .gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from .losses import fake_loss, generator_loss, matching_loss
 from .models import OneStepGenerator, build_model
 
@@ -370,8 +371,13 @@ class RealUID:
         if cfg.fake_init == "teacher":
             self.fake.load_state_dict(teacher.state_dict())
         self.fake.requires_grad_(True)
+        # RealUID + GAN: the head sits on the fake model's encoder and trains with it, under the same
+        # optimizer settings and one joint gradient clip (the authors' head is part of the fake network).
+        self.gan = cfg.gan if cfg.gan.enabled else None
+        self.disc_head = DiscriminatorHead(feature_dim(self.fake)).to(device).train() if self.gan else None
+        self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
         self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim)
-        self.fake_opt, self.fake_sched = make_optimizer(self.fake.parameters(), cfg.fake_optim)
+        self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
     def _inputs(self, batch: TrainData, gen: torch.Generator):
@@ -379,6 +385,18 @@ class RealUID:
         y = batch.y if self.labels else None
         z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, generator=gen)
         return y, z
+
+    def _gan_logits(self, x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        """Head logits ``[B]`` of ``x1`` [B, ...] seen on the path at discriminator times in (0.8, t_max].
+
+        Drawn after the step's own draws, so runs without the GAN keep their random streams; ``x0`` is
+        the step's (the authors reuse it). ``x1`` may stack generated and real samples ([2B, ...]) with
+        ``x0`` and ``y`` repeated: one encoder pass over both (no batch-coupled layers).
+        """
+        t = gan_time_sample(x1.shape[0], gen, t_max=self.family.t_max, device=x1.device)
+        x_t = self.family.path_sample(x0, x1, t, self.family.sample_noise(x1, generator=gen)).x_t
+        with autocast(self.device, self.cfg.precision):
+            return self.disc_head(encoder_features(self.fake, t, x_t, y)).float()
 
     def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the fake model ``f``; returns (loss, gradient norm) on the device."""
@@ -400,13 +418,21 @@ class RealUID:
                 data_target = data_path.target
         loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
                          weight=gen_path.weight).mean()
-        norm = optimizer_step(loss, self.fake.parameters(), self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
+        if self.gan is not None:
+            # Same t for a generated sample and its real partner: the head compares like with like.
+            logits_gen, logits_data = self._gan_logits(
+                x0.repeat(2, *[1] * (x0.dim() - 1)), torch.cat([x1_gen, batch.x1]),
+                None if y is None else y.repeat(2), gen).chunk(2)
+            loss = loss + self.gan.disc_coef * discriminator_loss(logits_data, logits_gen).mean()
+        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
         return loss.detach(), norm
 
     def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the generator through ``x1_gen``; returns (loss, gradient norm) on the device."""
         y, z = self._inputs(batch, gen)
         self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
+        if self.gan is not None:
+            self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
                 x1_gen = self.generator(z, y).float()
@@ -415,10 +441,14 @@ class RealUID:
                 f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
+            if self.gan is not None:
+                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x0, x1_gen, y, gen)).mean()
             norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
                                   self.cfg.generator_optim.grad_clip)
         finally:
             self.fake.requires_grad_(True)
+            if self.gan is not None:
+                self.disc_head.requires_grad_(True)
         self.ema.update(self.generator.net)
         return loss.detach(), norm
 
@@ -426,7 +456,8 @@ class RealUID:
         return {"generator": self.generator.net.state_dict(), "fake": self.fake.state_dict(),
                 "gen_opt": self.gen_opt.state_dict(), "gen_sched": self.gen_sched.state_dict(),
                 "fake_opt": self.fake_opt.state_dict(), "fake_sched": self.fake_sched.state_dict(),
-                "ema": self.ema.state_dict()}
+                "ema": self.ema.state_dict(),
+                **({"disc_head": self.disc_head.state_dict()} if self.gan else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.net.load_state_dict(state["generator"])
@@ -436,6 +467,8 @@ class RealUID:
         self.fake_opt.load_state_dict(state["fake_opt"])
         self.fake_sched.load_state_dict(state["fake_sched"])
         self.ema.load_state_dict(state["ema"])
+        if self.gan is not None:
+            self.disc_head.load_state_dict(state["disc_head"])
 
 
 def distill(
