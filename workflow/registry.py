@@ -25,6 +25,100 @@ class Stage:
     def uses_gpu(self) -> bool:
         return bool(self.meta.get("gpu"))
 
+    @property
+    def slurm(self) -> "SlurmRequest":
+        return slurm_request(self.name, self.meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster resources: dvc.yaml `meta: slurm:` → Snakemake threads and resources
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """What one stage asks of a cluster. Unset fields fall back to the profile's ``default-resources``."""
+
+    partition: str | None = None
+    account: str | None = None
+    runtime: int | str | None = None  # minutes, or a Snakemake duration such as "2h30m"
+    mem_mb: int | None = None
+    cpus: int = 1
+    gpus: int = 0  # used only where the cluster has GPUs (Snakemake config `gpus=true`)
+
+
+SLURM_KEYS = ("partition", "account", "runtime", "mem_mb", "cpus", "gpus")
+
+
+def _positive_int(stage: str, key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"stage {stage}: meta.slurm.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_empty_str(stage: str, key: str, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"stage {stage}: meta.slurm.{key} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def slurm_request(stage: str, meta: dict) -> SlurmRequest:
+    """Validate ``meta.slurm`` of one dvc.yaml stage. GPU stages (``meta.gpu: true``) ask for one GPU
+    unless ``gpus`` says otherwise; other stages may not ask for any."""
+    block = meta.get("slurm") or {}
+    if not isinstance(block, dict):
+        raise ValueError(f"stage {stage}: meta.slurm must be a mapping, got {block!r}")
+    unknown = sorted(set(block) - set(SLURM_KEYS))
+    if unknown:
+        raise ValueError(f"stage {stage}: unknown key(s) meta.slurm.{', meta.slurm.'.join(unknown)}; "
+                         f"allowed: {', '.join(SLURM_KEYS)}")
+    uses_gpu = bool(meta.get("gpu"))
+    fields = {}
+    for key in ("partition", "account"):
+        if key in block:
+            fields[key] = _non_empty_str(stage, key, block[key])
+    if "runtime" in block:
+        runtime = block["runtime"]
+        fields["runtime"] = (_non_empty_str(stage, "runtime", runtime) if isinstance(runtime, str)
+                             else _positive_int(stage, "runtime", runtime))
+    for key in ("mem_mb", "cpus"):
+        if key in block:
+            fields[key] = _positive_int(stage, key, block[key])
+    if "gpus" in block:
+        if not uses_gpu:
+            raise ValueError(f"stage {stage}: meta.slurm.gpus is set but the stage is not marked meta.gpu: true")
+        fields["gpus"] = _positive_int(stage, "gpus", block["gpus"])
+    elif uses_gpu:
+        fields["gpus"] = 1
+    return SlurmRequest(**fields)
+
+
+def gpus_flag(value) -> bool:
+    """Snakemake config ``gpus`` (``--config gpus=true``): whether the cluster has GPUs to hand out."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.strip().lower() in ("true", "yes", "1")
+    raise ValueError(f"config gpus must be true or false, got {value!r}")
+
+
+def snakemake_resources(stage: Stage, *, gpus_available: bool) -> dict:
+    """Snakemake ``resources`` of a stage's rule, named as the Slurm executor plugin reads them.
+
+    Only what the stage sets is returned, so the profile's ``default-resources`` fill in the rest. GPUs
+    are requested only when ``gpus_available``: asking a cluster without GPUs for one leaves the job
+    pending forever.
+    """
+    req = stage.slurm
+    names = {"partition": "slurm_partition", "account": "slurm_account", "runtime": "runtime",
+             "mem_mb": "mem_mb"}
+    resources = {names[k]: getattr(req, k) for k in names if getattr(req, k) is not None}
+    if gpus_available and req.gpus:
+        resources["gpu"] = req.gpus
+    return resources
+
 
 def _paths(entries) -> list[str]:
     """DVC lists entries as plain paths or as ``{path: {options}}``."""
@@ -56,8 +150,10 @@ def load_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
             raise ValueError(f"stage {name}: foreach/matrix stages are not supported by the Snakefile bridge")
         cmd = s["cmd"] if isinstance(s["cmd"], str) else " && ".join(s["cmd"])
         outs = _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
-        stages.append(Stage(name, " ".join(cmd.split()), _paths(s.get("deps")), outs,
-                            _param_keys(s.get("params")), dict(s.get("meta") or {})))
+        stage = Stage(name, " ".join(cmd.split()), _paths(s.get("deps")), outs,
+                      _param_keys(s.get("params")), dict(s.get("meta") or {}))
+        stage.slurm  # a bad meta.slurm block fails when the registry is read, not when a job is submitted
+        stages.append(stage)
     return stages
 
 

@@ -1,13 +1,15 @@
 # One rule per dvc.yaml stage, generated in a loop. Each rule binds its command through `params:`
 # (late binding: a plain Python variable in `shell:` would be read after the loop ended), writes a log
 # per stage, and carries the values of the params keys it declares so that Snakemake reruns it exactly
-# when DVC would.
+# when DVC would. Cluster requests (threads, runtime, memory, partition, account, GPUs) come from each
+# stage's `meta: slurm:` block in dvc.yaml; GPUs are requested only with `--config gpus=true`.
 from pathlib import Path
 
-from registry import load_stages, param_values
+from registry import gpus_flag, load_stages, param_values, snakemake_resources
 
 STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml")
 STAGE_OUTPUTS = {o for s in STAGES for o in s.outs}
+GPUS_AVAILABLE = gpus_flag(config.get("gpus", False))
 
 
 def _snake_output(path):
@@ -29,7 +31,8 @@ for _stage in STAGES:
         params:
             cmd=_stage.cmd,
             values=param_values(_stage.params, Path(workflow.basedir) / "params.yaml"),
+        threads: _stage.slurm.cpus
         resources:
-            gpu=1 if _stage.uses_gpu else 0,
+            **snakemake_resources(_stage, gpus_available=GPUS_AVAILABLE),
         shell:
             "{params.cmd} > {log} 2>&1"
