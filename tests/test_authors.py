@@ -138,3 +138,39 @@ def test_bad_files_and_choices_are_clear_errors(uncond, tmp_path):
 def test_spec_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         authors_model_spec(**kwargs)
+
+
+def test_train_teacher_stage_imports_the_authors_file(uncond, tmp_path, monkeypatch):
+    """`train_teacher.import_checkpoint` skips training and writes the imported weights as the teacher."""
+    import numpy as np
+    import yaml
+    from pathlib import Path
+
+    from realuid.checkpoints import load_checkpoint
+    from realuid.stages import train_teacher
+    from realuid.stages.common import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    ckpt = tmp_path / "authors.pt"
+    torch.save(authors_checkpoint(uncond), ckpt)
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=images)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prepare"].update(source="file", path=str(tmp_path / "images.npz"), test_fraction=0.25)
+    params["train_teacher"].update(import_checkpoint=str(ckpt), import_ema="0.9999")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    from realuid.stages import prepare
+
+    assert prepare.cli(["--out", "data/prepare"]) == 0
+    assert train_teacher.cli(["--data", "data/prepare/train.h5", "--out", "data/train_teacher"]) == 0
+    teacher = load_model(load_checkpoint(tmp_path / "data/train_teacher/teacher.pt"), use_ema="ema",
+                         device=torch.device("cpu"))
+    t, x = torch.rand(2), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(t, x), uncond(t, x), rtol=0, atol=0)  # "0.9999" is the raw copy
+
+    params["family"]["name"] = "si"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert train_teacher.cli(["--data", "data/prepare/train.h5", "--out", "data/other"]) == 1
+    assert not (tmp_path / "data/other").exists()

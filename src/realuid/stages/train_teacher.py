@@ -10,8 +10,28 @@ from pathlib import Path
 from ..config import to_dict
 from ..models import model_spec
 from ..checkpoints import atomic_save, file_digest
-from ..training import resolve_device, state_key, train_teacher
+from ..training import CHECKPOINT_FORMAT, resolve_device, state_key, train_teacher
 from . import common
+
+
+def imported_teacher(cfg, params, split) -> dict:
+    """The teacher checkpoint dict for one of the authors' released files (no training)."""
+    from ..authors import load_authors_teacher
+
+    if params.family.name != "fm":
+        raise common.StageError(f"the authors' teachers are flow-matching models; family.name is {params.family.name!r}")
+    classes = split.num_classes if cfg.model.class_cond else 0
+    spec, state = load_authors_teacher(cfg.import_checkpoint, ema=None if cfg.import_ema == "none" else cfg.import_ema)
+    if tuple(spec["args"]["shape"]) != tuple(split.sample_shape):
+        raise common.StageError(f"the imported teacher is for images {spec['args']['shape']}, the data are {list(split.sample_shape)}")
+    if spec["args"]["num_classes"] != classes:
+        raise common.StageError(
+            f"the imported teacher has {spec['args']['num_classes']} classes, the params ask for {classes} "
+            "(train_teacher.model.class_cond and the data's labels)"
+        )
+    print(f"train_teacher: imported {cfg.import_checkpoint} (EMA {cfg.import_ema}), no training")
+    return {"format": CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "state_dict": state,
+            "ema_state_dict": state, "step": 0, "imported_from": file_digest(cfg.import_checkpoint)}
 
 
 def main(args, params) -> None:
@@ -19,6 +39,13 @@ def main(args, params) -> None:
     family = common.make_family(params)
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
+    if cfg.import_checkpoint:
+        result = imported_teacher(cfg, params, split)
+        result["family"] = {"name": params.family.name, "options": params.family.options()}
+        with common.atomic_dir(args.out) as tmp:
+            atomic_save(result, tmp / "teacher.pt")
+            (tmp / "curves.csv").write_text("step,loss,grad_norm,lr\n")
+        return
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
     device = resolve_device(cfg.device)
 
