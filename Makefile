@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow clean-state
+.PHONY: run paper test test-slow clean-state
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Stage commands call `python`: the venv's bin goes first on PATH.
 run: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+
+# A paper configuration (configs/$(CONFIG).yaml) becomes params.yaml, then the pipeline runs: do it on
+# a branch of its own, e.g. `git checkout -b cifar10-uncond && make paper CONFIG=cifar10-uncond`.
+paper: $(STAMP)
+	@test -n "$(CONFIG)" -a -f "configs/$(CONFIG).yaml" || { echo "usage: make paper CONFIG=<name of a file in configs/>"; exit 2; }
+	cp "configs/$(CONFIG).yaml" params.yaml
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
 test: $(STAMP)
