@@ -127,8 +127,8 @@ class TrainTeacherConfig:
     log_every_steps: int = opt(gt=0)
     seed: int = opt(ge=0)
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
-    import_checkpoint: str = opt(doc="a RealUID authors' teacher file to use instead of training ('' = train)")
-    import_ema: str = opt(doc="the EMA copy of the imported file ('none' = its raw net_model)")
+    import_checkpoint: str = opt("", doc="a RealUID authors' teacher file to use instead of training ('' = train)")
+    import_ema: str = opt("0.999", doc="the EMA copy of the imported file ('none' = its raw net_model)")
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
 
 
