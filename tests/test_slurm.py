@@ -125,6 +125,18 @@ def test_profile_uses_the_slurm_executor_and_no_gpus_by_default():
     assert profile["config"] == ["gpus=false"]
 
 
+def set_slurm_blocks(project, **blocks):
+    """Replace every stage's ``meta.slurm`` in the project's dvc.yaml: ``blocks`` for the named stages,
+    none for the others (the repository's own requests are sized for real data, not for this machine)."""
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())
+    for name, stage in spec["stages"].items():
+        meta = stage.setdefault("meta", {})
+        meta.pop("slurm", None)
+        if name in blocks:
+            meta["slurm"] = blocks[name]
+    (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
 def dry_run_requests(project, *extra: str) -> dict:
     """Per rule: the ``resources:`` and ``threads:`` lines of a dry run."""
     out = sh(project, "snakemake", "--dry-run", *extra).stdout
@@ -141,10 +153,7 @@ def dry_run_requests(project, *extra: str) -> dict:
 
 def test_dry_run_shows_per_stage_requests_and_gpus_only_with_the_flag(tmp_path):
     project = make_project(tmp_path / "project", tiny_params(), git=False)
-    spec = yaml.safe_load((project / "dvc.yaml").read_text())
-    spec["stages"]["distill"]["meta"]["slurm"] = {"partition": "gpu", "runtime": 90, "mem_mb": 8000,
-                                                  "cpus": 2, "gpus": 2}
-    (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    set_slurm_blocks(project, distill={"partition": "gpu", "runtime": 90, "mem_mb": 8000, "cpus": 2, "gpus": 2})
 
     local = dry_run_requests(project, "--cores", "2")
     assert local["distill"]["threads"] == 2
@@ -220,9 +229,7 @@ def slurm_accounts_of(job_ids) -> dict:
 def test_pipeline_runs_as_slurm_jobs_and_dvc_adopts_the_results(local_slurm, tmp_path):
     project = make_project(tmp_path / "project", tiny_params())
     distill_cpus = min(2, os.cpu_count() or 1)
-    spec = yaml.safe_load((project / "dvc.yaml").read_text())
-    spec["stages"]["distill"]["meta"]["slurm"] = {"cpus": distill_cpus, "runtime": 7}
-    (project / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    set_slurm_blocks(project, distill={"cpus": distill_cpus, "runtime": 7})
 
     # The profile as users run it; squeue because this cluster keeps no accounting database, and a short
     # first status check because the tiny stages finish in seconds.

@@ -43,7 +43,7 @@ class SlurmRequest:
     account: str | None = None
     runtime: int | str | None = None  # minutes, or a Snakemake duration such as "2h30m"
     mem_mb: int | None = None
-    cpus: int = 1
+    cpus: int = 1  # the rule's threads: --cpus-per-task on Slurm, OMP_NUM_THREADS for the command
     gpus: int = 0  # used only where the cluster has GPUs (Snakemake config `gpus=true`)
 
 
