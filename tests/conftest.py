@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    # Tests run many tiny tensor ops; on a 2-core machine thread hand-offs cost more than they save.
+    # Tests run many tiny tensor ops: one intra-op thread is as fast, and far faster when other jobs
+    # share the two cores (every OpenMP region then waits for a busy core).
     torch.set_num_threads(1)
     yield
 

@@ -9,15 +9,6 @@ from realuid.analytic import ExactFMTeacher, GaussianMixture, exact_fm_velocity,
 from realuid.matching import make_family
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one intra-op thread avoids OpenMP waits on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mixture_3d(dtype=torch.float64):
     means = torch.tensor([[0.5, -0.2, 0.1], [-0.7, 0.4, 0.0], [0.1, 0.9, -0.5]], dtype=dtype)
     return GaussianMixture(means, 0.2, torch.tensor([0.5, 0.3, 0.2], dtype=dtype))

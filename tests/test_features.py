@@ -20,15 +20,6 @@ from realuid.features import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # These nets are tiny: one intra-op thread is as fast, and far faster when other jobs share the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """sklearn digits as images [1797, 1, 8, 8] in [-1, 1], with a fixed 1437 / 360 split."""

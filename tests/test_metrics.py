@@ -23,15 +23,6 @@ from realuid.metrics import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # Small workloads: one intra-op thread is as fast, and far faster when other jobs share the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def whitened(n, dim, seed):
     """n points [n, dim] whose sample mean is exactly 0 and unbiased sample covariance exactly I."""
     points = np.random.default_rng(seed).standard_normal((n, dim))

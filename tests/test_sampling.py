@@ -20,16 +20,6 @@ UNPAIRED = [
 UNPAIRED_IDS = [name + "-" + "-".join(str(v) for v in opts.values()) for name, opts in UNPAIRED]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run these many-small-op loops on one intra-op thread: on a busy 2-core machine every OpenMP
-    region waits for the second core (~15 ms each), which made the samplers 10x slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CallCounter(nn.Module):
     """Wraps a model and records every call: proves how many evaluations a sampler makes."""
 

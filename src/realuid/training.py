@@ -242,6 +242,13 @@ def _check_finite(means: dict[str, float], step: int, checkpoint: Path) -> None:
         )
 
 
+def _boundaries(done: int, cfg, stop_after: int | None) -> tuple[bool, bool]:
+    """Whether step ``done`` ends a log interval and whether it is a checkpoint (the last step is both)."""
+    last = done == cfg.steps
+    return (done % cfg.log_every_steps == 0 or last,
+            done % cfg.checkpoint_every_steps == 0 or last or done == stop_after)
+
+
 def _draw(family, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Source endpoint, time and extra path noise for one batch: (x0, t, noise)."""
     x1 = batch.x1
@@ -322,8 +329,7 @@ def train_teacher(
         meter.add(loss=loss, grad_norm=norm)
         done = step + 1
         bar.update(1)
-        at_log = done % cfg.log_every_steps == 0 or done == cfg.steps
-        at_ckpt = done % cfg.checkpoint_every_steps == 0 or done == cfg.steps or done == stop_after
+        at_log, at_ckpt = _boundaries(done, cfg, stop_after)
         if at_log or at_ckpt:
             means = meter.read()
             _check_finite(means, done, ckpt_path)
@@ -522,8 +528,7 @@ def distill(
         meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
         done = step + 1
         bar.update(1)
-        at_log = done % cfg.log_every_steps == 0 or done == cfg.steps
-        at_ckpt = done % cfg.checkpoint_every_steps == 0 or done == cfg.steps or done == stop_after
+        at_log, at_ckpt = _boundaries(done, cfg, stop_after)
         if at_log or at_ckpt:
             means = meter.read()
             _check_finite(means, done, ckpt_path)
