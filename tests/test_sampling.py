@@ -1,6 +1,5 @@
 """Teacher samplers, one-step generation and per-seed noise."""
 
-import math
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """The teacher loop learns the right field: flow matching on a Gaussian mixture, whose velocity is exact."""
 
-import dataclasses
 
 import torch
 

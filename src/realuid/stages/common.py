@@ -111,6 +111,28 @@ def check_family_matches_data(family, split) -> None:
         )
 
 
+def load_teacher(path: str | Path, params: Params, device: torch.device) -> tuple[dict, torch.nn.Module]:
+    """The teacher checkpoint and ``f*``, its EMA copy (the weights its multi-step samples come from)."""
+    from ..checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("family", {}).get("name") != params.family.name:
+        raise StageError(
+            f"the teacher was trained for family {checkpoint.get('family')}, params say {params.family.name}: "
+            "rerun train_teacher"
+        )
+    return checkpoint, load_model(checkpoint, use_ema="ema", device=device)
+
+
+def publish_training(out: str | Path, name: str, result: dict, state_dir: Path) -> None:
+    """Write a finished training run (``name``, e.g. generator.pt) and its curves atomically into ``out``."""
+    from ..checkpoints import atomic_save
+
+    with atomic_dir(out) as tmp:
+        atomic_save(result, tmp / name)
+        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+
+
 def load_model(checkpoint: dict, *, use_ema: str | None, device: torch.device) -> torch.nn.Module:
     """Rebuild the network of a teacher or generator checkpoint from its own spec.
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 
-import shutil
 from pathlib import Path
 
 from ..config import to_dict
-from ..checkpoints import atomic_save, file_digest, load_checkpoint
+from ..checkpoints import file_digest
 from ..training import distill, resolve_device, state_key
 from . import common
 
@@ -19,14 +18,7 @@ def main(args, params) -> None:
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
     device = resolve_device(cfg.device)
-    teacher_ckpt = load_checkpoint(args.teacher)
-    if teacher_ckpt.get("family", {}).get("name") != params.family.name:
-        raise common.StageError(
-            f"the teacher was trained for family {teacher_ckpt.get('family')}, params say {params.family.name}: "
-            "rerun train_teacher"
-        )
-    # f* is the teacher's EMA copy: the weights its multi-step samples come from.
-    teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
+    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
 
     key = state_key("distill", params.alpha, params.beta, to_dict(params.family), to_dict(cfg),
                     file_digest(args.data), file_digest(args.teacher))
@@ -36,9 +28,7 @@ def main(args, params) -> None:
                      alpha=params.alpha, beta=params.beta)
     result["family"] = teacher_ckpt["family"]
 
-    with common.atomic_dir(args.out) as tmp:
-        atomic_save(result, tmp / "generator.pt")
-        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+    common.publish_training(args.out, "generator.pt", result, state_dir)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..checkpoints import atomic_save, file_digest, load_checkpoint
+from ..checkpoints import file_digest, load_checkpoint
 from ..config import to_dict
 from ..training import distill, resolve_device, state_key
 from . import common
@@ -28,8 +28,8 @@ def main(args, params) -> None:
     family = common.make_family(params)
     split = common.load_split(args.data)
     device = resolve_device(params.distill.device)
-    teacher_ckpt, distilled = load_checkpoint(args.teacher), load_checkpoint(args.generator)
-    teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
+    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
+    distilled = load_checkpoint(args.generator)
     start = common.load_model(distilled, use_ema=cfg.from_ema, device=device)
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
@@ -44,9 +44,7 @@ def main(args, params) -> None:
     result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], run_cfg, state_dir,
                      alpha=cfg.alpha, beta=cfg.beta, student_init=start)
     result["family"] = distilled["family"]
-    with common.atomic_dir(args.out) as tmp:
-        atomic_save(result, tmp / "generator.pt")
-        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+    common.publish_training(args.out, "generator.pt", result, state_dir)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -56,8 +56,8 @@ def main(args, params) -> None:
     device = resolve_device(cfg.device)
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
-    teacher_ckpt, gen_ckpt = load_checkpoint(args.teacher), load_checkpoint(args.generator)
-    teacher = common.load_model(teacher_ckpt, use_ema="ema", device=device)
+    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
+    gen_ckpt = load_checkpoint(args.generator)
     # Every copy of the generator is sampled: the raw weights and each EMA decay. `student` is the one
     # `sample.generator_ema` names, the headline of the report.
     copies = {"student_raw": "none", **{f"student_ema_{k.replace('.', '_')}": k for k in sorted(gen_ckpt["ema"])}}

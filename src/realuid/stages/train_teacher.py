@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import shutil
 from pathlib import Path
 
 from ..config import to_dict
@@ -56,10 +55,7 @@ def main(args, params) -> None:
     print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {device}, state {state_dir}")
     result = train_teacher(family, common.train_data(split, device), spec, cfg, state_dir)
     result["family"] = {"name": params.family.name, "options": params.family.options()}
-
-    with common.atomic_dir(args.out) as tmp:
-        atomic_save(result, tmp / "teacher.pt")
-        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+    common.publish_training(args.out, "teacher.pt", result, state_dir)
 
 
 def cli(argv: list[str] | None = None) -> int:
