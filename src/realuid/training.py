@@ -5,6 +5,13 @@ data order of epoch ``e`` from one seeded by ``(seed, e)``, so the loop's random
 the step counter. A checkpoint therefore only needs weights, optimizer, scheduler and EMA state plus the
 step; a run killed at any point and started again ends with bit-identical weights on CPU (tested).
 
+Data parallelism (see :mod:`realuid.distributed`): under ``torchrun`` every process takes the same global
+batch and makes the same random draws, then computes only its own rows; gradients are averaged across
+processes before clipping, so weights, optimizer state and EMA stay identical everywhere and the run
+equals the one-process run with the same global batch up to floating-point summation order. Dropout
+masks are drawn per (step, rank), as different rows of one big batch would get different masks. The
+state holds nothing per process, so a run may resume with a different number of processes.
+
 Host synchronisation: losses and gradient norms are accumulated on the device and read once per log
 interval; the NaN/Inf check happens there too, and a checkpoint is written only after the check passed,
 so the last checkpoint on disk is always a good one.
@@ -27,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import atomic_save, load_checkpoint
+from .distributed import SINGLE_PROCESS, Dist
 from .gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from .losses import fake_loss, generator_loss, matching_loss
 from .models import OneStepGenerator, build_model
@@ -82,6 +90,15 @@ def _seeded(seed: int, *counters: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def _seed_dropout(seed: int, step: int, rank: int) -> None:
+    """Seed the global RNG (dropout masks) for ``step`` on process ``rank``.
+
+    Rank 0 keeps the one-process seed; other ranks get their own, as their rows would get other masks
+    inside one big batch.
+    """
+    torch.manual_seed(_seed_value(seed, step, -1, *([rank] if rank else [])))
+
+
 # --------------------------------------------------------------------------------------------------
 # Data batches
 # --------------------------------------------------------------------------------------------------
@@ -100,7 +117,11 @@ class TrainData:
 
 
 class BatchStream:
-    """Batch ``k`` of a shuffled, epoch-based stream, computable from ``k`` alone."""
+    """Batch ``k`` of a shuffled, epoch-based stream, computable from ``k`` alone.
+
+    Under data parallelism this is the *global* batch, the same on every process; each process then
+    computes its own rows of it (``Dist.rows``).
+    """
 
     def __init__(self, data: TrainData, batch_size: int, seed: int):
         if batch_size > len(data):
@@ -168,10 +189,16 @@ def make_optimizer(params, optim_cfg) -> tuple[torch.optim.Adam, torch.optim.lr_
     return opt, sched
 
 
-def optimizer_step(loss, params, opt, sched, grad_clip: float) -> torch.Tensor:
-    """Backward, global-norm clip (0 = no clipping), step; returns the pre-clip gradient norm (on device)."""
+def optimizer_step(loss, params, opt, sched, grad_clip: float, dist: Dist = SINGLE_PROCESS) -> torch.Tensor:
+    """Backward, average gradients over processes, global-norm clip (0 = no clipping), step.
+
+    ``loss`` is this process's mean over its rows; with equal rows per process the average of the
+    gradients is the gradient of the global batch mean. Returns the pre-clip gradient norm (on device).
+    """
+    params = list(params)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    dist.average_gradients_(params)  # before clipping: the clip sees the global batch's gradient
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     opt.step()
     sched.step()
@@ -226,10 +253,16 @@ class Meter:
             self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.count += 1
 
-    def read(self) -> dict[str, float]:
-        means = {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+    def read(self, dist: Dist = SINGLE_PROCESS) -> dict[str, float]:
+        """Means since the last read, averaged over processes (one all-reduce and one host sync)."""
+        names = list(self.sums)
+        if not names:
+            return {}
+        sums = torch.stack([self.sums[k] for k in names])
+        dist.average_([sums])
+        values = [v / max(self.count, 1) for v in sums.tolist()]
         self.sums, self.count = {}, 0
-        return means
+        return dict(zip(names, values))
 
 
 def _check_finite(means: dict[str, float], step: int, checkpoint: Path) -> None:
@@ -258,6 +291,34 @@ def _draw(family, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor,
     return x0, t, noise
 
 
+def _take(rows: slice, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Rows ``rows`` of each [B, ...] tensor (None stays None)."""
+    return tuple(None if a is None else a[rows] for a in tensors)
+
+
+def _take_stacked(rows: slice, a: torch.Tensor, copies: int, total: int) -> torch.Tensor:
+    """Rows ``rows`` of each of ``copies`` stacked blocks of ``total`` rows: [copies*total, ...] -> [copies*b, ...]."""
+    if rows.start == 0 and rows.stop == total:
+        return a
+    return torch.cat([a[c * total + rows.start : c * total + rows.stop] for c in range(copies)])
+
+
+def _local_batch(batch: TrainData, rows: slice) -> TrainData:
+    return TrainData(*_take(rows, batch.x1, batch.y, batch.x0))
+
+
+def _resume(ckpt_path: Path, device: torch.device, dist: Dist) -> dict | None:
+    """The checkpoint every process resumes from (None: start afresh).
+
+    Every process reads the same file; processes that see different states (a state folder that is
+    not on a filesystem shared by every node) stop with an error instead of silently diverging.
+    """
+    state = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
+    dist.same_everywhere(None if state is None else state["step"], f"the step to resume from in {ckpt_path.parent} "
+                         "(the state folder must be on a filesystem that every node shares)")
+    return state
+
+
 def _progress(total: int, start: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=start, desc=desc, disable=not enabled, mininterval=1.0, dynamic_ncols=True)
 
@@ -276,19 +337,24 @@ def train_teacher(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    dist: Dist = SINGLE_PROCESS,
 ) -> dict:
     """Train ``f(t, x_t, y)`` by the universal matching loss on real data; resumes from ``state_dir``.
 
-    ``cfg`` is a :class:`realuid.config.TrainTeacherConfig`. ``stop_after`` ends the call early at that
-    step (after checkpointing), which is how tests simulate a killed run. Returns the final checkpoint
-    dict: ``{"format", "kind": "teacher", "spec", "state_dict", "ema_state_dict", "step"}``.
+    ``cfg`` is a :class:`realuid.config.TrainTeacherConfig`; ``cfg.batch_size`` is the global batch,
+    split evenly over the processes of ``dist`` (only rank 0 writes to ``state_dir``). ``stop_after``
+    ends the call early at that step (after checkpointing), which is how tests simulate a killed run.
+    Returns the final checkpoint dict: ``{"format", "kind": "teacher", "spec", "state_dict",
+    "ema_state_dict", "step"}`` (on every process).
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = state_dir / "checkpoint.pt"
     device = data.x1.device
+    rows = dist.rows(cfg.batch_size)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(spec).to(device)
+    dist.broadcast_module_(model)  # seeded construction already agrees; this makes sure of it
     ema = EMA(model, [cfg.ema_decay])
     opt, sched = make_optimizer(model.parameters(), cfg.optim)
     log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
@@ -296,14 +362,15 @@ def train_teacher(
     labels = spec["args"].get("num_classes", 0) > 0
 
     start = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
+    state = _resume(ckpt_path, device, dist)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         ema.load_state_dict(state["ema"])
         start = state["step"]
-    log.trim(start)
+    if dist.is_main:
+        log.trim(start)
 
     def save(step: int) -> None:
         atomic_save(
@@ -314,29 +381,34 @@ def train_teacher(
 
     meter = Meter()
     model.train()
-    bar = _progress(cfg.steps, start, "teacher", progress)
+    bar = _progress(cfg.steps, start, "teacher", progress and dist.is_main)
     for step in range(start, cfg.steps):
         gen = _seeded(cfg.seed, step, 0, device=device)
-        torch.manual_seed(_seed_value(cfg.seed, step, -1))  # dropout draws, if any
+        _seed_dropout(cfg.seed, step, dist.rank)
+        # Draws for the whole global batch on every process, then this process's rows of everything.
         batch = stream(step)
         x0, t, noise = _draw(family, batch, gen)
+        batch, (x0, t, noise) = _local_batch(batch, rows), _take(rows, x0, t, noise)
         path = family.path_sample(x0, batch.x1, t, noise)
         with autocast(device, cfg.precision):
             pred = model(t, path.x_t, batch.y if labels else None)
         loss = matching_loss(pred.float(), path.target, path.weight).mean()
-        norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip)
+        norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip, dist)
         ema.update(model)
         meter.add(loss=loss, grad_norm=norm)
         done = step + 1
         bar.update(1)
         at_log, at_ckpt = _boundaries(done, cfg, stop_after)
         if at_log or at_ckpt:
-            means = meter.read()
-            _check_finite(means, done, ckpt_path)
-            log.append({"step": done, **means, "lr": sched.get_last_lr()[0]})
+            means = meter.read(dist)
+            _check_finite(means, done, ckpt_path)  # same means on every process: all stop together
+            if dist.is_main:
+                log.append({"step": done, **means, "lr": sched.get_last_lr()[0]})
             bar.set_postfix(loss=f"{means['loss']:.4g}")
         if at_ckpt:
-            save(done)
+            if dist.is_main:
+                save(done)
+            dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
         if done == stop_after:
             break
     bar.close()
@@ -355,6 +427,22 @@ def train_teacher(
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class StepDraws:
+    """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
+    as in :func:`_draw`, the generator input ``z``, and the GAN head's times ``gan_t`` [copies*b] and
+    path noise ``gan_noise`` [copies*b, ...] (None without the GAN)."""
+
+    x1: torch.Tensor
+    y: torch.Tensor | None
+    z: torch.Tensor
+    x0: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor | None
+    gan_t: torch.Tensor | None = None
+    gan_noise: torch.Tensor | None = None
+
+
 class RealUID:
     """The two phases of RealUID distillation over a frozen teacher ``f*``.
 
@@ -362,12 +450,15 @@ class RealUID:
     teacher or from random weights (``cfg.fake_init``). Each phase has its own optimizer and touches only
     its own network: the fake step samples the generator without autograd, the generator step freezes the
     fake model so its gradients stay as the fake step left them.
+
+    A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
+    gradients are averaged over processes before its clip and step.
     """
 
     def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
-                 device: torch.device, student_init: nn.Module | None = None):
+                 device: torch.device, student_init: nn.Module | None = None, dist: Dist = SINGLE_PROCESS):
         self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
-        self.device = device
+        self.device, self.dist = device, dist
         self.labels = spec["args"].get("num_classes", 0) > 0
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
@@ -382,42 +473,57 @@ class RealUID:
         # optimizer settings and one joint gradient clip (the authors' head is part of the fake network).
         self.gan = cfg.gan if cfg.gan.enabled else None
         self.disc_head = DiscriminatorHead(feature_dim(self.fake)).to(device).train() if self.gan else None
+        for net in (self.generator, self.fake, *([self.disc_head] if self.gan else [])):
+            dist.broadcast_module_(net)  # identical starting weights on every process (before the EMA copies)
         self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
         self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim)
         self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
-    def _inputs(self, batch: TrainData, gen: torch.Generator):
-        """Labels and the generator's input: fresh noise, or the corrupted input of a pair."""
+    def _draws(self, batch: TrainData, gen: torch.Generator, gan_copies: int) -> StepDraws:
+        """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
+
+        Order: generator input ``z``, then ``x0, t, noise`` (:func:`_draw`), then the GAN head's times and
+        noise for ``gan_copies`` stacked blocks of G rows, last so that runs without the GAN keep their
+        random streams. Drawing for all G rows on every process makes the union over processes exactly
+        the one-process phase.
+        """
+        total = batch.x1.shape[0]
+        rows = self.dist.rows(total)
         y = batch.y if self.labels else None
         z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, generator=gen)
-        return y, z
+        x0, t, noise = _draw(self.family, batch, gen)
+        gan_t = gan_noise = None
+        if self.gan is not None:
+            like = batch.x1.new_empty((gan_copies * total, *batch.x1.shape[1:]))
+            gan_t = gan_time_sample(like.shape[0], gen, t_max=self.family.t_max, device=like.device)
+            gan_noise = self.family.sample_noise(like, generator=gen)
+            gan_t, gan_noise = (None if a is None else _take_stacked(rows, a, gan_copies, total) for a in (gan_t, gan_noise))
+        return StepDraws(*_take(rows, batch.x1, y, z, x0, t, noise), gan_t=gan_t, gan_noise=gan_noise)
 
-    def _gan_logits(self, x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    def _gan_logits(self, x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[B]`` of ``x1`` [B, ...] seen on the path at discriminator times in (0.8, t_max].
 
-        Drawn after the step's own draws, so runs without the GAN keep their random streams; ``x0`` is
-        the step's (the authors reuse it). ``x1`` may stack generated and real samples ([2B, ...]) with
-        ``x0`` and ``y`` repeated: one encoder pass over both (no batch-coupled layers).
+        ``x0`` is the step's (the authors reuse it). ``x1`` may stack generated and real samples
+        ([2B, ...]) with ``x0`` and ``y`` repeated: one encoder pass over both (no batch-coupled layers).
         """
-        t = gan_time_sample(x1.shape[0], gen, t_max=self.family.t_max, device=x1.device)
-        x_t = self.family.path_sample(x0, x1, t, self.family.sample_noise(x1, generator=gen)).x_t
+        x_t = self.family.path_sample(x0, x1, draws.gan_t, draws.gan_noise).x_t
         with autocast(self.device, self.cfg.precision):
-            return self.disc_head(encoder_features(self.fake, t, x_t, y)).float()
+            return self.disc_head(encoder_features(self.fake, draws.gan_t, x_t, y)).float()
 
     def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update of the fake model ``f``; returns (loss, gradient norm) on the device."""
-        y, z = self._inputs(batch, gen)
+        """One update of the fake model ``f`` on the global ``batch``; returns (loss, gradient norm) on the device."""
+        d = self._draws(batch, gen, gan_copies=2)
+        y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
-            x1_gen = self.generator(z, y).float()
+            x1_gen = self.generator(d.z, y).float()
         # Generated and real terms share t, x0 and the path noise within the step.
-        x0, t, noise = _draw(self.family, batch, gen)
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
             if self.data_free:
                 f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y).float(), None, None
             else:
-                data_path = self.family.path_sample(x0, batch.x1, t, noise)
+                data_path = self.family.path_sample(x0, d.x1, t, noise)
                 # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
                 both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
                                  None if y is None else y.repeat(2))
@@ -428,30 +534,31 @@ class RealUID:
         if self.gan is not None:
             # Same t for a generated sample and its real partner: the head compares like with like.
             logits_gen, logits_data = self._gan_logits(
-                x0.repeat(2, *[1] * (x0.dim() - 1)), torch.cat([x1_gen, batch.x1]),
-                None if y is None else y.repeat(2), gen).chunk(2)
+                x0.repeat(2, *[1] * (x0.dim() - 1)), torch.cat([x1_gen, d.x1]),
+                None if y is None else y.repeat(2), d).chunk(2)
             loss = loss + self.gan.disc_coef * discriminator_loss(logits_data, logits_gen).mean()
-        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
+        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip,
+                              self.dist)
         return loss.detach(), norm
 
     def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update of the generator through ``x1_gen``; returns (loss, gradient norm) on the device."""
-        y, z = self._inputs(batch, gen)
+        """One update of the generator through ``x1_gen`` on the global ``batch``; returns (loss, gradient norm)."""
+        d = self._draws(batch, gen, gan_copies=1)
+        y, x0, t, noise = d.y, d.x0, d.t, d.noise
         self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
         if self.gan is not None:
             self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
-                x1_gen = self.generator(z, y).float()
-                x0, t, noise = _draw(self.family, batch, gen)
+                x1_gen = self.generator(d.z, y).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
                 f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             if self.gan is not None:
-                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x0, x1_gen, y, gen)).mean()
+                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x0, x1_gen, y, d)).mean()
             norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
-                                  self.cfg.generator_optim.grad_clip)
+                                  self.cfg.generator_optim.grad_clip, self.dist)
         finally:
             self.fake.requires_grad_(True)
             if self.gan is not None:
@@ -492,34 +599,40 @@ def distill(
     stop_after: int | None = None,
     student_init: nn.Module | None = None,
     on_log: Callable[[dict, nn.Module], None] | None = None,
+    dist: Dist = SINGLE_PROCESS,
 ) -> dict:
     """RealUID distillation: ``cfg.fake_updates_per_generator_update`` fake steps, then one generator step.
 
     ``teacher`` is the frozen multi-step model ``f*`` (see :class:`RealUID`); ``cfg`` is a
-    :class:`realuid.config.DistillConfig`; resumes from ``state_dir``. ``on_log(row, generator)`` is called
-    at each log interval (benchmarks follow convergence with it). Returns the generator checkpoint dict
+    :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
+    processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
+    ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
+    with it). Returns the generator checkpoint dict
     ``{"format", "kind": "generator", "spec", "state_dict", "ema": {decay: state_dict}, "alpha", "beta", "step"}``.
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = state_dir / "checkpoint.pt"
     device = data.x1.device
-    uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=device, student_init=student_init)
+    dist.rows(cfg.batch_size)  # a batch that does not split evenly stops here, before any work
+    uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=device, student_init=student_init,
+                  dist=dist)
     log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     phases = cfg.fake_updates_per_generator_update + 1
 
     start = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
+    state = _resume(ckpt_path, device, dist)
+    if state is not None:
         uid.load_state_dict(state)
         start = state["step"]
-    log.trim(start)
+    if dist.is_main:
+        log.trim(start)
 
     meter = Meter()
-    bar = _progress(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress)
+    bar = _progress(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
     for step in range(start, cfg.steps):
-        torch.manual_seed(_seed_value(cfg.seed, step, -1))  # dropout draws, if any
+        _seed_dropout(cfg.seed, step, dist.rank)
         # Batches and draws are indexed by (step, phase): the loop's randomness is a function of `step`.
         for k in range(phases - 1):
             f_loss, f_norm = uid.fake_step(stream(step * phases + k), _seeded(cfg.seed, step, k, device=device))
@@ -530,15 +643,18 @@ def distill(
         bar.update(1)
         at_log, at_ckpt = _boundaries(done, cfg, stop_after)
         if at_log or at_ckpt:
-            means = meter.read()
-            _check_finite(means, done, ckpt_path)
+            means = meter.read(dist)
+            _check_finite(means, done, ckpt_path)  # same means on every process: all stop together
             row = {"step": done, **means}
-            log.append(row)
-            if on_log is not None:
-                on_log(row, uid.generator)
+            if dist.is_main:
+                log.append(row)
+                if on_log is not None:
+                    on_log(row, uid.generator)
             bar.set_postfix(fake=f"{means['fake_loss']:.3g}", gen=f"{means['generator_loss']:.3g}")
         if at_ckpt:
-            atomic_save({"step": done, **uid.state_dict()}, ckpt_path)
+            if dist.is_main:
+                atomic_save({"step": done, **uid.state_dict()}, ckpt_path)
+            dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
         if done == stop_after:
             break
     bar.close()

@@ -1,0 +1,232 @@
+"""Data parallelism under ``torchrun``: process-group set-up, gradient averaging and rank-0 output.
+
+A stage runs as one process, or as ``N`` processes started by ``torchrun`` (one per GPU, or several on
+CPU), which find each other through torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``). The training loops keep a *global* view of every step: each process
+takes the whole global batch and draws all of its random numbers, then computes only its own rows, so
+the union over processes is exactly the one-process step. Gradients are averaged across processes in
+one flat all-reduce before clipping, which leaves every process with the same weights, optimizer state
+and EMA; only the main process (rank 0) writes files.
+
+Why not :class:`torch.nn.parallel.DistributedDataParallel`: RealUID alternates two networks, each with
+its own optimizer, and runs the fake model forward in both phases while only one of them may update it.
+Averaging the gradients of exactly the parameters a phase steps, right before that phase clips and
+steps, states this directly and needs no ``no_sync``/unused-parameter bookkeeping.
+
+:func:`launch_if_needed` lets a stage read its process count from params and start itself under
+``torchrun --standalone`` on this machine, so ``dvc repro`` and Snakemake run the same command for any
+count; a stage already started by ``torchrun`` (multi-node rendezvous, user-launched) runs as it is.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+__all__ = ["Dist", "SINGLE_PROCESS", "under_torchrun", "session", "launch_if_needed", "launch_command"]
+
+# Collectives wait this long for a slow peer (e.g. rank 0 writing a large checkpoint) before failing.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job: ``rank`` of ``world_size``, on ``device``.
+
+    The default instance is a single process: every collective is then a no-op (no process group needed).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints, logs and outputs (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world_size > 1
+
+    # -- the global batch
+
+    def rows(self, global_batch: int) -> slice:
+        """This process's rows ``[rank*b, (rank+1)*b)`` of a global batch, ``b = global_batch / world_size``."""
+        if global_batch % self.world_size:
+            raise ValueError(
+                f"batch_size {global_batch} is not divisible by the {self.world_size} processes: the global "
+                f"batch is split evenly, so choose a multiple of {self.world_size}"
+            )
+        per_rank = global_batch // self.world_size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    # -- collectives (no-ops in one process)
+
+    def average_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Replace each tensor by its mean over processes, in place: one flat all-reduce per dtype.
+
+        Used on gradients after backward and before clipping; one bucket instead of one call per tensor
+        keeps the cost at a single collective for a whole network.
+        """
+        if not self.parallel:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in tensors:
+            by_dtype.setdefault(t.dtype, []).append(t)
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            torch_dist.all_reduce(flat)
+            flat /= self.world_size
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def average_gradients_(self, params: Sequence[nn.Parameter]) -> None:
+        """Average the ``.grad`` of ``params`` over processes (parameters without a gradient are skipped).
+
+        Which parameters have a gradient depends on the graph only, never on the data, so the set is
+        the same on every process.
+        """
+        self.average_([p.grad for p in params if p.grad is not None])
+
+    def broadcast_module_(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into ``module`` on every process."""
+        if not self.parallel:
+            return
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                torch_dist.broadcast(tensor, src=0)
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if not self.parallel:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj`` in rank order on rank 0; ``None`` elsewhere."""
+        if not self.parallel:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        torch_dist.gather_object(obj, out, dst=0)
+        return out
+
+    def same_everywhere(self, value: Any, what: str) -> Any:
+        """``value``, after checking that every process has the same one (else a RuntimeError naming ``what``)."""
+        values = self.all_gather(value)
+        if any(v != values[0] for v in values):
+            raise RuntimeError(f"the processes disagree on {what}: {values}")
+        return value
+
+    def barrier(self) -> None:
+        if self.parallel:
+            torch_dist.barrier()
+
+
+SINGLE_PROCESS = Dist()
+
+
+# --------------------------------------------------------------------------------------------------
+# Set-up from torchrun's environment
+# --------------------------------------------------------------------------------------------------
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (or anything that sets its environment)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def _env_int(name: str) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.isdigit():
+        raise RuntimeError(f"torchrun environment variable {name} is missing or not an integer: {value!r}")
+    return int(value)
+
+
+def process_device(device: torch.device, local_rank: int, local_world_size: int) -> torch.device:
+    """The device of this process: ``cuda:LOCAL_RANK`` for a CUDA run, else ``device`` itself.
+
+    When the launcher shows each process a single GPU (e.g. Slurm's GPU binding), that GPU is ``cuda:0``.
+    """
+    if device.type != "cuda":
+        return device
+    if device.index is not None and local_world_size > 1:
+        raise ValueError(
+            f"device {device} names one GPU, but {local_world_size} processes share this node: "
+            "set the device to auto or cuda so each process takes the GPU of its local rank"
+        )
+    if device.index is not None:
+        return device
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        raise RuntimeError(f"local rank {local_rank} has no GPU: only {visible} are visible on this node")
+    return torch.device("cuda", local_rank)
+
+
+@contextmanager
+def session(device: torch.device) -> Iterator[Dist]:
+    """The :class:`Dist` of this process, with its process group for the duration of the block.
+
+    Outside torchrun: one process on ``device``. Under torchrun: NCCL between GPUs, gloo on CPU, each
+    process on its own GPU (see :func:`process_device`); the group is destroyed on exit.
+    """
+    if not under_torchrun():
+        yield Dist(device=device)
+        return
+    world, rank, local_rank = _env_int("WORLD_SIZE"), _env_int("RANK"), _env_int("LOCAL_RANK")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = process_device(device, local_rank, local_world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch_dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+    else:
+        torch_dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    try:
+        yield Dist(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    finally:
+        torch_dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------------
+# Launching a stage under torchrun
+# --------------------------------------------------------------------------------------------------
+
+
+def launch_command(nproc: int, module: str, argv: Sequence[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m <module> <argv>``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", module, *argv]
+
+
+def launch_if_needed(nproc: int, module: str, argv: Sequence[str]) -> int | None:
+    """Run ``module`` as ``nproc`` processes on this machine; returns their exit code.
+
+    Returns ``None`` (the caller goes on in this process) when one process is asked for, or when this
+    process is already part of a torchrun job: then torchrun's own world (e.g. several nodes) holds.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"the number of processes must be an integer >= 1, got {nproc!r}")
+    if nproc == 1 or under_torchrun():
+        return None
+    env = dict(os.environ)
+    # The workers import this very package, wherever it was imported from here.
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return subprocess.call(launch_command(nproc, module, argv), env=env)
