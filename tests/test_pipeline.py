@@ -303,7 +303,7 @@ def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
 
     # Snakemake: a full run on the same rules, adopted by DVC with `dvc commit`.
     before = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    sh(project, "snakemake", "--cores", "2", "--forceall", "--quiet")
+    sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--forceall", "--quiet")  # DVC runs use 1 thread too
     assert (project / "logs" / "distill.log").is_file()
     assert snakemake_pending(project) == set()
     set_alpha(project, 0.9)
