@@ -130,6 +130,7 @@ class TrainTeacherConfig:
     import_checkpoint: str = opt("", doc="a RealUID authors' teacher file to use instead of training ('' = train)")
     import_ema: str = opt("0.999", doc="the EMA copy of the imported file ('none' = its raw net_model)")
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
+    nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size")
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class DistillConfig:
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
     # A default so code that builds a DistillConfig by hand stays valid; params files still list it.
     gan: GanConfig = opt(GanConfig(enabled=False, gen_coef=5.0, disc_coef=15.0))
+    nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size (finetune too)")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class SampleConfig:
     generator_ema: str = opt(doc="'none' for the raw generator, else one of distill.ema_decays")
     seed: int = opt(ge=0, doc="sample i uses seed + i")
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
+    nproc: int = opt(1, ge=1, doc="processes under torchrun; batches of batch_size samples are dealt round-robin")
 
 
 @dataclass(frozen=True)

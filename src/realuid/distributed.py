@@ -33,7 +33,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-__all__ = ["Dist", "SINGLE_PROCESS", "under_torchrun", "session", "launch_if_needed", "launch_command"]
+__all__ = ["Dist", "SINGLE_PROCESS", "under_torchrun", "launched_rank", "session", "launch_if_needed",
+           "launch_command"]
 
 # Collectives wait this long for a slow peer (e.g. rank 0 writing a large checkpoint) before failing.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
@@ -149,6 +150,11 @@ SINGLE_PROCESS = Dist()
 def under_torchrun() -> bool:
     """Whether this process was started by torchrun (or anything that sets its environment)."""
     return "WORLD_SIZE" in os.environ
+
+
+def launched_rank() -> int:
+    """This process's ``RANK`` in a torchrun job; 0 outside one (for stages that need no process group)."""
+    return _env_int("RANK") if under_torchrun() else 0
 
 
 def _env_int(name: str) -> int:

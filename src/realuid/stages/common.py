@@ -29,15 +29,25 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argparse.ArgumentParser,
-        argv: list[str] | None = None) -> int:
+        argv: list[str] | None = None, *, module: str | None = None,
+        processes: Callable[[Params], int] | None = None) -> int:
     """Parse arguments, validate the whole params file, run ``main``; returns the exit code.
 
-    Expected problems (bad params, unusable data, a diverged run) print one ``error:`` message and give
-    exit code 1; set ``REALUID_TRACEBACK=1`` to see where they came from.
+    ``processes(params)``, when given, is the number of processes the stage asks for: more than one
+    starts ``module`` with the same arguments under ``torchrun`` on this machine and returns its exit
+    code (unless this process already belongs to a torchrun job). Expected problems (bad params,
+    unusable data, a diverged run) print one ``error:`` message and give exit code 1; set
+    ``REALUID_TRACEBACK=1`` to see where they came from.
     """
+    from ..distributed import launch_if_needed
+
     args = args_parser.parse_args(argv)
     try:
         params = load_params(args.params)
+        if processes is not None:
+            code = launch_if_needed(processes(params), module, sys.argv[1:] if argv is None else list(argv))
+            if code is not None:
+                return code
         main(args, params)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
@@ -45,9 +55,27 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
     except (ConfigError, StageError, ValueError, FileNotFoundError, RuntimeError) as err:
         if os.environ.get("REALUID_TRACEBACK"):
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{_rank_prefix()}error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rank_prefix() -> str:
+    """``"[rank r] "`` inside a multi-process job (every process reports its own error), else ``""``."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {os.environ.get('RANK', '?')}] " if world not in ("", "1") else ""
+
+
+def state_settings(cfg) -> dict:
+    """The settings of a training section that name its resumable state: all but the process count.
+
+    A run's state holds nothing per process, so it resumes with another number of processes.
+    """
+    from ..config import to_dict
+
+    settings = to_dict(cfg)
+    settings.pop("nproc", None)
+    return settings
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import to_dict
 from ..checkpoints import file_digest
+from ..distributed import session
 from ..training import distill, resolve_device, state_key
 from . import common
 
@@ -17,18 +18,21 @@ def main(args, params) -> None:
     family = common.make_family(params)
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
-    device = resolve_device(cfg.device)
-    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
-
-    key = state_key("distill", params.alpha, params.beta, to_dict(params.family), to_dict(cfg),
+    key = state_key("distill", params.alpha, params.beta, to_dict(params.family), common.state_settings(cfg),
                     file_digest(args.data), file_digest(args.teacher))
     state_dir = Path(args.state) / key
-    print(f"distill: alpha={params.alpha} beta={params.beta}, {device}, state {state_dir}")
-    result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], cfg, state_dir,
-                     alpha=params.alpha, beta=params.beta)
-    result["family"] = teacher_ckpt["family"]
-
-    common.publish_training(args.out, "generator.pt", result, state_dir)
+    with session(resolve_device(cfg.device)) as dist:
+        device = dist.device
+        teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
+        if dist.is_main:
+            print(f"distill: alpha={params.alpha} beta={params.beta}, {device}"
+                  f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
+        result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], cfg, state_dir,
+                         alpha=params.alpha, beta=params.beta, dist=dist)
+        result["family"] = teacher_ckpt["family"]
+        if dist.is_main:
+            common.publish_training(args.out, "generator.pt", result, state_dir)
+        dist.barrier()  # every process ends once the output is there
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -37,7 +41,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
     p.add_argument("--out", required=True, help="output folder: generator.pt, curves.csv")
     p.add_argument("--state", default="state/distill", help="resumable state (not a pipeline output)")
-    return common.run(main, p, argv)
+    return common.run(main, p, argv, module="realuid.stages.distill", processes=lambda params: params.distill.nproc)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..checkpoints import file_digest, load_checkpoint
 from ..config import to_dict
+from ..distributed import launched_rank, session
 from ..training import distill, resolve_device, state_key
 from . import common
 
@@ -20,6 +21,8 @@ from . import common
 def main(args, params) -> None:
     cfg = params.finetune
     if not cfg.enabled:
+        if launched_rank() != 0:
+            return  # started under a torchrun job anyway: one process copies
         with common.atomic_dir(args.out) as tmp:
             shutil.copyfile(args.generator, tmp / "generator.pt")
         print("finetune: disabled, the distilled generator passes through")
@@ -27,24 +30,34 @@ def main(args, params) -> None:
 
     family = common.make_family(params)
     split = common.load_split(args.data)
-    device = resolve_device(params.distill.device)
-    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
     distilled = load_checkpoint(args.generator)
-    start = common.load_model(distilled, use_ema=cfg.from_ema, device=device)
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
         params.distill, steps=cfg.steps, fake_init="teacher",
         generator_optim=dataclasses.replace(params.distill.generator_optim, lr=cfg.generator_lr),
         fake_optim=dataclasses.replace(params.distill.fake_optim, lr=cfg.fake_lr),
     )
-    key = state_key("finetune", to_dict(cfg), to_dict(run_cfg), to_dict(params.family),
+    key = state_key("finetune", to_dict(cfg), common.state_settings(run_cfg), to_dict(params.family),
                     file_digest(args.data), file_digest(args.teacher), file_digest(args.generator))
     state_dir = Path(args.state) / key
-    print(f"finetune: alpha={cfg.alpha} beta={cfg.beta} from copy {cfg.from_ema}, {device}, state {state_dir}")
-    result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], run_cfg, state_dir,
-                     alpha=cfg.alpha, beta=cfg.beta, student_init=start)
-    result["family"] = distilled["family"]
-    common.publish_training(args.out, "generator.pt", result, state_dir)
+    with session(resolve_device(params.distill.device)) as dist:
+        device = dist.device
+        teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
+        start = common.load_model(distilled, use_ema=cfg.from_ema, device=device)
+        if dist.is_main:
+            print(f"finetune: alpha={cfg.alpha} beta={cfg.beta} from copy {cfg.from_ema}, {device}"
+                  f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
+        result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], run_cfg,
+                         state_dir, alpha=cfg.alpha, beta=cfg.beta, student_init=start, dist=dist)
+        result["family"] = distilled["family"]
+        if dist.is_main:
+            common.publish_training(args.out, "generator.pt", result, state_dir)
+        dist.barrier()  # every process ends once the output is there
+
+
+def processes(params) -> int:
+    """Processes this stage runs as: ``distill.nproc`` when fine-tuning, one for the pass-through."""
+    return params.distill.nproc if params.finetune.enabled else 1
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -54,7 +67,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", required=True, help="generator.pt from distill")
     p.add_argument("--out", required=True, help="output folder: generator.pt (+ curves.csv when enabled)")
     p.add_argument("--state", default="state/finetune", help="resumable state (not a pipeline output)")
-    return common.run(main, p, argv)
+    return common.run(main, p, argv, module="realuid.stages.finetune", processes=processes)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
 Sample ``i`` starts from the noise of seed ``sample.seed + i`` (paired families: from the ``i``-th
 corrupted input of the test split, cycled), so it is the same whatever the batch size or device.
+
+With ``sample.nproc`` > 1 the stage runs under torchrun and deals whole batches to the processes
+round-robin (batch ``j`` to rank ``j % nproc``); rank 0 gathers and writes. A batch is computed exactly as
+in one process, SDE noise included, so the files are identical to a one-process run on the same device
+type.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import ema_key
+from ..distributed import SINGLE_PROCESS, Dist, session
 from ..models import OneStepGenerator
 from ..plots import image_grid, scatter
 from ..checkpoints import load_checkpoint
@@ -47,13 +53,62 @@ def sources(family, split, n: int, first_seed: int, shape, num_classes: int):
     return x0, y
 
 
-def main(args, params) -> None:
-    from ..data import write_split
+def batch_starts(n_samples: int, batch_size: int, dist: Dist = SINGLE_PROCESS) -> list[int]:
+    """First sample of each batch this process draws: batch ``j`` goes to rank ``j % world_size``."""
+    return list(range(dist.rank * batch_size, n_samples, batch_size * dist.world_size))
+
+
+def draw_samples(family, teacher, generators: dict, x0: torch.Tensor, y: torch.Tensor | None, cfg,
+                 dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """Samples of the teacher and of each named one-step generator from inputs ``x0`` [N, ...], ``y`` [N].
+
+    Returns ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are
+    the slowest process's (the wall time of a parallel run).
+    """
     from ..sampling import sample_teacher
+
+    device = dist.device
+    mine: dict[int, dict[str, torch.Tensor]] = {}
+    seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
+    with torch.no_grad():
+        for start in batch_starts(x0.shape[0], cfg.batch_size, dist):
+            xb = x0[start : start + cfg.batch_size].to(device)
+            yb = None if y is None else y[start : start + cfg.batch_size].to(device)
+            # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
+            rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
+            out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
+                                                     method=cfg.teacher_method, y=yb, generator=rng), device)
+            mine[start] = {"teacher": out.cpu()}
+            seconds["teacher"] += sec
+            for name, generator in generators.items():
+                out, sec = _timed(lambda: generator(xb, yb), device)
+                mine[start][name] = out.cpu()
+                seconds[name] += sec
+    slowest = {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
+    shards = dist.gather_to_main(mine)
+    if shards is None:
+        return None, slowest
+    batches = {start: outs for shard in shards for start, outs in shard.items()}
+    ordered = [batches[start] for start in sorted(batches)]
+    return {who: torch.cat([b[who] for b in ordered]) for who in seconds}, slowest
+
+
+def main(args, params) -> None:
+    cfg = params.sample
+    with session(resolve_device(cfg.device)) as dist:
+        if dist.parallel and dist.is_main and -(-cfg.n_samples // cfg.batch_size) < dist.world_size:
+            print(f"sample: only {-(-cfg.n_samples // cfg.batch_size)} batches for {dist.world_size} processes; "
+                  "lower sample.batch_size to keep every process busy")
+        _sample(args, params, dist)
+        dist.barrier()  # every process ends once the output is there
+
+
+def _sample(args, params, dist: Dist) -> None:
+    from ..data import write_split
 
     cfg = params.sample
     family = common.make_family(params)
-    device = resolve_device(cfg.device)
+    device = dist.device
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
     teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
@@ -68,30 +123,17 @@ def main(args, params) -> None:
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
     x0, y = sources(family, split, cfg.n_samples, cfg.seed, split.sample_shape, classes)
 
-    outputs = {"teacher": [], **{name: [] for name in generators}}
-    seconds = {"teacher": 0.0, "student": 0.0}
-    with torch.no_grad():
-        for start in range(0, cfg.n_samples, cfg.batch_size):
-            xb = x0[start : start + cfg.batch_size].to(device)
-            yb = None if y is None else y[start : start + cfg.batch_size].to(device)
-            # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
-            rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
-            out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
-                                                     method=cfg.teacher_method, y=yb, generator=rng), device)
-            outputs["teacher"].append(out.cpu())
-            seconds["teacher"] += sec
-            for name, generator in generators.items():
-                out, sec = _timed(lambda: generator(xb, yb), device)
-                outputs[name].append(out.cpu())
-                if name == headline:
-                    seconds["student"] += sec
+    outputs, by_who = draw_samples(family, teacher, generators, x0, y, cfg, dist)
+    if not dist.is_main:
+        return
     outputs["student"] = outputs[headline]
+    seconds = {"teacher": by_who["teacher"], "student": by_who[headline]}
 
     nfe = {"teacher": cfg.teacher_nfe, "student": 1}
     labels = None if y is None else y.numpy()
     with common.atomic_dir(args.out) as tmp:
-        for who, parts in outputs.items():
-            x = torch.cat(parts).float().numpy()
+        for who, samples in outputs.items():
+            x = samples.float().numpy()
             if not np.isfinite(x).all():
                 raise common.StageError(f"the {who} generator produced non-finite samples")
             # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
@@ -103,8 +145,8 @@ def main(args, params) -> None:
                 else:
                     scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
         timing = {who: {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)} for who in nfe}
-        common.write_json({**timing, "device": str(device), "n_samples": cfg.n_samples, "student_copy": headline},
-                          tmp / "timing.json")
+        common.write_json({**timing, "device": str(device), "processes": dist.world_size,
+                           "n_samples": cfg.n_samples, "student_copy": headline}, tmp / "timing.json")
         print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items())
               + f"; student = {headline}, also {', '.join(n for n in generators if n != headline)}")
 
@@ -115,7 +157,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", required=True, help="generator.pt from distill")
     p.add_argument("--data", required=True, help="test split (HDF5): pairs for bridges, shapes, reference plot")
     p.add_argument("--out", required=True, help="output folder: teacher.h5, student.h5, PNGs, timing.json")
-    return common.run(main, p, argv)
+    return common.run(main, p, argv, module="realuid.stages.sample", processes=lambda params: params.sample.nproc)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import to_dict
+from ..distributed import launched_rank, session
 from ..models import model_spec
 from ..checkpoints import atomic_save, file_digest
 from ..training import CHECKPOINT_FORMAT, resolve_device, state_key, train_teacher
@@ -39,6 +40,8 @@ def main(args, params) -> None:
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
     if cfg.import_checkpoint:
+        if launched_rank() != 0:
+            return  # started under a torchrun job anyway: one process imports
         result = imported_teacher(cfg, params, split)
         result["family"] = {"name": params.family.name, "options": params.family.options()}
         with common.atomic_dir(args.out) as tmp:
@@ -46,16 +49,26 @@ def main(args, params) -> None:
             (tmp / "curves.csv").write_text("step,loss,grad_norm,lr\n")
         return
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
-    device = resolve_device(cfg.device)
 
     # The state folder is keyed by everything the result depends on, so a changed config starts afresh
-    # while the same command after an interruption resumes.
-    key = state_key("train_teacher", to_dict(params.family), to_dict(cfg), spec, file_digest(args.data))
+    # while the same command after an interruption resumes (with any number of processes).
+    key = state_key("train_teacher", to_dict(params.family), common.state_settings(cfg), spec, file_digest(args.data))
     state_dir = Path(args.state) / key
-    print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {device}, state {state_dir}")
-    result = train_teacher(family, common.train_data(split, device), spec, cfg, state_dir)
-    result["family"] = {"name": params.family.name, "options": params.family.options()}
-    common.publish_training(args.out, "teacher.pt", result, state_dir)
+    with session(resolve_device(cfg.device)) as dist:
+        if dist.is_main:
+            print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {dist.device}"
+                  f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
+        result = train_teacher(family, common.train_data(split, dist.device), spec, cfg, state_dir, dist=dist)
+        result["family"] = {"name": params.family.name, "options": params.family.options()}
+        if dist.is_main:
+            common.publish_training(args.out, "teacher.pt", result, state_dir)
+        dist.barrier()  # every process ends once the output is there
+
+
+def processes(params) -> int:
+    """Processes this stage runs as: ``train_teacher.nproc``, one when a teacher is imported."""
+    cfg = params.train_teacher
+    return 1 if cfg.import_checkpoint else cfg.nproc
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -63,7 +76,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="training split (HDF5) from prepare")
     p.add_argument("--out", required=True, help="output folder: teacher.pt, curves.csv")
     p.add_argument("--state", default="state/train_teacher", help="resumable state (not a pipeline output)")
-    return common.run(main, p, argv)
+    return common.run(main, p, argv, module="realuid.stages.train_teacher", processes=processes)
 
 
 if __name__ == "__main__":
