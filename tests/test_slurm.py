@@ -151,14 +151,16 @@ def dry_run_requests(project, *extra: str) -> dict:
     return requests
 
 
-def test_dry_run_shows_per_stage_requests_and_gpus_only_with_the_flag(tmp_path):
+def test_dry_run_shows_per_stage_requests_and_cluster_gpus_only_with_the_flag(tmp_path):
     project = make_project(tmp_path / "project", tiny_params(), git=False)
     set_slurm_blocks(project, distill={"partition": "gpu", "runtime": 90, "mem_mb": 8000, "cpus": 2, "gpus": 2})
 
     local = dry_run_requests(project, "--cores", "2")
     assert local["distill"]["threads"] == 2
     assert local["distill"]["slurm_partition"] == "gpu" and local["distill"]["runtime"] == "90"
-    assert not any("gpu" in r for r in local.values())
+    # On a workstation GPU stages carry a `gpu` resource (`--resources gpu=1` serialises them).
+    assert {name for name, r in local.items() if "gpu" in r} == {s.name for s in load_stages(project / "dvc.yaml")
+                                                                  if s.uses_gpu}
 
     on_cluster = dry_run_requests(project, "--profile", "workflow/profiles/slurm")
     assert on_cluster["distill"]["mem_mb"] == "8000" and on_cluster["prepare"]["mem_mb"] == "4000"

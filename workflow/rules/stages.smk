@@ -2,14 +2,16 @@
 # (late binding: a plain Python variable in `shell:` would be read after the loop ended), writes a log
 # per stage, and carries the values of the params keys it declares so that Snakemake reruns it exactly
 # when DVC would. Cluster requests (threads, runtime, memory, partition, account, GPUs) come from each
-# stage's `meta: slurm:` block in dvc.yaml; GPUs are requested only with `--config gpus=true`.
+# stage's `meta: slurm:` block in dvc.yaml. GPU stages carry a `gpu` resource (so `--resources gpu=1`
+# runs one at a time on a workstation); the Slurm profile sets `gpus=false` because the plugin turns
+# that resource into a GPU request, which a cluster without GPUs would leave pending forever.
 from pathlib import Path
 
 from registry import gpus_flag, load_stages, param_values, snakemake_resources
 
 STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml")
 STAGE_OUTPUTS = {o for s in STAGES for o in s.outs}
-GPUS_AVAILABLE = gpus_flag(config.get("gpus", False))
+GPUS_AVAILABLE = gpus_flag(config.get("gpus", True))
 
 
 def _snake_output(path):
