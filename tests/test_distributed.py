@@ -1,0 +1,410 @@
+"""Data parallelism on CPU with gloo: real processes against the one-process runs they must equal.
+
+Worker processes are spawned with torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) and enter :func:`realuid.distributed.session` exactly as a stage does; one test starts a
+stage through the real ``torch.distributed.run`` entry point.
+
+Tolerance of the equivalence: a 2-process step averages two half-batch means where one process takes
+one full-batch mean, so the runs differ by float32 summation order only (~1e-7 relative per step).
+After 30 teacher steps and 36 distillation optimizer steps the weights agree to ``ATOL`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from realuid import distributed, training
+from realuid.config import ConfigError, GanConfig, build, load_params, Params
+from realuid.distributed import SINGLE_PROCESS, Dist
+from realuid.matching import make_family
+from realuid.models import OneStepGenerator, build_model
+from realuid.stages import common
+from realuid.stages import sample as sample_stage
+from realuid.training import distill, train_teacher
+from test_training import DISTILL, TEACHER, spec_for, toy_data
+
+ATOL = 1e-5  # weights after a few dozen steps, 2 processes vs 1 (measured: < 1e-6; summation order only)
+WORLD = 2
+TEACHER_RUN = dataclasses.replace(TEACHER, steps=30, checkpoint_every_steps=10, log_every_steps=5)
+DISTILL_RUN = dataclasses.replace(DISTILL, steps=12, checkpoint_every_steps=4, log_every_steps=2)
+GAN = GanConfig(enabled=True, gen_coef=1.0, disc_coef=3.0)
+# (name, family, alpha, beta, classes, config): plain RealUID, and a paired, class-conditional run with the GAN head.
+DISTILL_CASES = [("fm", "fm", 0.9, 0.95, 0, DISTILL_RUN),
+                 ("bridge_gan", "bridge", 0.94, 0.9, 3, dataclasses.replace(DISTILL_RUN, gan=GAN))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a function in WORLD real processes
+# --------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, job, args) -> None:
+    """One process of the job: torchrun's environment, then the stage's own session set-up."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    with distributed.session(torch.device("cpu")) as dist:
+        job(dist, *args)
+
+
+def run_processes(job, *args, world: int = WORLD) -> None:
+    mp.start_processes(_entry, args=(world, free_port(), job, args), nprocs=world, start_method="spawn")
+
+
+def teacher_setup(name="fm"):
+    family = make_family(name)
+    return family, toy_data(family), spec_for()
+
+
+def distill_setup(case):
+    _, family_name, alpha, beta, classes, cfg = case
+    family = make_family(family_name)
+    data, spec = toy_data(family, classes=classes), spec_for(classes=classes)
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    return family, data, teacher, spec, cfg, dict(alpha=alpha, beta=beta)
+
+
+def sampling_setup(family_name: str, method: str):
+    """A tiny teacher, two generator copies and 50 inputs (7 batches of 8, the last one short)."""
+    family, spec = make_family(family_name), spec_for()
+    torch.manual_seed(1)
+    teacher, student = build_model(spec).eval(), build_model(spec).eval()
+    generators = {"student_raw": OneStepGenerator(family, teacher), "student_ema": OneStepGenerator(family, student)}
+    cfg = dataclasses.make_dataclass("Cfg", ["batch_size", "teacher_nfe", "teacher_method", "seed"])(8, 6, method, 7)
+    x0, y = sample_stage.sources(family, toy_data(family), 50, 100, (2,), 0)
+    return family, teacher, generators, x0, y, cfg
+
+
+SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
+
+
+def _equivalence_job(dist: Dist, folder: str) -> None:
+    """Teacher and distillation runs, the rerun of the killed run, and sharded sampling; each rank saves
+    what it ended with."""
+    folder = Path(folder)
+    out = {}
+    family, data, spec = teacher_setup()
+    out["teacher"] = train_teacher(family, data, spec, TEACHER_RUN, folder / "teacher", progress=False, dist=dist)
+    for case in DISTILL_CASES:
+        family, data, teacher, spec, cfg, coef = distill_setup(case)
+        out[case[0]] = distill(family, data, teacher, spec, cfg, folder / case[0], progress=False, dist=dist, **coef)
+    # The same command as the killed run, again: it resumes from the killed run's last checkpoint.
+    family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
+    out["rerun"] = distill(family, data, teacher, spec, cfg, folder / "killed", progress=False, dist=dist, **coef)
+    for family_name, method in SAMPLING_CASES:
+        family, teacher, generators, x0, y, cfg = sampling_setup(family_name, method)
+        out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, x0, y, cfg, dist)[0]
+    torch.save(out, folder / f"rank{dist.rank}.pt")
+
+
+def _killed_job(dist: Dist, folder: str, kill_call: int) -> None:
+    """The fm distillation in ``folder``, with rank 1 killed at its ``kill_call``-th optimizer step."""
+    if dist.rank == 1:
+        real, calls = training.optimizer_step, {"n": 0}
+
+        def dying(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == kill_call:
+                os._exit(9)  # like a kill: no cleanup, no message to the peer
+            return real(*args, **kwargs)
+
+        training.optimizer_step = dying
+    family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
+    distill(family, data, teacher, spec, cfg, folder, progress=False, dist=dist, **coef)
+
+
+# Rank 1 is killed inside generator update 7 (checkpoints every 4): the state on disk is then step 4.
+KILL_CALL = 6 * (DISTILL_RUN.fake_updates_per_generator_update + 1) + 2
+KILLED_AT_STEP = 4
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory):
+    """Two spawns of two processes: a killed distillation, then every run (its rerun included)."""
+    folder = tmp_path_factory.mktemp("ddp")
+    with pytest.raises(mp.ProcessExitedException, match="exit code 9"):
+        run_processes(_killed_job, str(folder / "killed"), KILL_CALL)
+    shutil.copytree(folder / "killed", folder / "killed_copy")  # for a rerun with one process
+    run_processes(_equivalence_job, str(folder))
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return folder, ranks
+
+
+def assert_close_weights(a: dict, b: dict, atol: float = ATOL) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def curve_columns(path: Path) -> dict[str, np.ndarray]:
+    rows = np.genfromtxt(path, delimiter=",", names=True)
+    return {name: rows[name] for name in rows.dtype.names}
+
+
+# --------------------------------------------------------------------------------------------------
+# Two processes equal one process
+# --------------------------------------------------------------------------------------------------
+
+
+def test_two_process_teacher_equals_one_process(two_process_runs, tmp_path):
+    folder, ranks = two_process_runs
+    family, data, spec = teacher_setup()
+    single = train_teacher(family, data, spec, TEACHER_RUN, tmp_path, progress=False)
+    assert_close_weights(ranks[0]["teacher"]["state_dict"], single["state_dict"])
+    assert_close_weights(ranks[0]["teacher"]["ema_state_dict"], single["ema_state_dict"])
+    assert not same_weights(single["state_dict"], build_model(spec).state_dict())  # it did train
+    # Every process ends with the same weights, bit for bit: gradients were averaged, not merely summed.
+    assert same_weights(ranks[0]["teacher"]["state_dict"], ranks[1]["teacher"]["state_dict"])
+    # Logged losses are global-batch means: the average over processes equals the one-process mean.
+    two, one = curve_columns(folder / "teacher/curves.csv"), curve_columns(tmp_path / "curves.csv")
+    np.testing.assert_array_equal(two["step"], one["step"])
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", DISTILL_CASES, ids=[c[0] for c in DISTILL_CASES])
+def test_two_process_distillation_equals_one_process(two_process_runs, tmp_path, case):
+    folder, ranks = two_process_runs
+    family, data, teacher, spec, cfg, coef = distill_setup(case)
+    single = distill(family, data, teacher, spec, cfg, tmp_path, progress=False, **coef)
+    two = ranks[0][case[0]]
+    assert_close_weights(two["state_dict"], single["state_dict"])
+    for decay in single["ema"]:
+        assert_close_weights(two["ema"][decay], single["ema"][decay])
+    assert not same_weights(single["state_dict"], teacher.state_dict())  # it did train
+    # EMA and the phase schedule are identical on every process.
+    assert same_weights(two["state_dict"], ranks[1][case[0]]["state_dict"])
+    assert all(same_weights(two["ema"][d], ranks[1][case[0]]["ema"][d]) for d in two["ema"])
+    curves_two, curves_one = curve_columns(folder / case[0] / "curves.csv"), curve_columns(tmp_path / "curves.csv")
+    for name in ("fake_loss", "generator_loss"):
+        np.testing.assert_allclose(curves_two[name], curves_one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_only_rank_zero_writes_the_state(two_process_runs):
+    folder, _ = two_process_runs
+    for run in ("teacher", "fm", "bridge_gan", "killed"):
+        assert sorted(p.name for p in (folder / run).iterdir()) == ["checkpoint.pt", "curves.csv"], run
+
+
+@pytest.mark.parametrize("family_name, method", SAMPLING_CASES)
+def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_name, method):
+    _, ranks = two_process_runs
+    family, teacher, generators, x0, y, cfg = sampling_setup(family_name, method)
+    single, seconds = sample_stage.draw_samples(family, teacher, generators, x0, y, cfg)
+    sharded = ranks[0][f"samples_{method}"]
+    assert sharded.keys() == single.keys() == {"teacher", *generators}
+    for who in single:
+        assert single[who].shape == (50, 2)
+        assert torch.equal(sharded[who], single[who]), who
+    assert ranks[1][f"samples_{method}"] is None  # only rank 0 receives the samples
+    assert set(seconds) == set(single)
+
+
+# --------------------------------------------------------------------------------------------------
+# Killed and rerun; resumed with another number of processes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_killed_two_process_run_resumes_bit_identically(two_process_runs):
+    folder, ranks = two_process_runs
+    killed = torch.load(folder / "killed_copy/checkpoint.pt", weights_only=True)
+    assert killed["step"] == KILLED_AT_STEP
+    # The same command again, with two processes: the uninterrupted two-process run, bit for bit.
+    rerun, straight = ranks[0]["rerun"], ranks[0]["fm"]
+    assert same_weights(rerun["state_dict"], straight["state_dict"])
+    assert all(same_weights(rerun["ema"][d], straight["ema"][d]) for d in straight["ema"])
+    assert (folder / "killed/curves.csv").read_text() == (folder / "fm/curves.csv").read_text()
+
+
+def test_two_process_state_resumes_in_one_process(two_process_runs, tmp_path):
+    folder, _ = two_process_runs
+    family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
+    single = distill(family, data, teacher, spec, cfg, tmp_path, progress=False, **coef)
+    # The state holds nothing per process: one process continues the killed two-process run.
+    one_after_two = distill(family, data, teacher, spec, cfg, folder / "killed_copy", progress=False, **coef)
+    assert_close_weights(one_after_two["state_dict"], single["state_dict"])
+    for decay in single["ema"]:
+        assert_close_weights(one_after_two["ema"][decay], single["ema"][decay])
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces without processes
+# --------------------------------------------------------------------------------------------------
+
+
+def test_rows_split_the_global_batch_evenly():
+    assert [Dist(rank=r, world_size=4).rows(64) for r in range(4)] == [slice(0, 16), slice(16, 32),
+                                                                        slice(32, 48), slice(48, 64)]
+    assert SINGLE_PROCESS.rows(7) == slice(0, 7)
+    with pytest.raises(ValueError, match="batch_size 64 is not divisible by the 3 processes"):
+        Dist(rank=0, world_size=3).rows(64)
+
+
+def test_indivisible_global_batch_stops_training_before_any_work(tmp_path):
+    family, data, spec = teacher_setup()
+    three = Dist(rank=0, world_size=3)  # no process group needed: the check comes first
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        train_teacher(family, data, spec, TEACHER_RUN, tmp_path / "t", progress=False, dist=three)
+    family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+        distill(family, data, teacher, spec, cfg, tmp_path / "d", progress=False, dist=three, **coef)
+    assert not (tmp_path / "t/checkpoint.pt").exists() and not (tmp_path / "d/checkpoint.pt").exists()
+
+
+def test_single_process_collectives_change_nothing():
+    tensors = [torch.randn(3, 2), torch.randn(4)]
+    before = [t.clone() for t in tensors]
+    SINGLE_PROCESS.average_(tensors)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, before))
+    assert SINGLE_PROCESS.all_gather(5) == [5] and SINGLE_PROCESS.gather_to_main("x") == ["x"]
+    assert SINGLE_PROCESS.same_everywhere(3, "anything") == 3 and SINGLE_PROCESS.is_main
+
+
+@pytest.mark.parametrize("n, batch, world", [(50, 8, 2), (50, 8, 3), (16, 8, 4), (5, 10, 2)])
+def test_batches_are_dealt_round_robin_and_cover_every_sample_once(n, batch, world):
+    starts = [sample_stage.batch_starts(n, batch, Dist(rank=r, world_size=world)) for r in range(world)]
+    assert sorted(s for shard in starts for s in shard) == list(range(0, n, batch))
+    assert all(s // batch % world == r for r, shard in enumerate(starts) for s in shard)
+
+
+def test_launch_only_when_asked_and_not_already_under_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.launch_if_needed(1, "realuid.stages.distill", ["--params", "p.yaml"]) is None
+    monkeypatch.setenv("WORLD_SIZE", "16")  # e.g. a multi-node torchrun job: its world holds
+    monkeypatch.setenv("RANK", "5")
+    assert distributed.launch_if_needed(8, "realuid.stages.distill", []) is None
+    assert distributed.launched_rank() == 5
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            distributed.launch_if_needed(bad, "realuid.stages.distill", [])
+    cmd = distributed.launch_command(4, "realuid.stages.sample", ["--out", "x y"])
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4",
+                   "-m", "realuid.stages.sample", "--out", "x y"]
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch):
+    cpu = torch.device("cpu")
+    assert distributed.process_device(cpu, 3, 4) == cpu
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.process_device(torch.device("cuda"), 2, 4) == torch.device("cuda", 2)
+    with pytest.raises(RuntimeError, match="local rank 5 has no GPU"):
+        distributed.process_device(torch.device("cuda"), 5, 8)
+    with pytest.raises(ValueError, match="names one GPU"):
+        distributed.process_device(torch.device("cuda", 1), 0, 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the launcher binds one GPU per process
+    assert distributed.process_device(torch.device("cuda"), 3, 4) == torch.device("cuda", 0)
+
+
+def test_nproc_settings_are_validated_and_leave_the_state_key_alone():
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    assert all(params[s]["nproc"] == 1 for s in ("train_teacher", "distill", "sample"))
+    params["distill"]["nproc"] = 0
+    with pytest.raises(ConfigError, match="distill.nproc: must be >= 1"):
+        build(Params, params)
+    del params["sample"]["nproc"]
+    with pytest.raises(ConfigError, match="missing key sample.nproc"):
+        build(Params, {**params, "distill": {**params["distill"], "nproc": 1}})
+    assert common.state_settings(dataclasses.replace(DISTILL, nproc=8)) == common.state_settings(DISTILL)
+    assert "nproc" not in common.state_settings(TEACHER) and "steps" in common.state_settings(TEACHER)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage CLI under the real torchrun entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def stage_inputs(folder: Path, nproc: int) -> list[str]:
+    """A test split, teacher and generator files and a params file asking for ``nproc`` sample processes."""
+    from realuid.checkpoints import atomic_save
+    from realuid.data import write_split
+
+    family, spec = make_family("fm"), spec_for()
+    torch.manual_seed(2)
+    teacher, student = build_model(spec), build_model(spec)
+    fm = {"name": "fm", "options": {}}
+    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "step": 1, "family": fm,
+                 "state_dict": teacher.state_dict(), "ema_state_dict": teacher.state_dict()}, folder / "teacher.pt")
+    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "generator", "spec": spec, "step": 1, "family": fm,
+                 "state_dict": student.state_dict(), "alpha": 0.9, "beta": 0.9,
+                 "ema": {"0.99": teacher.state_dict(), "0.999": student.state_dict()}}, folder / "generator.pt")
+    write_split(folder / "test.h5", toy_data(family, n=64).x1.numpy(), attrs={"source": "toy"})
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    params["sample"].update(n_samples=60, batch_size=16, teacher_nfe=5, device="cpu", nproc=nproc)
+    (folder / f"params{nproc}.yaml").write_text(yaml.safe_dump(params))
+    return ["--params", str(folder / f"params{nproc}.yaml"), "--teacher", str(folder / "teacher.pt"),
+            "--generator", str(folder / "generator.pt"), "--data", str(folder / "test.h5"),
+            "--out", str(folder / f"out{nproc}")]
+
+
+def test_sample_stage_under_torchrun_writes_the_one_process_files(tmp_path, subprocess_env):
+    assert sample_stage.cli(stage_inputs(tmp_path, 1)) == 0
+    argv = stage_inputs(tmp_path, 2)
+    # As dvc.yaml runs it: the stage reads sample.nproc = 2 and starts itself under torchrun.
+    done = subprocess.run([sys.executable, "-m", "realuid.stages.sample", *argv], env=subprocess_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("sample: teacher") == 1  # one report, from rank 0
+    one, two = tmp_path / "out1", tmp_path / "out2"
+    h5 = sorted(p.name for p in one.glob("*.h5"))
+    assert h5 == sorted(p.name for p in two.glob("*.h5")) and "student.h5" in h5 and "teacher.h5" in h5
+    for name in h5:  # byte-identical HDF5 files: the same samples in the same order
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    import json
+
+    assert json.loads((two / "timing.json").read_text())["processes"] == 2
+    assert not list(tmp_path.glob(".out*")), "a temporary folder was left behind"
+
+
+@pytest.mark.slow
+def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_env):
+    """The distill stage as dvc.yaml runs it, with distill.nproc = 2, against nproc = 1."""
+    from realuid.checkpoints import load_checkpoint
+    from realuid.data import write_split
+
+    family, spec = make_family("fm"), spec_for()
+    torch.manual_seed(2)
+    teacher = build_model(spec)
+    from realuid.checkpoints import atomic_save
+
+    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "step": 1,
+                 "family": {"name": "fm", "options": {}}, "state_dict": teacher.state_dict(),
+                 "ema_state_dict": teacher.state_dict()}, tmp_path / "teacher.pt")
+    write_split(tmp_path / "train.h5", toy_data(family, n=512).x1.numpy(), attrs={"source": "toy"})
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    params["distill"].update(steps=8, batch_size=64, checkpoint_every_steps=4, log_every_steps=2, device="cpu")
+    results = {}
+    for nproc in (1, 2):
+        params["distill"]["nproc"] = nproc
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        argv = ["--params", str(tmp_path / "params.yaml"), "--data", str(tmp_path / "train.h5"),
+                "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / f"out{nproc}"),
+                "--state", str(tmp_path / f"state{nproc}")]
+        done = subprocess.run([sys.executable, "-m", "realuid.stages.distill", *argv], env=subprocess_env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[nproc] = load_checkpoint(tmp_path / f"out{nproc}/generator.pt")
+        # The state folder is named without the process count: the other count would resume it.
+        assert [p.name for p in (tmp_path / f"state{nproc}").iterdir()] == [p.name for p in (tmp_path / "state1").iterdir()]
+    assert_close_weights(results[2]["state_dict"], results[1]["state_dict"])
