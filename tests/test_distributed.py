@@ -84,14 +84,15 @@ def distill_setup(case):
 
 
 def sampling_setup(family_name: str, method: str):
-    """A tiny teacher, two generator copies and 50 inputs (7 batches of 8, the last one short)."""
-    family, spec = make_family(family_name), spec_for()
+    """A tiny class-conditional teacher, two generator copies and 50 inputs (7 batches of 8, the last short)."""
+    family, spec = make_family(family_name), spec_for(classes=3)
     torch.manual_seed(1)
     teacher, student = build_model(spec).eval(), build_model(spec).eval()
     generators = {"student_raw": OneStepGenerator(family, teacher), "student_ema": OneStepGenerator(family, student)}
     cfg = dataclasses.make_dataclass("Cfg", ["batch_size", "teacher_nfe", "teacher_method", "seed"])(8, 6, method, 7)
-    x0, y = sample_stage.sources(family, toy_data(family), 50, 100, (2,), 0)
-    return family, teacher, generators, x0, y, cfg
+    split = toy_data(family)
+    inputs = lambda start, n: sample_stage.sources(family, split, n, 100, (2,), 3, start=start)  # noqa: E731
+    return family, teacher, generators, inputs, cfg
 
 
 SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
@@ -111,8 +112,8 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
     out["rerun"] = distill(family, data, teacher, spec, cfg, folder / "killed", progress=False, dist=dist, **coef)
     for family_name, method in SAMPLING_CASES:
-        family, teacher, generators, x0, y, cfg = sampling_setup(family_name, method)
-        out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, x0, y, cfg, dist)[0]
+        family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
+        out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
     torch.save(out, folder / f"rank{dist.rank}.pt")
 
 
@@ -211,8 +212,8 @@ def test_only_rank_zero_writes_the_state(two_process_runs):
 @pytest.mark.parametrize("family_name, method", SAMPLING_CASES)
 def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_name, method):
     _, ranks = two_process_runs
-    family, teacher, generators, x0, y, cfg = sampling_setup(family_name, method)
-    single, seconds = sample_stage.draw_samples(family, teacher, generators, x0, y, cfg)
+    family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
+    single, seconds = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg)
     sharded = ranks[0][f"samples_{method}"]
     assert sharded.keys() == single.keys() == {"teacher", *generators}
     for who in single:
@@ -408,3 +409,14 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
         # The state folder is named without the process count: the other count would resume it.
         assert [p.name for p in (tmp_path / f"state{nproc}").iterdir()] == [p.name for p in (tmp_path / "state1").iterdir()]
     assert_close_weights(results[2]["state_dict"], results[1]["state_dict"])
+    assert (tmp_path / "out2/curves.csv").read_text().count("\n") == (tmp_path / "out1/curves.csv").read_text().count("\n")
+
+    # A global batch that does not split over the processes: a clear error from each, exit code 1.
+    params["distill"].update(batch_size=63, nproc=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv[argv.index("--out") + 1] = str(tmp_path / "out_bad")
+    done = subprocess.run([sys.executable, "-m", "realuid.stages.distill", *argv], env=subprocess_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "[rank 1] error: batch_size 63 is not divisible by the 2 processes" in done.stderr
+    assert not (tmp_path / "out_bad").exists()

@@ -213,3 +213,22 @@ def test_bf16_autocast_runs_on_cpu_and_keeps_float32_weights(tmp_path, family_na
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
         training.autocast(torch.device("cpu"), "fp16")
+
+
+def test_dropout_seed_keeps_the_one_process_stream_on_rank_zero_and_differs_per_rank():
+    masks = []
+    for rank in (0, 1, 2):
+        training._seed_dropout(5, 7, rank)
+        masks.append(torch.rand(8))
+    torch.manual_seed(training._seed_value(5, 7, -1))  # the one-process seed of step 7
+    assert torch.equal(masks[0], torch.rand(8))
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def test_meter_reads_means_since_the_last_read():
+    meter = training.Meter()
+    for v in (1.0, 2.0, 6.0):
+        meter.add(loss=torch.tensor(v), norm=torch.tensor(2 * v))
+    assert meter.read() == {"loss": 3.0, "norm": 6.0}
+    meter.add(loss=torch.tensor(5.0), norm=torch.tensor(1.0))
+    assert meter.read() == {"loss": 5.0, "norm": 1.0} and meter.read() == {}

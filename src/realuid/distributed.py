@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -235,4 +236,26 @@ def launch_if_needed(nproc: int, module: str, argv: Sequence[str]) -> int | None
     # The workers import this very package, wherever it was imported from here.
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return subprocess.call(launch_command(nproc, module, argv), env=env)
+    launcher = subprocess.Popen(launch_command(nproc, module, argv), env=env)
+    with _forwarding_signals(launcher):
+        try:
+            return launcher.wait()
+        except KeyboardInterrupt:
+            # torchrun passes the interrupt on to its workers and waits for them: never leave orphans.
+            launcher.send_signal(signal.SIGINT)
+            launcher.wait()
+            raise
+
+
+@contextmanager
+def _forwarding_signals(child: subprocess.Popen) -> Iterator[None]:
+    """Pass SIGTERM (DVC, Snakemake or Slurm stopping the stage) on to ``child`` while it runs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

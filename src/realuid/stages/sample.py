@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,16 +41,21 @@ def _timed(fn, device: torch.device):
     return out, time.perf_counter() - start
 
 
-def sources(family, split, n: int, first_seed: int, shape, num_classes: int):
-    """Generator inputs and labels of samples ``0 .. n-1``: (x0 [n, ...], y [n] or None)."""
+def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """Labels of samples ``idx`` [n]: balanced classes, ``idx % num_classes`` (None when unconditional)."""
+    return torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None
+
+
+def sources(family, split, n: int, first_seed: int, shape, num_classes: int, *, start: int = 0):
+    """Generator inputs and labels of samples ``start .. start+n-1``: (x0 [n, ...], y [n] or None)."""
     from ..sampling import seeded_noise
 
-    idx = np.arange(n)
+    idx = np.arange(start, start + n)
     if family.paired:
         x0 = torch.as_tensor(split.x0[idx % len(split)])
     else:
-        x0 = seeded_noise(list(range(first_seed, first_seed + n)), tuple(shape))
-    y = torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None  # balanced classes
+        x0 = seeded_noise(list(range(first_seed + start, first_seed + start + n)), tuple(shape))
+    y = class_labels(idx, num_classes)
     return x0, y
 
 
@@ -58,12 +64,14 @@ def batch_starts(n_samples: int, batch_size: int, dist: Dist = SINGLE_PROCESS) -
     return list(range(dist.rank * batch_size, n_samples, batch_size * dist.world_size))
 
 
-def draw_samples(family, teacher, generators: dict, x0: torch.Tensor, y: torch.Tensor | None, cfg,
+def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
                  dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
-    """Samples of the teacher and of each named one-step generator from inputs ``x0`` [N, ...], ``y`` [N].
+    """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator.
 
-    Returns ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are
-    the slowest process's (the wall time of a parallel run).
+    ``inputs(start, n)`` gives the generator inputs and labels of samples ``start .. start+n-1``
+    (``x0`` [n, ...], ``y`` [n] or None): each process makes only those of its own batches. Returns
+    ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are the
+    slowest process's (the wall time of a parallel run).
     """
     from ..sampling import sample_teacher
 
@@ -71,9 +79,9 @@ def draw_samples(family, teacher, generators: dict, x0: torch.Tensor, y: torch.T
     mine: dict[int, dict[str, torch.Tensor]] = {}
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
     with torch.no_grad():
-        for start in batch_starts(x0.shape[0], cfg.batch_size, dist):
-            xb = x0[start : start + cfg.batch_size].to(device)
-            yb = None if y is None else y[start : start + cfg.batch_size].to(device)
+        for start in batch_starts(n_samples, cfg.batch_size, dist):
+            xb, yb = inputs(start, min(cfg.batch_size, n_samples - start))
+            xb, yb = xb.to(device), None if yb is None else yb.to(device)
             # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
             rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
             out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
@@ -121,16 +129,17 @@ def _sample(args, params, dist: Dist) -> None:
     generators = {name: OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=key, device=device))
                   for name, key in copies.items()}
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
-    x0, y = sources(family, split, cfg.n_samples, cfg.seed, split.sample_shape, classes)
+    inputs = lambda start, n: sources(family, split, n, cfg.seed, split.sample_shape, classes, start=start)  # noqa: E731
 
-    outputs, by_who = draw_samples(family, teacher, generators, x0, y, cfg, dist)
+    outputs, by_who = draw_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
     if not dist.is_main:
         return
     outputs["student"] = outputs[headline]
     seconds = {"teacher": by_who["teacher"], "student": by_who[headline]}
 
     nfe = {"teacher": cfg.teacher_nfe, "student": 1}
-    labels = None if y is None else y.numpy()
+    labels = class_labels(np.arange(cfg.n_samples), classes)
+    labels = None if labels is None else labels.numpy()
     with common.atomic_dir(args.out) as tmp:
         for who, samples in outputs.items():
             x = samples.float().numpy()
