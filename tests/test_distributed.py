@@ -12,6 +12,7 @@ After 30 teacher steps and 36 distillation optimizer steps the weights agree to 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -26,7 +27,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from realuid import distributed, training
-from realuid.config import ConfigError, GanConfig, build, load_params, Params
+from realuid.config import ConfigError, GanConfig, Params, build
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.models import OneStepGenerator, build_model
@@ -372,8 +373,6 @@ def test_sample_stage_under_torchrun_writes_the_one_process_files(tmp_path, subp
     assert h5 == sorted(p.name for p in two.glob("*.h5")) and "student.h5" in h5 and "teacher.h5" in h5
     for name in h5:  # byte-identical HDF5 files: the same samples in the same order
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
-    import json
-
     assert json.loads((two / "timing.json").read_text())["processes"] == 2
     assert not list(tmp_path.glob(".out*")), "a temporary folder was left behind"
 
@@ -381,14 +380,12 @@ def test_sample_stage_under_torchrun_writes_the_one_process_files(tmp_path, subp
 @pytest.mark.slow
 def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_env):
     """The distill stage as dvc.yaml runs it, with distill.nproc = 2, against nproc = 1."""
-    from realuid.checkpoints import load_checkpoint
+    from realuid.checkpoints import atomic_save, load_checkpoint
     from realuid.data import write_split
 
     family, spec = make_family("fm"), spec_for()
     torch.manual_seed(2)
     teacher = build_model(spec)
-    from realuid.checkpoints import atomic_save
-
     atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "step": 1,
                  "family": {"name": "fm", "options": {}}, "state_dict": teacher.state_dict(),
                  "ema_state_dict": teacher.state_dict()}, tmp_path / "teacher.pt")
