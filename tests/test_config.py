@@ -66,10 +66,12 @@ def test_mistakes_name_the_key(tmp_path, changes, message):
         load_params(write(tmp_path, edited(**changes)))
 
 
-def test_bridge_needs_pairing(tmp_path):
+def test_bridge_needs_pairing_and_its_sde(tmp_path):
     with pytest.raises(ConfigError, match="paired data"):
-        load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="none")))
-    load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise")))
+        load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="none", sample__teacher_method="sde")))
+    with pytest.raises(ConfigError, match="sample.teacher_method"):
+        load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise")))
+    load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")))
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):

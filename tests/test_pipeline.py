@@ -229,7 +229,7 @@ def test_bridge_on_unpaired_data_is_refused(tmp_path, monkeypatch, capsys):
     project = make_project(tmp_path, tiny_params(), git=False)
     monkeypatch.chdir(project)
     run_stage(stage_named("prepare"), monkeypatch)
-    params = tiny_params(family__name="bridge", prepare__pairing="noise")
+    params = tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
     (project / "params.yaml").write_text(yaml.safe_dump(params))  # data still unpaired: prepare not rerun
     argv = shlex.split(stage_named("train_teacher").cmd)[3:]
     assert importlib.import_module("realuid.stages.train_teacher").cli(argv) == 1

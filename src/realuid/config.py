@@ -307,6 +307,9 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"{key}: {ema!r} is not 'none' nor one of distill.ema_decays {obj.distill.ema_decays}")
         if obj.family.name == "bridge" and obj.prepare.pairing == "none":
             raise ConfigError("family.name: the bridge family needs paired data; set prepare.pairing")
+        if obj.family.name == "bridge" and obj.family.sigma > 0 and obj.sample.teacher_method != "sde":
+            # A noisy bridge's learned drift is not a probability-flow velocity: only its SDE samples it.
+            raise ConfigError("sample.teacher_method: the bridge family with sigma > 0 samples with 'sde'")
         if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
             raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
 
