@@ -204,6 +204,23 @@ def test_tiny_study_end_to_end_then_resumes_from_cache(tmp_path, capsys):
     # Same command again: every job comes from the cache, nothing is recomputed.
     assert cli.main(["--preset", "tiny", "--work", str(work), "--out", str(out)]) == 0
     assert "already done (cached), 0 to run" in capsys.readouterr().out
+    # The report keeps the wall time of the run that computed the jobs, not the cached rerun's.
+    assert json.loads((work / "wall.json").read_text())["invocations"] == 1
+    assert "1 invocation(s)" in (out / "RESULTS-tiny.md").read_text()
+
+
+def test_wall_time_adds_up_over_resumed_runs(tmp_path):
+    path = tmp_path / "wall.json"
+    first = cli.accumulate_wall_seconds(path, 10.0, command="bench/quality", code="abc")
+    assert first == {"seconds": 10.0, "invocations": 1, "command": "bench/quality", "code": "abc"}
+    assert cli.accumulate_wall_seconds(path, 0.0, command="other") == first  # a cached rerun adds nothing
+    resumed = cli.accumulate_wall_seconds(path, 5.0, command="other", code="def")
+    assert resumed == {"seconds": 15.0, "invocations": 2, "command": "bench/quality", "code": "abc"}
+
+
+def test_code_version_names_a_commit():
+    version = cli.code_version()
+    assert len(version.split()[0]) >= 7
 
 
 def test_user_points_study(tmp_path):

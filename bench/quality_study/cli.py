@@ -117,13 +117,19 @@ def _call(fn, args):
     return fn(*args)
 
 
-def run_jobs(jobs: list[Job], cache: JobCache, workers: int, log: Callable[[str], None]) -> dict:
-    """Run every job not in the cache, dependencies first, ``workers`` at a time; returns {key: result}."""
+def run_jobs(jobs: list[Job], cache: JobCache, workers: int, log: Callable[[str], None]) -> tuple[dict, int]:
+    """Run every job not in the cache, dependencies first, ``workers`` at a time.
+
+    Returns ({key: result} for every job, number of jobs this call ran).
+    """
     results = {j.key: cache.get(j.key) for j in jobs}
     results = {k: v for k, v in results.items() if v is not None}
     pending = [j for j in jobs if j.key not in results]
     if results:
         log(f"{len(results)} job(s) already done (cached), {len(pending)} to run")
+    if not pending:
+        return results, 0
+    ran = len(pending)
     # Jobs with dependents go first (they gate the rest), then the dependent ones as soon as they can
     # start (the digits students are the longest jobs: started last they would leave a worker idle).
     gating = {k for j in pending for k in j.after}
@@ -151,7 +157,7 @@ def run_jobs(jobs: list[Job], cache: JobCache, workers: int, log: Callable[[str]
                 cache.put(job.key, results[job.key])
                 log(f"done  {job.key}  ({time.perf_counter() - started:.0f} s since start, "
                     f"{len(pending) + len(running)} left)")
-    return results
+    return results, ran
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -206,13 +212,49 @@ def main(argv=None) -> int:
     jobs = toy_jobs(study, user, work)
     if study.digits is not None:
         jobs += digits_jobs(study, work)
-    results = run_jobs(jobs, JobCache(work / "results"), study.workers, log)
-    wall = time.perf_counter() - started
     command = "bench/quality" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    results, ran = run_jobs(jobs, JobCache(work / "results"), study.workers, log)
+    wall = accumulate_wall_seconds(work / "wall.json", time.perf_counter() - started if ran else 0.0,
+                                   command=command, code=code_version())
     machine = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    write_report(results, study, user, Path(args.out), command=command, wall_seconds=wall, machine=machine)
-    log(f"wrote {Path(args.out) / report_name(study, user)} ({wall / 60:.1f} min)")
+    write_report(results, study, user, Path(args.out), command=command, wall=wall, machine=machine)
+    log(f"wrote {Path(args.out) / report_name(study, user)} (jobs: {wall['seconds'] / 60:.1f} min of wall time "
+        f"over {wall['invocations']} invocation(s))")
     return 0
+
+
+def accumulate_wall_seconds(path: Path, seconds: float, *, command: str = "", code: str = "") -> dict:
+    """Add this invocation's wall time to the study's total (a resumed study is timed across its runs).
+
+    Invocations that found every job cached pass 0 and add nothing: regenerating a report keeps the total.
+    The first invocation that computes jobs also records its command line and code version, which the
+    report names as the ones that produced the numbers.
+    """
+    total = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
+    if seconds > 0:
+        total = {"seconds": total["seconds"] + seconds, "invocations": total["invocations"] + 1,
+                 "command": total.get("command") or command, "code": total.get("code") or code}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(total))
+        os.replace(tmp, path)
+    return total
+
+
+def code_version() -> str:
+    """``git`` commit of the repository, with a note when the working tree has uncommitted changes."""
+    import subprocess
+
+    root = BENCH.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    if not commit:
+        return "unknown (not a git checkout)"
+    return commit + (" with uncommitted changes" if dirty else "")
 
 
 def report_name(study: presets.StudySettings, user: tasks.UserPoints | None) -> str:

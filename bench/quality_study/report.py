@@ -34,8 +34,13 @@ FAMILY_NAMES = {"fm": "flow matching", "diffusion": "diffusion (VP, ε)", "si": 
 class Results:
     """Access to the job results by (variant, family, data set): per-seed lists in seed order."""
 
-    def __init__(self, results: dict, study: StudySettings, datasets: tuple[str, ...]):
+    def __init__(self, results: dict, study: StudySettings, datasets: tuple[str, ...], user_name: str = "user"):
         self.results, self.study, self.datasets = results, study, datasets
+        self.user_name = user_name
+
+    def name(self, dataset: str) -> str:
+        """How a data set is called in the text: a user's file by its name."""
+        return self.user_name if dataset == "user" else dataset
 
     def toy(self, variant: str, family: str, dataset: str) -> list[dict]:
         keys = [f"toy-{variant}-{family}-{dataset}-s{s}" for s in self.study.seeds]
@@ -84,12 +89,12 @@ def _toy_tables(res: Results, families: tuple[str, ...]) -> tuple[list[str], dic
                 rows.append(cells)
                 for student in ("data_free", "realuid"):
                     facts["student_vs_teacher"].append(
-                        (dataset, metric, fam, student, verdict(v[student], v["teacher_nfe99"]),
+                        (res.name(dataset), metric, fam, student, verdict(v[student], v["teacher_nfe99"]),
                          ratio(v[student], v["teacher_nfe99"])))
-                    facts["student_vs_start"].append((dataset, metric, fam, student,
+                    facts["student_vs_start"].append((res.name(dataset), metric, fam, student,
                                                       verdict(v[student], v["teacher_nfe1"])))
-                facts["realuid_vs_data_free"].append((dataset, metric, fam, vs))
-            lines += [f"**{dataset}, {label}** (lower is better; mean ± std over {len(res.study.seeds)} seeds)", ""]
+                facts["realuid_vs_data_free"].append((res.name(dataset), metric, fam, vs))
+            lines += [f"**{res.name(dataset)}, {label}** (lower is better; mean ± std over {len(res.study.seeds)} seeds)", ""]
             lines += _table(["family", "floor (real vs real)", "teacher NFE 99", "teacher NFE 1", "data-free",
                              "RealUID", "data-free / teacher", "RealUID / teacher", "RealUID vs data-free"], rows)
             lines.append("")
@@ -209,16 +214,16 @@ def _imperfect_section(res: Results, datasets: tuple[str, ...]) -> tuple[list[st
         for metric, label in METRICS.items():
             v = {row: res.values("imperfect", "fm", dataset, row, metric) for row in TOY_ROWS}
             full = res.values("main", "fm", dataset, "teacher_nfe99", metric) if res.has("main", "fm", dataset) else None
-            rows.append([dataset, label, _cell(v["floor"]), _cell(full) if full else "–", _cell(v["teacher_nfe99"]),
+            rows.append([res.name(dataset), label, _cell(v["floor"]), _cell(full) if full else "–", _cell(v["teacher_nfe99"]),
                          _cell(v["data_free"]), _cell(v["realuid"]),
                          f"{verdict(v['data_free'], v['teacher_nfe99'])} ({paired_wins(v['data_free'], v['teacher_nfe99'])})",
                          f"{verdict(v['realuid'], v['teacher_nfe99'])} ({paired_wins(v['realuid'], v['teacher_nfe99'])})",
                          f"{verdict(v['realuid'], v['data_free'])} ({paired_wins(v['realuid'], v['data_free'])})"])
             if metric == "sw2":
-                claims.append((dataset, verdict(v["realuid"], v["teacher_nfe99"]),
+                claims.append((res.name(dataset), verdict(v["realuid"], v["teacher_nfe99"]),
                                verdict(v["data_free"], v["teacher_nfe99"])))
                 conclusions.append(
-                    f"{dataset}: the RealUID student is **{phrase(v['realuid'], v['teacher_nfe99'])}** its "
+                    f"{res.name(dataset)}: the RealUID student is **{phrase(v['realuid'], v['teacher_nfe99'])}** its "
                     f"under-trained teacher (SW2 {_cell(v['realuid'])} vs {_cell(v['teacher_nfe99'])}); the "
                     f"data-free student is {phrase(v['data_free'], v['teacher_nfe99'])} it "
                     f"({_cell(v['data_free'])}); RealUID is {phrase(v['realuid'], v['data_free'])} data-free")
@@ -236,7 +241,7 @@ def _convergence_section(res: Results, families, datasets) -> tuple[list[str], d
     for variant, fam, dataset in cells:
         if not res.has(variant, fam, dataset):
             continue
-        name = f"{fam}/{dataset}" + ("" if variant == "main" else f" ({variant})")
+        name = f"{fam}/{res.name(dataset)}" + ("" if variant == "main" else f" ({variant})")
         df = res.curves(variant, fam, dataset, "data_free", "sw2")
         ru = res.curves(variant, fam, dataset, "realuid", "sw2")
         target = float(np.mean([c[-1] for c in df["values"]]))
@@ -337,7 +342,7 @@ def summary_json(results: dict) -> dict:
 
 
 def write_report(results: dict, study: StudySettings, user: UserPoints | None, out: Path, *, command: str,
-                 wall_seconds: float, machine: dict) -> Path:
+                 wall: dict, machine: dict) -> Path:
     """Write RESULTS*.md, the figures and a JSON of every number; returns the markdown path."""
     from .cli import report_name
 
@@ -346,17 +351,20 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
     prefix = _prefix(study, user)
     datasets = ("user",) if user is not None else study.toy.datasets
     families = study.toy.families
-    res = Results(results, study, datasets)
+    res = Results(results, study, datasets, Path(user.path).stem if user is not None else "user")
 
     label = {"full": "", "quick": " — QUICK SETTINGS (a smoke run, not the study's result)",
              "tiny": " — TINY SETTINGS (test run)"}[study.name]
     lines = [f"# RealUID quality study at CPU scale{label}", ""]
-    lines += [f"- Command: `{command}` (from the repository root; rerunning it resumes from cached job results "
-              f"of identical settings)",
+    ran_by = wall.get("command") or command
+    regenerated = f"; this file was regenerated from its cached job results by `{command}`" if ran_by != command else ""
+    lines += [f"- Command: `{ran_by}` (from the repository root; rerunning it resumes from cached job results "
+              f"of identical settings{regenerated})",
+              f"- Code: commit {wall.get('code') or 'unknown'} when the jobs ran",
               f"- Machine: {machine['cpu_cores']} CPU cores, no GPU ({machine['platform']}, Python "
               f"{machine['python']}); each job runs in one of {study.workers} worker processes with one torch thread",
-              f"- Wall time: {wall_seconds / 60:.1f} min for the jobs run by this invocation "
-              f"(cached jobs cost nothing); job compute: "
+              f"- Wall time: {wall['seconds'] / 60:.1f} min for all jobs ({wall['invocations']} invocation(s) of the "
+              f"command; a resumed study adds up its runs); job compute: "
               f"{sum(sum(r['seconds'].values()) if isinstance(r.get('seconds'), dict) else r.get('seconds', 0) for r in results.values()) / 60:.1f} worker-minutes in total",
               f"- Seeds: {list(study.seeds)}; every entry is `mean ± std` over them; **a difference smaller than the "
               f"larger of the two spreads is reported as `no difference`**; `(k/n)` counts seeds in which the first "
@@ -387,13 +395,13 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
         if samples:
             name = f"{prefix}toy_samples_{dataset}.png"
             figures.scatter_grid(samples, refs, TOY_ROWS, fig_dir / name,
-                                 f"{dataset}: samples of seed {study.seeds[0]} (grey: held-out real points)")
+                                 f"{res.name(dataset)}: samples of seed {study.seeds[0]} (grey: held-out real points)")
             scatter_figs.append(name)
         groups = {f: {row: res.values("main", f, dataset, row, "sw2") for row in TOY_ROWS}
                   for f in families if res.has("main", f, dataset)}
         name = f"{prefix}toy_sw2_{dataset}.png"
         figures.distance_bars(groups, fig_dir / name, metric_label="sliced W2 to held-out data",
-                              title=f"{dataset}: mean ± std over {len(study.seeds)} seeds")
+                              title=f"{res.name(dataset)}: mean ± std over {len(study.seeds)} seeds")
         scatter_figs.append(name)
     lines += [f"![{n}](figures/{n})" for n in scatter_figs] + [""]
 
@@ -415,10 +423,18 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
         dig_fig = f"{prefix}digits_samples.png"
         figures.image_panels(grids, fig_dir / dig_fig, title=f"8×8 digits, seed {study.seeds[0]}")
         lines += ["## 5. Digits (8×8), offline FID", ""] + dig_lines + [f"![digits](figures/{dig_fig})", ""]
-    lines += ["## 6. α/β sweep through the pipeline", "",
-              "Not run by this command (it needs the DVC pipeline). `bench/sweep` queues the grid with "
-              "`dvc exp run --queue --set-param alpha=… --set-param beta=…` (β/α ∈ {0.94, 0.98, 1, 1.02, 1.06}), "
-              "runs `dvc queue start`, and `bench/sweep --collect` reads `dvc exp show --json` into a heatmap.", ""]
+    if user is None:
+        lines += ["## 6. α/β sweep through the pipeline", "",
+                  "Not run by this command: it needs the DVC pipeline and its own budget (one full pipeline run per "
+                  "grid point). From the repository root:", "",
+                  "```",
+                  "bench/sweep queue            # dvc exp run --queue -n sweep-a…-b… --set-param alpha=… --set-param beta=…",
+                  "bench/sweep start --jobs 1   # dvc queue start; `dvc queue status` shows progress",
+                  "bench/sweep collect          # dvc exp show --json -> table + figures/sweep_heatmap.png",
+                  "```", "",
+                  "The grid crosses alpha ∈ {0.86, 0.90, 0.94} with β/α ∈ {0.94, 0.98, 1, 1.02, 1.06}, plus the "
+                  "data-free point α = β = 1; the metric is the student's sliced W2 (points) in "
+                  "`data/evaluate/metrics.json` (`--metric student.fid` for images).", ""]
 
     lines += ["## Conclusions (computed from the tables above)", ""]
     lines += _claims_table(facts, imp_claims, speedups, dig_claim) + [""]
@@ -431,7 +447,7 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
     path = out / report_name(study, user)
     _write_text(path, "\n".join(lines) + "\n")
     _write_text(path.with_suffix(".json"), json.dumps(
-        {"settings": dataclasses.asdict(study), "command": command, "wall_seconds": wall_seconds,
+        {"settings": dataclasses.asdict(study), "command": command, "wall": wall,
          "machine": machine, "jobs": summary_json(results)}, indent=1, sort_keys=True, default=_json_default) + "\n")
     return path
 
