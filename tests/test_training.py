@@ -232,3 +232,22 @@ def test_meter_reads_means_since_the_last_read():
     assert meter.read() == {"loss": 3.0, "norm": 6.0}
     meter.add(loss=torch.tensor(5.0), norm=torch.tensor(1.0))
     assert meter.read() == {"loss": 5.0, "norm": 1.0} and meter.read() == {}
+
+
+def test_loops_leave_the_callers_random_stream_alone(tmp_path):
+    family = make_family("fm")
+    data, spec = toy_data(family), spec_for()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_teacher(family, data, spec, dataclasses.replace(TEACHER, steps=2), tmp_path, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_fake_init_teacher_needs_a_teacher_of_the_same_spec():
+    from realuid.analytic import ExactFMTeacher
+
+    family, spec = make_family("fm"), spec_for()
+    with pytest.raises(ValueError, match="fake_init='random'"):
+        RealUID(family, ExactFMTeacher(gmm8()), spec, dataclasses.replace(DISTILL, fake_init="teacher"),
+                alpha=0.9, beta=0.9, device=torch.device("cpu"), student_init=build_model(spec))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -328,6 +329,20 @@ def _progress(total: int, start: int, desc: str, enabled: bool):
 # --------------------------------------------------------------------------------------------------
 
 
+def _keeps_global_rng(loop):
+    """Run ``loop`` on a fork of the global RNG: the loops seed it every step, and a caller's own random
+    stream (a benchmark, a notebook) must not change because it trained something."""
+
+    @functools.wraps(loop)
+    def wrapper(*args, **kwargs):
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            return loop(*args, **kwargs)
+
+    return wrapper
+
+
+@_keeps_global_rng
 def train_teacher(
     family,
     data: TrainData,
@@ -467,6 +482,9 @@ class RealUID:
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
         self.fake = build_model(spec).to(device).train()
         if cfg.fake_init == "teacher":
+            if set(teacher.state_dict()) != set(self.fake.state_dict()):
+                raise ValueError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
+                                 "use fake_init='random' for other teachers (e.g. a closed-form one)")
             self.fake.load_state_dict(teacher.state_dict())
         self.fake.requires_grad_(True)
         # RealUID + GAN: the head sits on the fake model's encoder and trains with it, under the same
@@ -585,6 +603,7 @@ class RealUID:
             self.disc_head.load_state_dict(state["disc_head"])
 
 
+@_keeps_global_rng
 def distill(
     family,
     data: TrainData,
