@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     if args.from_json:
         shown = json.loads(Path(args.from_json).read_text())
     else:
-        done = subprocess.run(_dvc(["dvc", "exp", "show", "--json"]), capture_output=True, text=True)
+        # --all-commits: experiments stay listed after new commits move HEAD past their baseline.
+        done = subprocess.run(_dvc(["dvc", "exp", "show", "--json", "--all-commits"]), capture_output=True, text=True)
         if done.returncode:
             print(done.stderr, file=sys.stderr)
             return done.returncode
