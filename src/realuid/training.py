@@ -276,6 +276,30 @@ def _check_finite(means: dict[str, float], step: int, checkpoint: Path) -> None:
         )
 
 
+def _after_step(done: int, *, cfg, stop_after, meter: Meter, dist: Dist, log: CurveLog, bar, ckpt_path: Path,
+                state: Callable[[], dict], extra: Callable[[], dict] | None = None,
+                on_row: Callable[[dict], None] | None = None) -> bool:
+    """Bookkeeping after step ``done`` of either loop: at log boundaries read the meter (one host sync),
+    stop on a non-finite loss, append the curves row; at checkpoint boundaries save ``state()`` (rank 0).
+    Returns True when the loop should stop here (``stop_after``)."""
+    bar.update(1)
+    at_log, at_ckpt = _boundaries(done, cfg, stop_after)
+    if at_log or at_ckpt:
+        means = meter.read(dist)
+        _check_finite(means, done, ckpt_path)  # same means on every process: all stop together
+        row = {"step": done, **means, **(extra() if extra else {})}
+        if dist.is_main:
+            log.append(row)
+            if on_row is not None:
+                on_row(row)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if not k.endswith("grad_norm")})
+    if at_ckpt:
+        if dist.is_main:
+            atomic_save({"step": done, **state()}, ckpt_path)
+        dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
+    return done == stop_after
+
+
 def _boundaries(done: int, cfg, stop_after: int | None) -> tuple[bool, bool]:
     """Whether step ``done`` ends a log interval and whether it is a checkpoint (the last step is both)."""
     last = done == cfg.steps
@@ -387,12 +411,9 @@ def train_teacher(
     if dist.is_main:
         log.trim(start)
 
-    def save(step: int) -> None:
-        atomic_save(
-            {"step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-             "sched": sched.state_dict(), "ema": ema.state_dict()},
-            ckpt_path,
-        )
+    def state() -> dict:
+        return {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "ema": ema.state_dict()}
 
     meter = Meter()
     model.train()
@@ -411,20 +432,8 @@ def train_teacher(
         norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip, dist)
         ema.update(model)
         meter.add(loss=loss, grad_norm=norm)
-        done = step + 1
-        bar.update(1)
-        at_log, at_ckpt = _boundaries(done, cfg, stop_after)
-        if at_log or at_ckpt:
-            means = meter.read(dist)
-            _check_finite(means, done, ckpt_path)  # same means on every process: all stop together
-            if dist.is_main:
-                log.append({"step": done, **means, "lr": sched.get_last_lr()[0]})
-            bar.set_postfix(loss=f"{means['loss']:.4g}")
-        if at_ckpt:
-            if dist.is_main:
-                save(done)
-            dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
-        if done == stop_after:
+        if _after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
+                       ckpt_path=ckpt_path, state=state, extra=lambda: {"lr": sched.get_last_lr()[0]}):
             break
     bar.close()
     return {
@@ -658,23 +667,9 @@ def distill(
         last = phases - 1
         g_loss, g_norm = uid.generator_step(stream(step * phases + last), _seeded(cfg.seed, step, last, device=device))
         meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
-        done = step + 1
-        bar.update(1)
-        at_log, at_ckpt = _boundaries(done, cfg, stop_after)
-        if at_log or at_ckpt:
-            means = meter.read(dist)
-            _check_finite(means, done, ckpt_path)  # same means on every process: all stop together
-            row = {"step": done, **means}
-            if dist.is_main:
-                log.append(row)
-                if on_log is not None:
-                    on_log(row, uid.generator)
-            bar.set_postfix(fake=f"{means['fake_loss']:.3g}", gen=f"{means['generator_loss']:.3g}")
-        if at_ckpt:
-            if dist.is_main:
-                atomic_save({"step": done, **uid.state_dict()}, ckpt_path)
-            dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
-        if done == stop_after:
+        if _after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
+                       ckpt_path=ckpt_path, state=uid.state_dict,
+                       on_row=None if on_log is None else lambda row: on_log(row, uid.generator)):
             break
     bar.close()
     return {
