@@ -188,6 +188,12 @@ def check_samples_do_not_depend_on_batch_size(project: Path, params: dict) -> No
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=who)
     shutil.rmtree(project / "data/sample_b")
 
+    # A copy the generator does not have (params changed, distill not rerun) is a clear error, no output.
+    other["distill"]["ema_decays"], other["sample"]["generator_ema"] = [0.5], "0.5"
+    (project / "params_b.yaml").write_text(yaml.safe_dump(other))
+    assert importlib.import_module("realuid.stages.sample").cli(argv) == 1
+    assert not (project / "data/sample_b").exists()
+
 
 # --------------------------------------------------------------------------------------------------
 # Bad input: a clear message and no output

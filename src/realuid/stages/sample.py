@@ -124,8 +124,11 @@ def _sample(args, params, dist: Dist) -> None:
     # Every copy of the generator is sampled: the raw weights and each EMA decay. `student` is the one
     # `sample.generator_ema` names, the headline of the report.
     copies = {"student_raw": "none", **{f"student_ema_{k.replace('.', '_')}": k for k in sorted(gen_ckpt["ema"])}}
-    headline = next(name for name, key in copies.items() if key == (cfg.generator_ema if cfg.generator_ema == "none"
-                                                                   else ema_key(cfg.generator_ema)))
+    wanted = cfg.generator_ema if cfg.generator_ema == "none" else ema_key(cfg.generator_ema)
+    headline = next((name for name, key in copies.items() if key == wanted), None)
+    if headline is None:
+        raise common.StageError(f"sample.generator_ema {cfg.generator_ema!r}: the generator has no such copy; "
+                                f"it has none and {sorted(gen_ckpt['ema'])}")
     generators = {name: OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=key, device=device))
                   for name, key in copies.items()}
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
