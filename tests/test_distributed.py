@@ -30,6 +30,7 @@ from realuid import distributed, training
 from realuid.config import ConfigError, GanConfig, Params, build
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
+from realuid.metrics import image_features
 from realuid.models import OneStepGenerator, build_model
 from realuid.stages import common
 from realuid.stages import sample as sample_stage
@@ -97,6 +98,27 @@ def sampling_setup(family_name: str, method: str):
 
 
 SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
+FEATURE_BATCH = 16  # 90 images: 6 batches, the last short, 3 per process
+
+
+def digit_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn digits [n, 1, 8, 8] in [-1, 1] and their labels [n]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (torch.tensor(digits.images[:n], dtype=torch.float32)[:, None] / 8.0 - 1.0,
+            torch.as_tensor(digits.target[:n], dtype=torch.long))
+
+
+def feature_setup(folder: Path) -> tuple[torch.Tensor, str]:
+    """90 images and an untrained classifier feature net saved under ``folder`` (one per rank: no race)."""
+    from realuid.features import FeatureNet, save_feature_net
+
+    path = folder / f"extractor{os.environ.get('RANK', '')}.pt"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_feature_net(path, FeatureNet(1, 8, num_classes=10, width=8), {"trained": False})
+    return digit_images(90)[0], str(path)
 
 
 def _equivalence_job(dist: Dist, folder: str) -> None:
@@ -115,6 +137,9 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     for family_name, method in SAMPLING_CASES:
         family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
         out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
+    images, extractor = feature_setup(folder)
+    out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
+                                     device="cpu", dist=dist)
     torch.save(out, folder / f"rank{dist.rank}.pt")
 
 
@@ -224,6 +249,17 @@ def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_na
     assert set(seconds) == set(single)
 
 
+def test_sharded_image_features_equal_one_process_exactly(two_process_runs, tmp_path):
+    _, ranks = two_process_runs
+    images, extractor = feature_setup(tmp_path)
+    single = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH, device="cpu")
+    sharded = ranks[0]["features"]
+    assert sharded.keys() == single.keys() and single["features"].shape[0] == 90
+    for layer in single:
+        assert torch.equal(sharded[layer], single[layer]), layer
+    assert ranks[1]["features"] is None  # only rank 0 receives the features
+
+
 # --------------------------------------------------------------------------------------------------
 # Killed and rerun; resumed with another number of processes
 # --------------------------------------------------------------------------------------------------
@@ -286,7 +322,7 @@ def test_single_process_collectives_change_nothing():
 
 @pytest.mark.parametrize("n, batch, world", [(50, 8, 2), (50, 8, 3), (16, 8, 4), (5, 10, 2)])
 def test_batches_are_dealt_round_robin_and_cover_every_sample_once(n, batch, world):
-    starts = [sample_stage.batch_starts(n, batch, Dist(rank=r, world_size=world)) for r in range(world)]
+    starts = [Dist(rank=r, world_size=world).batch_starts(n, batch) for r in range(world)]
     assert sorted(s for shard in starts for s in shard) == list(range(0, n, batch))
     assert all(s // batch % world == r for r, shard in enumerate(starts) for s in shard)
 
@@ -417,3 +453,59 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
     assert done.returncode == 1
     assert "[rank 1] error: batch_size 63 is not divisible by the 2 processes" in done.stderr
     assert not (tmp_path / "out_bad").exists()
+
+
+def evaluate_inputs(folder: Path) -> tuple[dict, list[str]]:
+    """Image splits, a samples folder as ``sample`` writes it, and two features folders: one with the
+    reference cache the features stage writes, one without (the reference is then extracted here)."""
+    from realuid.data import write_split
+    from realuid.features import FeatureNet, save_feature_net
+    from realuid.metrics import cache_reference_features
+
+    images, labels = digit_images(400)
+    write_split(folder / "train.h5", images[:200].numpy(), y=labels[:200].numpy(), attrs={"source": "digits"})
+    write_split(folder / "test.h5", images[200:].numpy(), y=labels[200:].numpy(), attrs={"source": "digits"})
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    samples = folder / "samples"
+    for who, level in (("teacher", 0.05), ("student", 0.2), ("student_raw", 0.3)):
+        drawn = (images[200:300] + level * noise[200:300]).clamp(-1, 1)
+        write_split(samples / f"{who}.h5", drawn.numpy(), y=labels[200:300].numpy(), attrs={"source": who})
+    timing = {"nfe": 1, "samples_per_second": 1000.0}
+    (samples / "timing.json").write_text(json.dumps({"teacher": {**timing, "nfe": 9}, "student": timing}))
+    for name in ("features_cached", "features_bare"):
+        (folder / name).mkdir()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            save_feature_net(folder / name / "extractor.pt", FeatureNet(1, 8, num_classes=10, width=8), {})
+    cache_reference_features(images[200:], extractor="realuid-features", batch_size=32, device="cpu",
+                             extractor_weights_path=folder / "features_cached" / "extractor.pt",
+                             cache_root=folder / "features_cached" / "reference_cache")
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    params["evaluate"].update(kid_subset_size=50, batch_size=32, device="cpu")
+    return params, ["--samples", str(samples), "--train", str(folder / "train.h5"), "--test", str(folder / "test.h5")]
+
+
+def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, subprocess_env):
+    from realuid.stages import evaluate as evaluate_stage
+
+    params, argv = evaluate_inputs(tmp_path)
+    outputs = {}
+    for nproc, features in ((1, "features_cached"), (2, "features_bare")):
+        params["evaluate"]["nproc"] = nproc
+        (tmp_path / f"params{nproc}.yaml").write_text(yaml.safe_dump(params))
+        args = ["--params", str(tmp_path / f"params{nproc}.yaml"), *argv, "--features", str(tmp_path / features),
+                "--out", str(tmp_path / f"metrics{nproc}.json")]
+        if nproc == 1:
+            assert evaluate_stage.cli(args) == 0
+        else:  # as dvc.yaml runs it: the stage reads evaluate.nproc = 2 and starts itself under torchrun
+            done = subprocess.run([sys.executable, "-m", "realuid.stages.evaluate", *args], env=subprocess_env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert done.stdout.count("evaluate: student ") == 1  # one report, from rank 0
+        outputs[nproc] = json.loads((tmp_path / f"metrics{nproc}.json").read_text())
+    assert set(outputs[1]) == {"teacher", "student", "student_raw", "real"}
+    assert {"fid", "kid_mean", "precision", "recall", "class_accuracy"} <= set(outputs[1]["student"])
+    assert outputs[1]["teacher"]["fid"] < outputs[1]["student"]["fid"] < outputs[1]["student_raw"]["fid"]
+    assert outputs[2] == outputs[1]
+    # The features stage's cache is read, never written: the bare folder stays bare.
+    assert sorted(p.name for p in (tmp_path / "features_bare").iterdir()) == ["extractor.pt"]

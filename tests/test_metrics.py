@@ -12,12 +12,14 @@ from realuid.metrics import (
     frechet_distance_from_stats,
     frechet_distance_raw,
     gaussian_stats,
+    image_features,
     image_metrics,
     mmd_rbf,
     point_metrics,
     random_directions,
     sliced_wasserstein2,
     subsample,
+    reference_features,
     unit_range_to_uint8,
     wasserstein2_squared_1d,
 )
@@ -239,6 +241,49 @@ def _metrics(generated, reference, path, **kwargs):
     return image_metrics(generated, reference, **options)
 
 
+class Uint8Images(torch.utils.data.Dataset):
+    """uint8 images [N, C, H, W] as the dataset torch-fidelity reads."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+@pytest.mark.parametrize("batch_size", [7, 500])
+def test_image_metrics_equal_torch_fidelity_calculate_metrics(digit_images, random_extractor_path, batch_size):
+    # Features are extracted here and scored with torch-fidelity's functions: the numbers must be the very
+    # ones its own calculate_metrics reports for the same images and options.
+    import torch_fidelity
+
+    generated = digit_images.flip(dims=[3])[:300]
+    ours = _metrics(generated, digit_images, random_extractor_path, batch_size=batch_size, seed=3)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=Uint8Images(unit_range_to_uint8(generated)), input2=Uint8Images(unit_range_to_uint8(digit_images)),
+        fid=True, kid=True, prc=True, feature_extractor="realuid-features",
+        feature_extractor_weights_path=random_extractor_path, batch_size=batch_size, kid_subset_size=100,
+        kid_subsets=10, rng_seed=3, cuda=False, save_cpu_ram=True, cache=False, verbose=False)
+    assert ours == {"fid": theirs["frechet_inception_distance"], "kid_mean": theirs["kernel_inception_distance_mean"],
+                    "kid_std": theirs["kernel_inception_distance_std"], "precision": theirs["precision"],
+                    "recall": theirs["recall"], "f_score": theirs["f_score"]}
+
+
+def test_image_features_are_batches_of_the_extractor_in_order(digit_images, random_extractor_path):
+    from realuid.features import load_feature_net, uint8_to_unit_range
+
+    features = image_features(digit_images[:50], extractor_weights_path=random_extractor_path, batch_size=16,
+                              device="cpu")
+    assert set(features) == {"features"} and features["features"].shape[0] == 50
+    net = load_feature_net(random_extractor_path)
+    with torch.no_grad():
+        direct = net.features(uint8_to_unit_range(unit_range_to_uint8(digit_images[16:32])))
+    assert torch.equal(features["features"][16:32], direct)
+
+
 def test_fid_of_a_set_with_itself_is_zero(digit_images, random_extractor_path):
     result = _metrics(digit_images, digit_images, random_extractor_path)
     assert set(result) == {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score"}
@@ -311,6 +356,25 @@ def test_reference_features_are_cached_by_content(digit_images, random_extractor
     # Other reference images get another cache entry instead of reusing stale features.
     _metrics(generated, digit_images[:200], random_extractor_path, cache_root=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2 * len(cached_files)
+
+
+def test_a_reference_cache_that_is_not_features_is_a_clear_error(digit_images, random_extractor_path, tmp_path):
+    reference_features(digit_images, extractor_weights_path=random_extractor_path, cache_root=tmp_path, device="cpu")
+    (cached,) = tmp_path.iterdir()
+    torch.save({"features": torch.zeros(3, 8)}, cached)  # wrong number of rows
+    with pytest.raises(ValueError, match="does not hold the reference features"):
+        _metrics(digit_images, digit_images, random_extractor_path, cache_root=tmp_path)
+    # Arbitrary pickled objects are refused: the cache is read with weights_only=True.
+    torch.save({"features": torch.nn.Linear(2, 2)}, cached)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        _metrics(digit_images, digit_images, random_extractor_path, cache_root=tmp_path)
+
+
+def test_a_reference_cache_another_stage_owns_is_read_but_never_written(digit_images, random_extractor_path,
+                                                                        tmp_path):
+    features = reference_features(digit_images, extractor_weights_path=random_extractor_path, cache_root=tmp_path,
+                                  write_cache=False, device="cpu")
+    assert features["features"].shape[0] == len(digit_images) and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow  # InceptionV3 at 299x299 on CPU: ~20 s

@@ -24,7 +24,8 @@ from test_pipeline import dvc_changed, make_project, sh, snakemake_pending, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
-from registry import SlurmRequest, gpus_flag, load_stages, slurm_request, snakemake_resources  # noqa: E402
+from registry import (SlurmRequest, gpus_flag, load_stages, slurm_request, snakemake_resources,  # noqa: E402
+                      stage_processes, stage_threads)
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 START = ROOT / "workflow" / "slurm" / "start-local-slurm.sh"
@@ -67,6 +68,7 @@ def test_full_slurm_block_is_read():
         ({"slurm": {"partition": 3}}, "meta.slurm.partition must be a non-empty string"),
         ({"slurm": {"gpus": 1}}, "not marked meta.gpu: true"),
         ({"gpu": True, "slurm": {"gpus": 0}}, "meta.slurm.gpus must be a positive integer"),
+        ({"gpu": True, "nproc": "distill.nproc", "slurm": {"gpus": 2}}, "from distill.nproc: remove meta.slurm.gpus"),
     ],
 )
 def test_bad_slurm_block_is_a_clear_error(meta, message):
@@ -106,10 +108,49 @@ def test_resources_carry_only_what_the_stage_sets_and_gpus_only_where_available(
     assert snakemake_resources(bare, gpus_available=True) == {}
 
 
+def test_a_stage_with_a_process_count_asks_for_one_gpu_per_process_on_one_node():
+    stage = next(s for s in load_stages(ROOT / "dvc.yaml") if s.name == "distill")
+    assert stage.nproc_param == "distill.nproc" and stage.slurm.cpus == 8
+    assert snakemake_resources(stage, gpus_available=True, processes=4)["gpu"] == 4
+    assert snakemake_resources(stage, gpus_available=True, processes=4)["nodes"] == 1
+    assert "gpu" not in snakemake_resources(stage, gpus_available=False, processes=4)
+    # Each process gets at least one core (gloo on a CPU cluster): cpus rises to the process count.
+    assert stage_threads(stage, 1) == 8 and stage_threads(stage, 16) == 16
+
+
+def test_process_count_is_read_from_params(tmp_path):
+    stage = next(s for s in load_stages(ROOT / "dvc.yaml") if s.name == "evaluate")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for value, expected in ((1, 1), (3, 3)):
+        params["evaluate"]["nproc"] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        assert stage_processes(stage, tmp_path / "params.yaml") == expected
+    params["evaluate"]["nproc"] = "two"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match="evaluate.nproc must be a positive integer"):
+        stage_processes(stage, tmp_path / "params.yaml")
+    report = next(s for s in load_stages(ROOT / "dvc.yaml") if s.name == "report")
+    assert stage_processes(report, tmp_path / "params.yaml") == 1
+
+
+@pytest.mark.parametrize("stage, nproc, message", [
+    ("distill", "distill.batch_size", "must name a params key ending in .nproc"),
+    ("distill", "sample.nproc", "which the stage does not declare in params"),
+])
+def test_bad_process_count_key_fails_when_the_registry_is_read(tmp_path, stage, nproc, message):
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    spec["stages"][stage]["meta"]["nproc"] = nproc
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_stages(tmp_path / "dvc.yaml")
+
+
 def test_repository_registry_asks_for_gpus_exactly_on_its_gpu_stages():
     stages = load_stages(ROOT / "dvc.yaml")
-    assert {"train_teacher", "distill", "sample"} <= {s.name for s in stages if s.uses_gpu}
+    assert {"train_teacher", "distill", "sample", "evaluate"} <= {s.name for s in stages if s.uses_gpu}
     assert {s.name for s in stages if s.slurm.gpus} == {s.name for s in stages if s.uses_gpu}
+    # Every stage that starts processes takes their number from params, and asks for that many GPUs.
+    assert {s.name for s in stages if s.nproc_param} == {s.name for s in stages if s.uses_gpu}
     assert all(s.slurm.cpus >= 1 for s in stages)
 
 
@@ -152,8 +193,10 @@ def dry_run_requests(project, *extra: str) -> dict:
 
 
 def test_dry_run_shows_per_stage_requests_and_cluster_gpus_only_with_the_flag(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params(), git=False)
-    set_slurm_blocks(project, distill={"partition": "gpu", "runtime": 90, "mem_mb": 8000, "cpus": 2, "gpus": 2})
+    params = tiny_params()
+    params["distill"]["nproc"] = 2
+    project = make_project(tmp_path / "project", params, git=False)
+    set_slurm_blocks(project, distill={"partition": "gpu", "runtime": 90, "mem_mb": 8000, "cpus": 2})
 
     local = dry_run_requests(project, "--cores", "2")
     assert local["distill"]["threads"] == 2
@@ -168,9 +211,11 @@ def test_dry_run_shows_per_stage_requests_and_cluster_gpus_only_with_the_flag(tm
     assert not any("gpu" in r for r in on_cluster.values())
 
     with_gpus = dry_run_requests(project, "--profile", "workflow/profiles/slurm", "--config", "gpus=true")
-    expected = {s.name: str(s.slurm.gpus) for s in load_stages(project / "dvc.yaml") if s.uses_gpu}
-    assert expected["distill"] == "2" and expected["train_teacher"] == "1"
+    # One GPU per process: distill.nproc = 2 (finetune reads the same key), the other stages 1.
+    expected = {s.name: "1" for s in load_stages(project / "dvc.yaml") if s.uses_gpu}
+    expected.update(distill="2", finetune="2")
     assert {name: r["gpu"] for name, r in with_gpus.items() if "gpu" in r} == expected
+    assert with_gpus["distill"]["nodes"] == "1" and "nodes" not in with_gpus["report"]
 
 
 def test_start_script_reports_missing_slurm_with_its_own_exit_status(tmp_path):

@@ -29,6 +29,11 @@ class Stage:
     def slurm(self) -> "SlurmRequest":
         return slurm_request(self.name, self.meta)
 
+    @property
+    def nproc_param(self) -> str | None:
+        """The params key holding the stage's process count (``meta.nproc``), if it runs under torchrun."""
+        return self.meta.get("nproc")
+
 
 # --------------------------------------------------------------------------------------------------
 # Cluster resources: dvc.yaml `meta: slurm:` → Snakemake threads and resources
@@ -64,7 +69,9 @@ def _non_empty_str(stage: str, key: str, value) -> str:
 
 def slurm_request(stage: str, meta: dict) -> SlurmRequest:
     """Validate ``meta.slurm`` of one dvc.yaml stage. GPU stages (``meta.gpu: true``) ask for one GPU
-    unless ``gpus`` says otherwise; other stages may not ask for any."""
+    unless ``gpus`` says otherwise; other stages may not ask for any. A stage whose process count is a
+    param (``meta.nproc``) asks for one GPU per process (:func:`snakemake_resources`), so ``gpus`` may not
+    be set there: two numbers for one thing would drift apart."""
     block = meta.get("slurm") or {}
     if not isinstance(block, dict):
         raise ValueError(f"stage {stage}: meta.slurm must be a mapping, got {block!r}")
@@ -85,6 +92,9 @@ def slurm_request(stage: str, meta: dict) -> SlurmRequest:
         if key in block:
             fields[key] = _positive_int(stage, key, block[key])
     if "gpus" in block:
+        if meta.get("nproc"):
+            raise ValueError(f"stage {stage}: meta.slurm.gpus is set, but the stage asks for one GPU per process "
+                             f"and reads the process count from {meta['nproc']}: remove meta.slurm.gpus")
         if not uses_gpu:
             raise ValueError(f"stage {stage}: meta.slurm.gpus is set but the stage is not marked meta.gpu: true")
         fields["gpus"] = _positive_int(stage, "gpus", block["gpus"])
@@ -104,19 +114,37 @@ def gpus_flag(value) -> bool:
     raise ValueError(f"config gpus must be true or false, got {value!r}")
 
 
-def snakemake_resources(stage: Stage, *, gpus_available: bool) -> dict:
+def stage_processes(stage: Stage, params_yaml: str | Path = "params.yaml") -> int:
+    """How many processes the stage starts (the value of its ``meta.nproc`` key in params.yaml), else 1."""
+    if not stage.nproc_param:
+        return 1
+    value = yaml.safe_load(param_values([stage.nproc_param], params_yaml))[stage.nproc_param]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"stage {stage.name}: {stage.nproc_param} must be a positive integer, got {value!r}")
+    return value
+
+
+def stage_threads(stage: Stage, processes: int = 1) -> int:
+    """The rule's threads (``--cpus-per-task``): the stage's ``cpus``, and at least one per process."""
+    return max(stage.slurm.cpus, processes)
+
+
+def snakemake_resources(stage: Stage, *, gpus_available: bool, processes: int = 1) -> dict:
     """Snakemake ``resources`` of a stage's rule, named as the Slurm executor plugin reads them.
 
     Only what the stage sets is returned, so the profile's ``default-resources`` fill in the rest. GPUs
     are requested only when ``gpus_available``: asking a cluster without GPUs for one leaves the job
-    pending forever.
+    pending forever. A stage with a process count (``meta.nproc``) runs its ``processes`` under
+    ``torchrun --standalone`` on one node, each on its own GPU: it asks for one node and ``processes`` GPUs.
     """
     req = stage.slurm
     names = {"partition": "slurm_partition", "account": "slurm_account", "runtime": "runtime",
              "mem_mb": "mem_mb"}
     resources = {names[k]: getattr(req, k) for k in names if getattr(req, k) is not None}
+    if stage.nproc_param:
+        resources["nodes"] = 1
     if gpus_available and req.gpus:
-        resources["gpu"] = req.gpus
+        resources["gpu"] = processes if stage.nproc_param else req.gpus
     return resources
 
 
@@ -141,6 +169,16 @@ def _param_keys(entries) -> list[str]:
     return keys
 
 
+def _check_nproc_param(stage: Stage) -> None:
+    key = stage.nproc_param
+    if key is None:
+        return
+    if not isinstance(key, str) or not key.endswith(".nproc"):
+        raise ValueError(f"stage {stage.name}: meta.nproc must name a params key ending in .nproc, got {key!r}")
+    if not any(key == declared or key.startswith(declared + ".") for declared in stage.params):
+        raise ValueError(f"stage {stage.name}: meta.nproc names {key}, which the stage does not declare in params")
+
+
 def load_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
     """The stages of ``dvc.yaml`` in file order."""
     spec = yaml.safe_load(Path(dvc_yaml).read_text())
@@ -153,6 +191,7 @@ def load_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
         stage = Stage(name, " ".join(cmd.split()), _paths(s.get("deps")), outs,
                       _param_keys(s.get("params")), dict(s.get("meta") or {}))
         stage.slurm  # a bad meta.slurm block fails when the registry is read, not when a job is submitted
+        _check_nproc_param(stage)
         stages.append(stage)
     return stages
 

@@ -268,7 +268,7 @@ def _convergence_section(res: Results, families, datasets) -> tuple[list[str], d
                      "speed-up (data-free steps / RealUID steps)", "steps run"], rows)
     ups = [r for r in rows if r[4].endswith("×")]
     if ups:
-        conclusions.append(f"speed-ups where every RealUID seed reached the target: "
+        conclusions.append("speed-ups where every RealUID seed reached the target: "
                            + ", ".join(f"{r[0]} {r[4]}" for r in ups))
     missing = [r[0] for r in rows if r[3].startswith("not reached")]
     if missing:

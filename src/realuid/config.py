@@ -195,8 +195,10 @@ class EvaluateConfig:
     feature_extractor_weights_path: str = opt(doc="inception-v3-compat: weights file you supply")
     reference: str = opt(choices=("test", "train"), doc="split the samples are compared with")
     kid_subset_size: int = opt(gt=1)
-    batch_size: int = opt(gt=0)
+    batch_size: int = opt(gt=0, doc="images per feature-extractor batch")
     seed: int = opt(ge=0)
+    device: str = opt("auto", doc="auto | cpu | cuda | cuda:N: where image features are extracted")
+    nproc: int = opt(1, ge=1, doc="processes under torchrun; feature batches are dealt round-robin")
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,24 @@ class Dist:
         per_rank = global_batch // self.world_size
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
+    # -- work dealt in whole batches (sampling, feature extraction)
+
+    def batch_starts(self, n_items: int, batch_size: int) -> list[int]:
+        """First item of each batch this process takes: batch ``j`` goes to rank ``j % world_size``.
+
+        Each batch is computed as one process would compute it, so the gathered result equals a
+        one-process run exactly (same device type), whatever the process count.
+        """
+        return list(range(self.rank * batch_size, n_items, batch_size * self.world_size))
+
+    def gather_batches(self, mine: dict[int, Any]) -> list[Any] | None:
+        """Every process's ``{batch start: result}`` on rank 0, as one list in batch order; ``None`` elsewhere."""
+        shards = self.gather_to_main(mine)
+        if shards is None:
+            return None
+        batches = {start: out for shard in shards for start, out in shard.items()}
+        return [batches[start] for start in sorted(batches)]
+
     # -- collectives (no-ops in one process)
 
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:

@@ -9,7 +9,8 @@ deterministic, and is returned as a Python float. Conventions, stated once:
 - ``energy_distance`` and ``mmd_rbf`` return the squared forms (V-statistics: exactly 0 for identical sets).
 
 Image metrics take float images [N, C, H, W] in [-1, 1], quantise them to uint8 as a PNG writer would,
-and hand them to ``torch_fidelity.calculate_metrics``. torch-fidelity is imported lazily so that the
+extract features with torch-fidelity's extractors (sharded over processes when asked) and compute the
+metrics with torch-fidelity's functions. torch-fidelity is imported lazily so that the
 rest of the library works where it is not installed.
 """
 
@@ -18,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from realuid import features as feature_net_module
+from realuid.checkpoints import file_digest
+from realuid.distributed import SINGLE_PROCESS, Dist
 
 EXTRACTORS = (feature_net_module.EXTRACTOR_NAME, "inception-v3-compat")
 DEFAULT_MMD_BANDWIDTHS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -258,21 +262,6 @@ def unit_range_to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().to(torch.float32).cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-class Uint8ImageDataset(torch.utils.data.Dataset):
-    """In-memory uint8 images [N, C, H, W]; item i is the [C, H, W] tensor torch-fidelity expects."""
-
-    def __init__(self, images: torch.Tensor):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"expected uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        self.images = images
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-
 def _check_image_batch(images: Any, name: str) -> torch.Tensor:
     if not torch.is_tensor(images) or images.dim() != 4:
         raise ValueError(f"{name} must be a tensor [N, C, H, W], got "
@@ -286,25 +275,172 @@ def _check_image_batch(images: Any, name: str) -> torch.Tensor:
     return images
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _reference_cache_name(reference_uint8: torch.Tensor, extractor: str, weights_path: str) -> str:
-    """Cache key naming the reference images and the extractor weights by content.
+    """Cache file name naming the reference images and the extractor weights by content.
 
-    torch-fidelity keys its cache only by the given name and the extractor's registered name, so a
-    key that does not hash the content would silently reuse features of other images or other weights.
+    A key that did not hash the content would silently reuse features of other images or other weights.
     """
     digest = hashlib.sha256()
     digest.update(str(tuple(reference_uint8.shape)).encode())
     digest.update(reference_uint8.contiguous().numpy().tobytes())
-    digest.update(_file_digest(weights_path).encode())
-    return f"realuid-ref-{extractor}-{digest.hexdigest()[:24]}"
+    digest.update(file_digest(weights_path).encode())
+    return f"realuid-ref-{extractor}-{digest.hexdigest()[:24]}.pt"
+
+
+def _torch_fidelity():
+    try:
+        import torch_fidelity
+    except ImportError as error:  # the library itself runs without it; only image metrics need it
+        raise ImportError("image metrics need torch-fidelity (pip install torch-fidelity)") from error
+    feature_net_module.register_fidelity_extractor()
+    return torch_fidelity
+
+
+def feature_layers(extractor: str) -> list[str]:
+    """The extractor's layers that FID, KID and precision/recall read (torch-fidelity's defaults)."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    _torch_fidelity()
+    cls = FEATURE_EXTRACTORS_REGISTRY[extractor]
+    return sorted({cls.get_default_feature_layer_for_metric(metric) for metric in ("fid", "kid", "prc")})
+
+
+def _check_extractor(extractor: str, extractor_weights_path: str | os.PathLike | None) -> str:
+    if extractor not in EXTRACTORS:
+        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
+    if extractor_weights_path is None:
+        raise ValueError(f"extractor {extractor!r} needs extractor_weights_path (downloads are never attempted)")
+    weights_path = os.fspath(extractor_weights_path)
+    if not os.path.isfile(weights_path):
+        raise FileNotFoundError(f"weights for extractor {extractor!r} not found: {weights_path}")
+    return weights_path
+
+
+def _extractor_input(images: torch.Tensor, extractor: str) -> torch.Tensor:
+    """What the extractor is fed: uint8 images, as a PNG writer would store them; RGB for Inception."""
+    quantised = unit_range_to_uint8(images)
+    if extractor == "inception-v3-compat" and quantised.shape[1] == 1:
+        # InceptionV3 takes RGB only; repeating the gray channel is the usual convention.
+        quantised = quantised.repeat(1, 3, 1, 1)
+    return quantised
+
+
+def image_features(images: torch.Tensor, *, extractor: str = feature_net_module.EXTRACTOR_NAME,
+                   extractor_weights_path: str | os.PathLike | None = None, batch_size: int = 64,
+                   device: str | None = None, internal_dtype: str | None = None,
+                   dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor] | None:
+    """Features {layer: [N, F]} of images [N, C, H, W] in [-1, 1], by torch-fidelity's extractor, on CPU.
+
+    Images go through the extractor in batches of ``batch_size``, exactly as torch-fidelity batches a
+    dataset. Across processes, batch ``j`` goes to rank ``j % world_size`` and rank 0 gathers the batches
+    in order; every batch is computed as in one process, so the features equal a one-process run on the
+    same device type. Returns the features on rank 0 and ``None`` elsewhere.
+    """
+    weights_path = _check_extractor(extractor, extractor_weights_path)
+    images = _check_image_batch(images, "images")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    _torch_fidelity()
+    from torch_fidelity.utils import create_feature_extractor
+
+    net = create_feature_extractor(extractor, feature_layers(extractor), cuda=device == "cuda",
+                                   feature_extractor_weights_path=weights_path,
+                                   feature_extractor_internal_dtype=internal_dtype, verbose=False)
+    quantised = _extractor_input(images, extractor)
+    mine: dict[int, dict[str, torch.Tensor]] = {}
+    with torch.no_grad():
+        for start in dist.batch_starts(quantised.shape[0], batch_size):
+            batch = quantised[start:start + batch_size]
+            if device == "cuda":
+                batch = batch.cuda(non_blocking=True)
+            out = net.convert_features_tuple_to_dict(net(batch))
+            mine[start] = {layer: value.cpu() for layer, value in out.items()}
+    ordered = dist.gather_batches(mine)
+    if ordered is None:
+        return None
+    return {layer: torch.cat([b[layer] for b in ordered]) for layer in ordered[0]}
+
+
+def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_module.EXTRACTOR_NAME,
+                       extractor_weights_path: str | os.PathLike | None = None, batch_size: int = 64,
+                       device: str | None = None, cache_root: str | os.PathLike | None = None,
+                       write_cache: bool = True, dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor] | None:
+    """:func:`image_features` of the reference set, read from ``cache_root`` when given and there.
+
+    The cache file is named by the content of the images and of the weights file, holds only tensors
+    (read with ``weights_only=True``) and, on a miss, is written atomically by rank 0 unless ``write_cache``
+    is false (a cache that is another stage's output).
+    """
+    from .checkpoints import atomic_save, load_checkpoint
+
+    weights_path = _check_extractor(extractor, extractor_weights_path)
+    reference = _check_image_batch(reference, "reference")
+    path = None
+    if cache_root is not None:
+        path = Path(cache_root) / _reference_cache_name(_extractor_input(reference, extractor), extractor, weights_path)
+        # Every process must take the same branch: the extraction below is a collective.
+        if dist.same_everywhere(path.is_file(), f"whether {path} exists"):
+            if not dist.is_main:
+                return None
+            cached = load_checkpoint(path)
+            if (not isinstance(cached, dict) or set(cached) != set(feature_layers(extractor))
+                    or any(not torch.is_tensor(v) or v.shape[0] != reference.shape[0] for v in cached.values())):
+                raise ValueError(f"{path} does not hold the reference features: delete it to recompute")
+            return cached
+    features = image_features(reference, extractor=extractor, extractor_weights_path=weights_path,
+                              batch_size=batch_size, device=device, dist=dist)
+    if path is not None and write_cache and features is not None:
+        atomic_save(features, path)
+    return features
+
+
+def image_metrics_from_features(generated: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], *,
+                                extractor: str = feature_net_module.EXTRACTOR_NAME, kid_subset_size: int = 1000,
+                                kid_subsets: int = 100, prc_neighborhood: int = 3, seed: int = 0,
+                                verbose: bool = False) -> dict[str, float]:
+    """FID, KID and precision/recall from features {layer: [N, F]} (:func:`image_features`).
+
+    The numbers are torch-fidelity's own functions applied to the features, so they equal what
+    ``torch_fidelity.calculate_metrics`` reports for the same images; KID subsets are drawn with ``seed``.
+    """
+    torch_fidelity = _torch_fidelity()
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric
+    sizes = {name: next(iter(feats.values())).shape[0] for name, feats in (("generated", generated),
+                                                                            ("reference", reference))}
+    smaller = min(sizes.values())
+    if smaller < max(2, prc_neighborhood + 1):
+        raise ValueError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
+                         f"{sizes['generated']} generated and {sizes['reference']} reference")
+    if kid_subset_size < 2 or kid_subsets < 1:
+        raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+    if kid_subset_size > smaller:
+        warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the smaller image set ({smaller}); using {smaller}",
+                      stacklevel=2)
+        kid_subset_size = smaller
+    fid = fid_statistics_to_metric(fid_features_to_statistics(generated[layer("fid")]),
+                                   fid_features_to_statistics(reference[layer("fid")]), verbose)
+    kid = kid_features_to_metric(generated[layer("kid")], reference[layer("kid")], kid_subsets=kid_subsets,
+                                 kid_subset_size=kid_subset_size, rng_seed=seed, verbose=verbose)
+    # save_cpu_ram: distances in parts rather than one [N, M] matrix; the same numbers.
+    prc = prc_features_to_metric(generated[layer("prc")], reference[layer("prc")], prc_neighborhood=prc_neighborhood,
+                                 save_cpu_ram=True, verbose=verbose)
+    raw = {**fid, **kid, **prc}
+    return {
+        "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
+        "kid_mean": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
+        "kid_std": float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
+        "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
+        "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
+        "f_score": float(raw[torch_fidelity.KEY_METRIC_F_SCORE]),
+    }
 
 
 def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
@@ -327,83 +463,37 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
 
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score"}; fid is the squared Fréchet
     distance of the extractor's features (torch-fidelity's convention); precision is the fraction of
-    generated samples inside the reference manifold, recall the converse.
+    generated samples inside the reference manifold, recall the converse. Equal to
+    ``torch_fidelity.calculate_metrics`` on the same images and options.
     """
-    if extractor not in EXTRACTORS:
-        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
-    if extractor_weights_path is None:
-        raise ValueError(f"extractor {extractor!r} needs extractor_weights_path (downloads are never attempted)")
-    weights_path = os.fspath(extractor_weights_path)
-    if not os.path.isfile(weights_path):
-        raise FileNotFoundError(f"weights for extractor {extractor!r} not found: {weights_path}")
+    weights_path = _check_extractor(extractor, extractor_weights_path)
     generated = _check_image_batch(generated, "generated")
     reference = _check_image_batch(reference, "reference")
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"generated and reference images differ in shape: {tuple(generated.shape[1:])} "
                          f"vs {tuple(reference.shape[1:])}")
     smaller = min(generated.shape[0], reference.shape[0])
-    if smaller < max(2, prc_neighborhood + 1):
+    if smaller < max(2, prc_neighborhood + 1):  # checked again on the features; here before any computation
         raise ValueError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
                          f"{generated.shape[0]} generated and {reference.shape[0]} reference")
-    if batch_size < 1 or kid_subset_size < 2 or kid_subsets < 1:
-        raise ValueError(f"need batch_size >= 1, kid_subset_size >= 2, kid_subsets >= 1; got "
-                         f"{batch_size}, {kid_subset_size}, {kid_subsets}")
-    if kid_subset_size > smaller:
-        warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the smaller image set ({smaller}); using {smaller}",
-                      stacklevel=2)
-        kid_subset_size = smaller
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-
-    generated_uint8, reference_uint8 = unit_range_to_uint8(generated), unit_range_to_uint8(reference)
-    if extractor == "inception-v3-compat" and generated_uint8.shape[1] == 1:
-        # InceptionV3 takes RGB only; repeating the gray channel is the usual convention.
-        generated_uint8 = generated_uint8.repeat(1, 3, 1, 1)
-        reference_uint8 = reference_uint8.repeat(1, 3, 1, 1)
-
-    try:
-        import torch_fidelity
-    except ImportError as error:  # the library itself runs without it; only image metrics need it
-        raise ImportError("image metrics need torch-fidelity (pip install torch-fidelity)") from error
-
-    feature_net_module.register_fidelity_extractor()
-    options: dict[str, Any] = dict(
-        input1=Uint8ImageDataset(generated_uint8), input2=Uint8ImageDataset(reference_uint8),
-        fid=True, kid=True, prc=True, feature_extractor=extractor,
-        feature_extractor_weights_path=weights_path, feature_extractor_internal_dtype=internal_dtype,
-        batch_size=batch_size, kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
-        prc_neighborhood=prc_neighborhood, rng_seed=seed, cuda=device == "cuda", verbose=verbose,
-        # save_cpu_ram: no DataLoader worker processes (the images are already in memory); the
-        # precision/recall it selects is the same computation done in parts.
-        save_cpu_ram=True, cache=False,
-    )
-    if cache_root is not None:
-        options.update(cache=True, cache_root=os.fspath(cache_root),
-                       input2_cache_name=_reference_cache_name(reference_uint8, extractor, weights_path))
-    raw = torch_fidelity.calculate_metrics(**options)
-    return {
-        "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
-        "kid_mean": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
-        "kid_std": float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
-        "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
-        "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
-        "f_score": float(raw[torch_fidelity.KEY_METRIC_F_SCORE]),
-    }
+    extraction = dict(extractor=extractor, extractor_weights_path=weights_path, batch_size=batch_size, device=device)
+    generated_features = image_features(generated, internal_dtype=internal_dtype, **extraction)
+    if internal_dtype is None:
+        reference_feats = reference_features(reference, cache_root=cache_root, **extraction)
+    else:  # the cache holds float32 features only
+        reference_feats = image_features(reference, internal_dtype=internal_dtype, **extraction)
+    return image_metrics_from_features(generated_features, reference_feats, extractor=extractor,
+                                       kid_subset_size=kid_subset_size, kid_subsets=kid_subsets,
+                                       prc_neighborhood=prc_neighborhood, seed=seed, verbose=verbose)
 
 
 def cache_reference_features(reference: torch.Tensor, *, extractor: str, extractor_weights_path: str | os.PathLike,
                              cache_root: str | os.PathLike, batch_size: int = 64, device: str | None = None) -> None:
     """Compute the reference set's features once and store them under ``cache_root``.
 
-    A later :func:`image_metrics` call with the same reference images, extractor weights and
-    ``cache_root`` reads them instead of recomputing (50k Inception passes for standard FID).
-    torch-fidelity fills its cache as a side effect of a metric call, so this scores a handful of
-    reference images against the whole reference set.
+    A later :func:`image_metrics` or :func:`reference_features` call with the same reference images,
+    extractor weights and ``cache_root`` reads them instead of recomputing (50k Inception passes for
+    standard FID).
     """
-    few = reference[: max(8, min(64, reference.shape[0]))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the KID subset is clamped to the handful: irrelevant here
-        image_metrics(few, reference, extractor=extractor, extractor_weights_path=extractor_weights_path,
-                      batch_size=batch_size, kid_subset_size=few.shape[0], kid_subsets=1, device=device,
-                      cache_root=cache_root)
+    reference_features(reference, extractor=extractor, extractor_weights_path=extractor_weights_path,
+                       batch_size=batch_size, device=device, cache_root=cache_root)

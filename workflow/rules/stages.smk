@@ -2,14 +2,16 @@
 # (late binding: a plain Python variable in `shell:` would be read after the loop ended), writes a log
 # per stage, and carries the values of the params keys it declares so that Snakemake reruns it exactly
 # when DVC would. Cluster requests (threads, runtime, memory, partition, account, GPUs) come from each
-# stage's `meta: slurm:` block in dvc.yaml. GPU stages carry a `gpu` resource (so `--resources gpu=1`
+# stage's `meta: slurm:` block in dvc.yaml; a stage whose process count is a param (`meta: nproc:`) asks
+# for one GPU per process on one node. GPU stages carry a `gpu` resource (so `--resources gpu=1`
 # runs one at a time on a workstation); the Slurm profile sets `gpus=false` because the plugin turns
 # that resource into a GPU request, which a cluster without GPUs would leave pending forever.
 from pathlib import Path
 
-from registry import gpus_flag, load_stages, param_values, snakemake_resources
+from registry import gpus_flag, load_stages, param_values, snakemake_resources, stage_processes, stage_threads
 
 STAGES = load_stages(Path(workflow.basedir) / "dvc.yaml")
+PARAMS_YAML = Path(workflow.basedir) / "params.yaml"
 STAGE_OUTPUTS = {o for s in STAGES for o in s.outs}
 GPUS_AVAILABLE = gpus_flag(config.get("gpus", True))
 
@@ -20,6 +22,7 @@ def _snake_output(path):
 
 
 for _stage in STAGES:
+    _processes = stage_processes(_stage, PARAMS_YAML)
 
     rule:
         name:
@@ -32,9 +35,9 @@ for _stage in STAGES:
             f"logs/{_stage.name}.log",
         params:
             cmd=_stage.cmd,
-            values=param_values(_stage.params, Path(workflow.basedir) / "params.yaml"),
-        threads: _stage.slurm.cpus
+            values=param_values(_stage.params, PARAMS_YAML),
+        threads: stage_threads(_stage, _processes)
         resources:
-            **snakemake_resources(_stage, gpus_available=GPUS_AVAILABLE),
+            **snakemake_resources(_stage, gpus_available=GPUS_AVAILABLE, processes=_processes),
         shell:
             "{params.cmd} > {log} 2>&1"

@@ -1,21 +1,24 @@
 """Stage ``evaluate``: quality and speed of the teacher and the one-step student, as a metrics file.
 
-Rows: ``teacher`` (multi-step), ``student`` (one step) and ``real`` — held-out real data scored the same
-way, the floor that finite sample sizes put under every distance.
+Rows: ``teacher`` (multi-step), ``student`` (one step), every other copy of the generator, and ``real`` —
+held-out real data scored the same way, the floor that finite sample sizes put under every distance.
+
+With ``evaluate.nproc`` > 1 the stage runs under torchrun: image features (the costly part: 50k Inception
+passes per row for standard FID) are extracted batch by batch across the processes, as ``sample`` deals its
+batches, and rank 0 computes the metrics from the gathered features — the same numbers as one process on
+the same device type.
 """
 
 from __future__ import annotations
 
-import sys
-
 import json
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..distributed import Dist, session
 from . import common
 
 
@@ -29,6 +32,14 @@ def _real_floor(split, n: int, seed: int) -> np.ndarray:
 
 
 def main(args, params) -> None:
+    from ..training import resolve_device
+
+    with session(resolve_device(params.evaluate.device)) as dist:
+        _evaluate(args, params, dist)
+        dist.barrier()  # every process ends once the output is there
+
+
+def _evaluate(args, params, dist: Dist) -> None:
     from ..data import read_split
 
     cfg = params.evaluate
@@ -43,39 +54,19 @@ def main(args, params) -> None:
     reference, other = (train, test) if cfg.reference == "train" else (test, train)
     gen["real"] = _real_floor(other, n, cfg.seed)
 
-    metrics = {}
     if train.kind == "points":
+        if not dist.is_main:
+            return
+        if dist.parallel:
+            print("evaluate: point metrics run in one process; evaluate.nproc > 1 only shares image features")
         from ..metrics import point_metrics
 
-        for who, x in gen.items():
-            metrics[who] = point_metrics(x, reference.x1, seed=cfg.seed)
+        metrics = {who: point_metrics(x, reference.x1, seed=cfg.seed) for who, x in gen.items()}
     else:
-        from ..metrics import image_metrics
-
-        from .features import reference_weights
-
-        weights = reference_weights(params, Path(args.features))
-        reference_images = torch.as_tensor(reference.x1)
-        # A private copy of the features stage's reference cache: reads hit it, and whatever torch-fidelity
-        # writes stays out of another stage's output.
-        with tempfile.TemporaryDirectory() as cache:
-            cached = Path(args.features) / "reference_cache"
-            if cached.is_dir():
-                shutil.copytree(cached, cache, dirs_exist_ok=True)
-            for who, x in gen.items():
-                metrics[who] = image_metrics(torch.as_tensor(x), reference_images, extractor=cfg.feature_extractor,
-                                             extractor_weights_path=weights, batch_size=cfg.batch_size,
-                                             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed, cache_root=cache)
-        if cfg.feature_extractor == "realuid-features" and drawn["student"].y is not None:
-            # Class-conditional models: does the pipeline's classifier see the class each sample was asked for?
-            from ..features import classifier_accuracy, load_feature_net
-
-            net = load_feature_net(weights)
-            if net.task == "classification":
-                for who, split in drawn.items():
-                    acc = classifier_accuracy(net, torch.as_tensor(split.x1).clamp(-1, 1), torch.as_tensor(split.y))
-                    metrics[who]["class_accuracy"] = acc["accuracy"]
-                    metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
+        metrics = _image_metrics(gen, reference, params, Path(args.features), dist)
+        if metrics is None:
+            return
+        _class_accuracy(metrics, drawn, params, Path(args.features))
     for who in ("teacher", "student"):
         metrics[who].update(timing[who])
     for who, row in metrics.items():
@@ -90,6 +81,43 @@ def main(args, params) -> None:
         print(f"evaluate: {who:18s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
+def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist) -> dict | None:
+    """FID, KID and precision/recall of every row; features are extracted by all processes, scored on rank 0.
+
+    The reference features come from the features stage's cache (``reference_cache``), which is read,
+    never written (it is that stage's output): a miss (other images, other weights) recomputes them here.
+    """
+    from ..metrics import image_features, image_metrics_from_features, reference_features
+    from .features import reference_weights
+
+    cfg = params.evaluate
+    extraction = dict(extractor=cfg.feature_extractor, extractor_weights_path=reference_weights(params, features_dir),
+                      batch_size=cfg.batch_size, device=dist.device.type, dist=dist)
+    real = reference_features(torch.as_tensor(reference.x1), cache_root=features_dir / "reference_cache",
+                              write_cache=False, **extraction)
+    features = {who: image_features(torch.as_tensor(x), **extraction) for who, x in gen.items()}
+    if not dist.is_main:
+        return None
+    return {who: image_metrics_from_features(feats, real, extractor=cfg.feature_extractor,
+                                             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+            for who, feats in features.items()}
+
+
+def _class_accuracy(metrics: dict, drawn: dict, params, features_dir: Path) -> None:
+    """Class-conditional models: does the pipeline's classifier see the class each sample was asked for?"""
+    if params.evaluate.feature_extractor != "realuid-features" or drawn["student"].y is None:
+        return
+    from ..features import classifier_accuracy, load_feature_net
+
+    net = load_feature_net(features_dir / "extractor.pt")
+    if net.task != "classification":
+        return
+    for who, split in drawn.items():
+        acc = classifier_accuracy(net, torch.as_tensor(split.x1).clamp(-1, 1), torch.as_tensor(split.y))
+        metrics[who]["class_accuracy"] = acc["accuracy"]
+        metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
+
+
 def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--samples", required=True, help="folder from the sample stage")
@@ -97,7 +125,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--test", required=True, help="test split (HDF5): the reference set")
     p.add_argument("--features", required=True, help="folder from the features stage")
     p.add_argument("--out", required=True, help="metrics JSON file")
-    return common.run(main, p, argv)
+    return common.run(main, p, argv, module="realuid.stages.evaluate", processes=lambda params: params.evaluate.nproc)
 
 
 if __name__ == "__main__":

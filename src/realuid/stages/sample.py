@@ -59,11 +59,6 @@ def sources(family, split, n: int, first_seed: int, shape, num_classes: int, *, 
     return x0, y
 
 
-def batch_starts(n_samples: int, batch_size: int, dist: Dist = SINGLE_PROCESS) -> list[int]:
-    """First sample of each batch this process draws: batch ``j`` goes to rank ``j % world_size``."""
-    return list(range(dist.rank * batch_size, n_samples, batch_size * dist.world_size))
-
-
 def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
                  dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator.
@@ -79,7 +74,7 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
     mine: dict[int, dict[str, torch.Tensor]] = {}
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
     with torch.no_grad():
-        for start in batch_starts(n_samples, cfg.batch_size, dist):
+        for start in dist.batch_starts(n_samples, cfg.batch_size):
             xb, yb = inputs(start, min(cfg.batch_size, n_samples - start))
             xb, yb = xb.to(device), None if yb is None else yb.to(device)
             # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
@@ -93,11 +88,9 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
                 mine[start][name] = out.cpu()
                 seconds[name] += sec
     slowest = {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
-    shards = dist.gather_to_main(mine)
-    if shards is None:
+    ordered = dist.gather_batches(mine)
+    if ordered is None:
         return None, slowest
-    batches = {start: outs for shard in shards for start, outs in shard.items()}
-    ordered = [batches[start] for start in sorted(batches)]
     return {who: torch.cat([b[who] for b in ordered]) for who in seconds}, slowest
 
 
