@@ -260,30 +260,41 @@ def test_sweep_grid_covers_the_authors_ratios_and_stays_in_range():
     assert all(0 < a <= 1 and 0 < b <= 1 for a, b in points)
     with pytest.raises(ValueError, match="outside"):
         sweep.grid(alphas=(0.99,), ratios=(1.06,))
-    names = {sweep.experiment_name(a, b) for a, b in points}
-    assert len(names) == len(points) and all("." not in n for n in names)
+    names = {sweep.experiment_name(a, b, seed) for a, b in points for seed in (0, 1, 2)}
+    assert len(names) == 3 * len(points) and all("." not in n for n in names)
     cmd = sweep.queue_commands([(0.94, 0.96)])[0]
     assert cmd[:4] == ["dvc", "exp", "run", "--queue"] and "alpha=0.94" in cmd and "beta=0.96" in cmd
+    assert not any("distill.seed" in c for c in cmd)  # seed 0 is the params.yaml seed: the names stay as they were
+    seeded = sweep.queue_commands([(0.94, 0.96)], seeds=(0, 2))
+    assert len(seeded) == 2 and "distill.seed=2" in seeded[1] and seeded[1][5] == "sweep-a0p94-b0p96-s2"
 
 
 def test_sweep_collects_dvc_exp_show_json_and_draws_the_heatmap(tmp_path, capsys):
     from quality_study import sweep
 
-    def exp(alpha, beta, sw2):
+    def exp(alpha, beta, sw2, seed=None):
+        distill = {} if seed is None else {"distill": {"seed": seed}}
         return {"rev": "abc", "data": {
-            "params": {"params.yaml": {"data": {"alpha": alpha, "beta": beta, "family": {"name": "fm"}}}},
+            "params": {"params.yaml": {"data": {"alpha": alpha, "beta": beta, "family": {"name": "fm"}, **distill}}},
             "metrics": {sweep.METRICS_FILE: {"data": {"student": {"sliced_wasserstein2": sw2}}}}}}
 
     shown = [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"alpha": 0.94, "beta": 0.96}}},
                                              "metrics": {}}},
              {"rev": "HEAD", "experiments": [{"revs": [exp(0.9, 0.882, 0.05), exp(0.9, 0.918, 0.07)]},
-                                             {"revs": [exp(1.0, 1.0, 0.09)]}]}]
-    assert sweep.collect(shown) == {(0.9, 0.882): 0.05, (0.9, 0.918): 0.07, (1.0, 1.0): 0.09}
+                                             {"revs": [exp(0.9, 0.882, 0.03, seed=1), exp(0.9, 0.918, 0.071, seed=1)]},
+                                             {"revs": [exp(1.0, 1.0, 0.09), exp(1.0, 1.0, 0.07, seed=1)]}]}]
+    assert sweep.collect(shown) == {(0.9, 0.882): {0: 0.05, 1: 0.03}, (0.9, 0.918): {0: 0.07, 1: 0.071},
+                                    (1.0, 1.0): {0: 0.09, 1: 0.07}}
     path = tmp_path / "shown.json"
     path.write_text(json.dumps(shown))
     out = tmp_path / "heat.png"
     assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 0
-    assert out.stat().st_size > 1000 and "| 0.9 | 0.882 | 0.980 | 0.05 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert out.stat().st_size > 1000
+    # 0.04 ± 0.014 vs 0.08 ± 0.014: a difference beyond the spread; 0.0705 ± 0.0007 vs 0.08: within it.
+    assert "| 0.9 | 0.882 | 0.980 | 0.04 ± 0.014 | 0, 1 | better |" in printed
+    assert "| 0.9 | 0.918 | 1.020 | 0.0705 ± 7.1e-04 | 0, 1 | no difference |" in printed
+    assert "| 1 | 1 | 1.000 | 0.08 ± 0.014 | 0, 1 | – |" in printed
     path.write_text("[]")
     assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 1
 
@@ -294,5 +305,8 @@ def test_sweep_dry_run_prints_the_queue(capsys):
     assert sweep.main(["queue", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("dvc exp run --queue") == len(sweep.grid())
+    assert sweep.main(["queue", "--dry-run", "--alphas", "0.94", "--ratios", "1.02", "--seeds", "1", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("dvc exp run --queue") == 4 and "-n sweep-a1-b1-s2 " in printed
     assert sweep.main(["start", "--jobs", "2", "--dry-run"]) == 0
     assert "dvc queue start -j 2" in capsys.readouterr().out

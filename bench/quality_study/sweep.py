@@ -1,11 +1,14 @@
 """``bench/sweep``: the α/β grid through the pipeline itself, as DVC experiments, and its heatmap.
 
-    bench/sweep queue      queue one experiment per grid point (dvc exp run --queue --set-param ...)
+    bench/sweep queue      queue one experiment per grid point and seed (dvc exp run --queue --set-param ...)
     bench/sweep start      dvc queue start (-j workers); dvc queue status shows progress
     bench/sweep collect    dvc exp show --json -> table of the metric per (alpha, beta) + heatmap PNG
 
 The grid crosses a few values of alpha with the ratios beta/alpha the authors discuss (0.94, 0.98, 1,
 1.02, 1.06), plus the data-free point alpha = beta = 1. Every point keeps beta <= 1 (params.yaml's range).
+Seeds are distillation seeds (``distill.seed``): the teacher is shared, so each experiment reruns
+distillation, sampling and evaluation only. ``collect`` reports mean ± std over the seeds found per point
+and applies the study's rule: a difference counts only when it exceeds the spread.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ def grid(alphas=ALPHAS, ratios=RATIOS) -> list[tuple[float, float]]:
     return points + [(1.0, 1.0)]
 
 
-def experiment_name(alpha: float, beta: float) -> str:
-    return f"sweep-a{alpha:g}-b{beta:g}".replace(".", "p")
+def experiment_name(alpha: float, beta: float, seed: int = 0) -> str:
+    """``sweep-a0p94-b0p96`` (seed 0, the params.yaml seed), ``sweep-a0p94-b0p96-s1`` for other seeds."""
+    return f"sweep-a{alpha:g}-b{beta:g}".replace(".", "p") + (f"-s{seed}" if seed else "")
 
 
-def queue_commands(points: list[tuple[float, float]]) -> list[list[str]]:
-    return [["dvc", "exp", "run", "--queue", "-n", experiment_name(a, b), "--set-param", f"alpha={a}",
-             "--set-param", f"beta={b}"] for a, b in points]
+def queue_commands(points: list[tuple[float, float]], seeds=(0,)) -> list[list[str]]:
+    return [["dvc", "exp", "run", "--queue", "-n", experiment_name(a, b, seed), "--set-param", f"alpha={a}",
+             "--set-param", f"beta={b}", *(["--set-param", f"distill.seed={seed}"] if seed else [])]
+            for seed in seeds for a, b in points]
 
 
 def _nodes(tree: Any) -> Iterator[dict]:
@@ -67,15 +72,38 @@ def _lookup(data: dict, dotted: str | list[str]) -> Any:
 
 
 def collect(exp_show: Any, metric: str = DEFAULT_METRIC, metrics_file: str = METRICS_FILE) -> dict:
-    """{(alpha, beta): metric value} from parsed ``dvc exp show --json`` (the last entry per point wins)."""
-    values = {}
+    """{(alpha, beta): {distill seed: metric value}} from parsed ``dvc exp show --json``.
+
+    The last entry per point and seed wins (the workspace and the baseline commit count as runs too).
+    """
+    values: dict[tuple[float, float], dict[int, float]] = {}
     for node in _nodes(exp_show):
         params = _lookup(node["params"], ["params.yaml", "data"]) or {}
         metrics = _lookup(node["metrics"], [metrics_file, "data"]) or {}
         alpha, beta, value = params.get("alpha"), params.get("beta"), _lookup(metrics, metric)
+        seed = _lookup(params, "distill.seed") or 0
         if alpha is not None and beta is not None and isinstance(value, (int, float)):
-            values[(float(alpha), float(beta))] = float(value)
+            values.setdefault((float(alpha), float(beta)), {})[int(seed)] = float(value)
     return values
+
+
+def table(values: dict, metric: str) -> str:
+    """Markdown rows: per point the seed mean ± std, the seeds, and the verdict against data-free (1, 1)."""
+    from .stats import summarize, verdict
+
+    data_free = values.get((1.0, 1.0))
+    lines = [f"| alpha | beta | beta/alpha | {metric} (mean ± std) | seeds | vs data-free |",
+             "|---|---|---|---|---|---|"]
+    for (a, b), by_seed in sorted(values.items()):
+        runs = [by_seed[s] for s in sorted(by_seed)]
+        if data_free is None or (a, b) == (1.0, 1.0):
+            against = "–"
+        else:
+            shared = sorted(set(by_seed) & set(data_free))
+            against = verdict([by_seed[s] for s in shared], [data_free[s] for s in shared]) if shared else "–"
+        seeds = ", ".join(str(s) for s in sorted(by_seed))
+        lines.append(f"| {a:g} | {b:g} | {b / a:.3f} | {summarize(runs).text()} | {seeds} | {against} |")
+    return "\n".join(lines)
 
 
 def heatmap(values: dict, path: Path, metric: str) -> None:
@@ -85,7 +113,8 @@ def heatmap(values: dict, path: Path, metric: str) -> None:
     plt = _pyplot()
     alphas = sorted({a for a, _ in values})
     ratios = sorted({round(b / a, 4) for a, b in values})
-    table = [[values.get((a, round(a * r, 4)), float("nan")) for r in ratios] for a in alphas]
+    means = {point: sum(by_seed.values()) / len(by_seed) for point, by_seed in values.items()}
+    table = [[means.get((a, round(a * r, 4)), float("nan")) for r in ratios] for a in alphas]
     fig, ax = plt.subplots(figsize=(1.2 * len(ratios) + 2, 0.8 * len(alphas) + 1.5))
     image = ax.imshow(table, cmap="viridis_r", aspect="auto")
     for i, row in enumerate(table):
@@ -97,7 +126,7 @@ def heatmap(values: dict, path: Path, metric: str) -> None:
     ax.set_xlabel("beta / alpha")
     ax.set_ylabel("alpha")
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(f"{metric} (lower is better)", fontsize=10)
+    ax.set_title(f"{metric}, mean over seeds (lower is better)", fontsize=10)
     _save(fig, path)
 
 
@@ -115,13 +144,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="bench/sweep", description=__doc__.splitlines()[0])
     p.add_argument("action", choices=("queue", "start", "collect"))
     p.add_argument("--jobs", type=int, default=1, help="start: parallel queue workers (default 1)")
+    p.add_argument("--alphas", type=float, nargs="+", default=ALPHAS, help=f"queue: alpha values (default {ALPHAS})")
+    p.add_argument("--ratios", type=float, nargs="+", default=RATIOS,
+                   help=f"queue: beta/alpha ratios (default {RATIOS})")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="queue: distill.seed values (default 0)")
     p.add_argument("--metric", default=DEFAULT_METRIC, help=f"collect: dotted key in {METRICS_FILE}")
     p.add_argument("--from-json", help="collect: read a saved `dvc exp show --json` instead of running it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "sweep_heatmap.png"))
     p.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
     args = p.parse_args(argv)
     if args.action == "queue":
-        return max(_run(cmd, args.dry_run) for cmd in queue_commands(grid()))
+        return max(_run(cmd, args.dry_run) for cmd in queue_commands(grid(args.alphas, args.ratios), args.seeds))
     if args.action == "start":
         return _run(["dvc", "queue", "start", "-j", str(args.jobs)], args.dry_run)
     if args.from_json:
@@ -137,9 +170,7 @@ def main(argv=None) -> int:
     if not values:
         print(f"no finished experiment reports {args.metric} yet (dvc queue status shows progress)", file=sys.stderr)
         return 1
-    print(f"| alpha | beta | beta/alpha | {args.metric} |\n|---|---|---|---|")
-    for (a, b), v in sorted(values.items()):
-        print(f"| {a:g} | {b:g} | {b / a:.3f} | {v:.4g} |")
+    print(table(values, args.metric))
     heatmap(values, Path(args.out), args.metric)
     print(f"heatmap: {args.out}")
     return 0
