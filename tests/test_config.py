@@ -74,6 +74,16 @@ def test_bridge_needs_pairing_and_its_sde(tmp_path):
     load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")))
 
 
+def test_generator_noise_only_for_a_noisy_bridge(tmp_path):
+    bridge = dict(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
+    assert load_params(write(tmp_path, edited(**bridge, distill__generator_t=0.1))).distill.generator_t == 0.1
+    for changes in ({}, {**bridge, "family__sigma": 0.0, "sample__teacher_method": "euler"}):
+        with pytest.raises(ConfigError, match="distill.generator_t: only a bridge with family.sigma > 0"):
+            load_params(write(tmp_path, edited(**changes, distill__generator_t=0.1)))
+    with pytest.raises(ConfigError, match="distill.generator_t: must be < 0.5"):
+        load_params(write(tmp_path, edited(**bridge, distill__generator_t=0.5)))
+
+
 def test_not_a_mapping_and_bad_yaml(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("- 1\n- 2\n")

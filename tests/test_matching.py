@@ -341,6 +341,29 @@ def test_diffusion_generator_time_has_the_requested_noise_ratio(schedule, genera
 def test_t_src_of_the_other_families_is_the_source_end():
     for name in ("fm", "si", "bridge"):
         assert make_family(name).t_src == 0.0
+        assert not make_family(name).generator_noise
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("generator_t", [0.05, 0.3])
+def test_bridge_generator_input_is_the_bridge_at_generator_t_without_its_data_part(shape, generator_t):
+    # (1 - s) x0 + sigma sqrt(s (1 - s)) z: the path at s with x1 = 0 and the same noise.
+    family = make_family("bridge", sigma=0.4, generator_t=generator_t)
+    assert family.t_src == generator_t and family.generator_noise
+    x0, _, z = endpoints(shape)
+    s = generator_t
+    expected = (1 - s) * x0 + 0.4 * math.sqrt(s * (1 - s)) * z
+    torch.testing.assert_close(family.source_state(x0, s, z), expected)
+    t = torch.full((shape[0],), s, dtype=torch.float64)
+    torch.testing.assert_close(family.source_state(x0, t, z), family.path_sample(x0, torch.zeros_like(x0), t, z).x_t)
+
+
+def test_source_noise_only_where_the_path_has_noise():
+    x0 = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="no extra path noise"):
+        make_family("fm").source_state(x0, 0.0, torch.randn(3, 2))
+    with pytest.raises(ValueError, match="noise has shape"):
+        make_family("bridge", generator_t=0.1).source_state(x0, 0.1, torch.randn(3, 4))
 
 
 # ------------------------------------------------------------------------------ sampling of t, x0, z
@@ -434,6 +457,9 @@ def test_make_family_registry_and_round_trip():
         ("si", {"t_eps": 0.0}, "t_eps"),
         ("bridge", {"sigma": "0.5"}, "sigma"),
         ("bridge", {"t_eps": 0.7}, "t_eps"),
+        ("bridge", {"generator_t": -0.1}, "generator_t"),
+        ("bridge", {"generator_t": 0.5}, "generator_t"),
+        ("bridge", {"sigma": 0.0, "generator_t": 0.1}, "needs sigma > 0"),
     ],
 )
 def test_make_family_rejects_bad_names_and_options(name, opts, match):

@@ -108,13 +108,33 @@ def recording(obj, seen: set, prefix: str = ""):
     return cls(**values)
 
 
+def stage_argv(stage) -> list[str]:
+    """The arguments of a stage's command in dvc.yaml, after ``PYTHONPATH=src:$PYTHONPATH python -m <module>``."""
+    argv = shlex.split(stage.cmd)
+    assert argv[:4] == ["PYTHONPATH=src:$PYTHONPATH", "python", "-m", f"realuid.stages.{stage.name}"], argv[:4]
+    return argv[4:]
+
+
+def test_stage_commands_run_the_code_of_the_folder_they_run_in(tmp_path):
+    # A queued DVC experiment runs in a copy of the repository: its stages must import the copy's
+    # package, not the one the virtual environment's editable install points at.
+    prefixes = {stage.cmd.split(" -m ")[0] for stage in STAGES}
+    assert prefixes == {"PYTHONPATH=src:$PYTHONPATH python"}
+    project = make_project(tmp_path / "copy", tiny_params(), git=False)
+    env = {k: v for k, v in _env(project).items() if k != "PYTHONPATH"}
+    for prefix, inside in ((prefixes.pop(), True), ("python", False)):
+        probe = f"{prefix} -c 'import realuid; print(realuid.__file__)'"
+        done = subprocess.run(["sh", "-c", probe], cwd=project, capture_output=True, text=True, env=env)
+        # Without the prefix the import finds another copy (the installed one), or none at all.
+        imported = Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
+        assert (imported is not None and imported.is_relative_to(project.resolve())) == inside, (prefix, done)
+
+
 def run_stage(stage, monkeypatch) -> set:
     """Run one stage's CLI in-process exactly as dvc.yaml writes it; returns the params keys it read."""
     seen: set = set()
     monkeypatch.setattr(common, "load_params", lambda path: recording(load_params(path), seen))
-    argv = shlex.split(stage.cmd)
-    assert argv[:3] == ["python", "-m", f"realuid.stages.{stage.name}"]
-    code = importlib.import_module(f"realuid.stages.{stage.name}").cli(argv[3:])
+    code = importlib.import_module(f"realuid.stages.{stage.name}").cli(stage_argv(stage))
     assert code == 0, f"stage {stage.name} exited with {code}"
     return seen
 
@@ -129,7 +149,7 @@ CONFIGS = {
                                          evaluate__reference="train", distill__gan__enabled=True,
                                          sample__n_samples=200, evaluate__kid_subset_size=50),
     "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
-                                        finetune__enabled=True, finetune__steps=2),
+                                        distill__generator_t=0.1, finetune__enabled=True, finetune__steps=2),
 }
 
 
@@ -179,7 +199,7 @@ def check_samples_do_not_depend_on_batch_size(project: Path, params: dict) -> No
     other = copy.deepcopy(params)
     other["sample"]["batch_size"] = 70
     (project / "params_b.yaml").write_text(yaml.safe_dump(other))
-    argv = shlex.split(stage_named("sample").cmd)[3:]
+    argv = stage_argv(stage_named("sample"))
     argv[argv.index("--params") + 1] = "params_b.yaml"
     argv[argv.index("--out") + 1] = "data/sample_b"
     assert importlib.import_module("realuid.stages.sample").cli(argv) == 0
@@ -224,7 +244,7 @@ def test_corrupted_hdf5_is_a_clear_error_without_output(tmp_path, monkeypatch, c
     middle = len(raw) // 2
     raw[middle : middle + 64] = bytes(64)
     path.write_bytes(bytes(raw))
-    argv = shlex.split(stage_named("train_teacher").cmd)[3:]
+    argv = stage_argv(stage_named("train_teacher"))
     assert importlib.import_module("realuid.stages.train_teacher").cli(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "train.h5" in err and "Traceback" not in err
@@ -237,7 +257,7 @@ def test_bridge_on_unpaired_data_is_refused(tmp_path, monkeypatch, capsys):
     run_stage(stage_named("prepare"), monkeypatch)
     params = tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
     (project / "params.yaml").write_text(yaml.safe_dump(params))  # data still unpaired: prepare not rerun
-    argv = shlex.split(stage_named("train_teacher").cmd)[3:]
+    argv = stage_argv(stage_named("train_teacher"))
     assert importlib.import_module("realuid.stages.train_teacher").cli(argv) == 1
     assert "needs paired data" in capsys.readouterr().err
     assert not (project / "data/train_teacher").exists()

@@ -344,3 +344,29 @@ def test_one_step_generation_for_a_bridge_starts_at_the_corrupted_input():
     x0 = torch.randn(4, 3)
     out = generate_one_step(make_family("bridge"), lambda t, x, y: -x, x0)
     torch.testing.assert_close(out, torch.zeros_like(x0))
+
+
+def test_one_step_generation_for_a_bridge_with_noise_reads_the_bridge_at_generator_t():
+    # x_s = (1 - s) x0 + sigma sqrt(s (1 - s)) n, then x1 = x_s + (1 - s) G(s, x_s).
+    family, s = make_family("bridge", sigma=0.5, generator_t=0.2), 0.2
+    x0, noise = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    seen = {}
+
+    def net(t, x, y):
+        seen["t"] = t
+        return torch.sin(x)
+
+    out = generate_one_step(family, net, x0, None, noise)
+    x_s = (1 - s) * x0 + 0.5 * (s * (1 - s)) ** 0.5 * noise
+    torch.testing.assert_close(out, x_s + (1 - s) * torch.sin(x_s))
+    torch.testing.assert_close(seen["t"], torch.full((4,), s, dtype=torch.float64))
+    # Other noise, other output: the generator is no longer one map of x0.
+    assert not torch.allclose(generate_one_step(family, net, x0, None, -noise), out)
+
+
+def test_generator_noise_is_required_exactly_where_the_family_takes_it():
+    x0 = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="takes noise: pass noise"):
+        generate_one_step(make_family("bridge", generator_t=0.1), lambda t, x, y: x, x0)
+    with pytest.raises(ValueError, match="takes no noise besides x0"):
+        generate_one_step(make_family("bridge"), lambda t, x, y: x, x0, None, torch.randn(4, 3))

@@ -75,10 +75,11 @@ def test_teacher_resume_is_bit_identical(tmp_path, monkeypatch, family_name):
     assert (tmp_path / "a" / "curves.csv").read_text() == (tmp_path / "b" / "curves.csv").read_text()
 
 
-@pytest.mark.parametrize("family_name, alpha, beta, classes", [("fm", 0.9, 0.95, 0), ("bridge", 1.0, 0.9, 0),
-                                                                ("fm", 1.0, 1.0, 3)])
-def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, alpha, beta, classes):
-    family = make_family(family_name)
+@pytest.mark.parametrize("family_name, options, alpha, beta, classes", [
+    ("fm", {}, 0.9, 0.95, 0), ("bridge", {}, 1.0, 0.9, 0), ("bridge", {"generator_t": 0.1}, 0.94, 0.96, 0),
+    ("fm", {}, 1.0, 1.0, 3)])
+def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, options, alpha, beta, classes):
+    family = make_family(family_name, **options)
     data, spec = toy_data(family, classes=classes), spec_for(classes=classes)
     torch.manual_seed(0)
     teacher = build_model(spec)

@@ -159,6 +159,8 @@ class DistillConfig:
     # A default so code that builds a DistillConfig by hand stays valid; params files still list it.
     gan: GanConfig = opt(GanConfig(enabled=False, gen_coef=5.0, disc_coef=15.0))
     nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size (finetune too)")
+    generator_t: float = opt(0.0, ge=0, lt=0.5, doc="bridge: time the generator reads its input at; > 0 gives it "
+                                                     "noise, so it can match p(x1 | x0) (needs family.sigma > 0)")
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,9 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if obj.family.name == "bridge" and obj.family.sigma > 0 and obj.sample.teacher_method != "sde":
             # A noisy bridge's learned drift is not a probability-flow velocity: only its SDE samples it.
             raise ConfigError("sample.teacher_method: the bridge family with sigma > 0 samples with 'sde'")
+        if obj.distill.generator_t > 0 and (obj.family.name != "bridge" or obj.family.sigma == 0):
+            raise ConfigError("distill.generator_t: only a bridge with family.sigma > 0 has noise to give its "
+                              "generator; keep it 0 otherwise")
         if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
             raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
 

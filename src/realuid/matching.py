@@ -188,6 +188,8 @@ class Family:
       paired:      True when x0 comes with the data (bridge); then :meth:`sample_source` refuses.
       t_min/t_max: training time range; endpoints are clipped where the target diverges.
       t_src:       time at which the one-step generator reads its input ``source_state(z, t_src)``.
+      generator_noise: the one-step generator takes fresh Gaussian noise besides its source ``z`` (a
+                   bridge started inside the path, so it can match ``p(x1 | x0)``, not one map of x0).
       t_end:       last time of the teacher samplers; when the path at ``t_end`` is not exactly x1
                    (``needs_final_denoise``) samplers finish with one ``predict_x1`` evaluation.
       needs_noise: the path has an extra Gaussian ``z`` besides x0 and x1.
@@ -217,6 +219,10 @@ class Family:
 
     @property
     def needs_noise(self) -> bool:
+        return False
+
+    @property
+    def generator_noise(self) -> bool:
         return False
 
     @property
@@ -298,17 +304,24 @@ class Family:
         weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.A.dtype)).to(x0.dtype)
         return PathSample(x_t=x_t, target=g, weight=weight)
 
-    def source_state(self, x0: Tensor, t: float | Tensor) -> Tensor:
-        """The path at time ``t`` with the data part (and extra noise) set to zero: ``A(t) x0``.
+    def source_state(self, x0: Tensor, t: float | Tensor, noise: Tensor | None = None) -> Tensor:
+        """The path at time ``t`` with the data part set to zero: ``A(t) x0 (+ C(t) noise)``.
 
         It is the start state of the teacher samplers and the input of the one-step generator
-        (at ``t_src``). x0: ``[B, ...]``; t: a float or a ``[B]`` tensor in ``[0, t_end]``.
+        (at ``t_src``). x0: ``[B, ...]``; t: a float or a ``[B]`` tensor in ``[0, t_end]``; noise: the
+        path's extra noise ``[B, ...]``, given only to a generator that takes noise (``generator_noise``).
         """
         _check_batch(x0, "x0")
         t = self._time_tensor(t, x0)
         _check_time(t, x0.shape[0], 0.0, self.t_end, f"the {self.name!r} source state")
-        A = self._source_coefficient(t.to(device=x0.device, dtype=_coef_dtype(x0.dtype)))
-        return (_as_column(A, x0) * x0).to(x0.dtype)
+        t = t.to(device=x0.device, dtype=_coef_dtype(x0.dtype))
+        state = _as_column(self._source_coefficient(t), x0) * x0
+        if noise is not None:
+            if not self.needs_noise:
+                raise ValueError(f"family {self.name!r} has no extra path noise; pass noise=None")
+            _check_same_shape(noise, x0, "noise", "x0")
+            state = state + _as_column(self.path_coefficients(t).C, x0) * noise
+        return state.to(x0.dtype)
 
     # -- conversions of a model output
     def predict_x1(self, t: Tensor, x_t: Tensor, output: Tensor) -> Tensor:
@@ -604,6 +617,12 @@ class BridgeMatching(Family):
     Target ``g = (x1 - x_t)/(1-t) = x1 - x0 - sigma sqrt(t/(1-t)) z``, so training times are clipped
     to ``[0, 1 - t_eps]``. The model output is the drift of the teacher SDE ``dx = f dt + sigma dW``
     started at the corrupted ``x0``; ``E[x1 | x_t] = x_t + (1-t) f``.
+
+    generator_t: where the one-step generator reads its input. At 0 (default) the input is ``x0`` alone,
+    so the generator is one deterministic map of ``x0``: it can match the marginal of ``x1`` but not a
+    spread ``p(x1 | x0)``. At ``generator_t = s > 0`` (needs ``sigma > 0``) the input is the bridge state
+    at ``s`` without its data part, ``(1-s) x0 + sigma sqrt(s(1-s)) z`` with fresh ``z``: the noise the
+    teacher SDE would have injected by time ``s``, which the generator turns into the spread.
     """
 
     name: ClassVar[str] = "bridge"
@@ -612,18 +631,33 @@ class BridgeMatching(Family):
 
     sigma: float = 0.5
     t_eps: float = 1e-3
+    generator_t: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "sigma", _check_real(self.sigma, "sigma"))
         object.__setattr__(self, "t_eps", _check_t_eps(self.t_eps))
+        generator_t = _check_real(self.generator_t, "generator_t")
+        if generator_t > 0 and self.sigma == 0:
+            raise ValueError("generator_t > 0 needs sigma > 0: a bridge without noise has none to give the generator")
+        if generator_t >= 0.5:
+            raise ValueError(f"generator_t must be in [0, 0.5), got {generator_t}")
+        object.__setattr__(self, "generator_t", generator_t)
 
     @property
     def t_max(self) -> float:
         return 1.0 - self.t_eps
 
     @property
+    def t_src(self) -> float:
+        return self.generator_t
+
+    @property
     def needs_noise(self) -> bool:
         return self.sigma > 0
+
+    @property
+    def generator_noise(self) -> bool:
+        return self.generator_t > 0
 
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
         one = torch.ones_like(t)

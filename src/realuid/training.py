@@ -454,12 +454,14 @@ def train_teacher(
 @dataclass
 class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
-    as in :func:`_draw`, the generator input ``z``, and the GAN head's times ``gan_t`` [copies*b] and
-    path noise ``gan_noise`` [copies*b, ...] (None without the GAN)."""
+    as in :func:`_draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
+    generator takes noise), and the GAN head's times ``gan_t`` [copies*b] and path noise ``gan_noise``
+    [copies*b, ...] (None without the GAN)."""
 
     x1: torch.Tensor
     y: torch.Tensor | None
     z: torch.Tensor
+    z_noise: torch.Tensor | None
     x0: torch.Tensor
     t: torch.Tensor
     noise: torch.Tensor | None
@@ -510,15 +512,16 @@ class RealUID:
     def _draws(self, batch: TrainData, gen: torch.Generator, gan_copies: int) -> StepDraws:
         """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
 
-        Order: generator input ``z``, then ``x0, t, noise`` (:func:`_draw`), then the GAN head's times and
-        noise for ``gan_copies`` stacked blocks of G rows, last so that runs without the GAN keep their
-        random streams. Drawing for all G rows on every process makes the union over processes exactly
+        Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`_draw`), then the GAN
+        head's times and noise for ``gan_copies`` stacked blocks of G rows, last so that runs without the
+        GAN keep their random streams. Drawing for all G rows on every process makes the union over processes exactly
         the one-process phase.
         """
         total = batch.x1.shape[0]
         rows = self.dist.rows(total)
         y = batch.y if self.labels else None
         z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, generator=gen)
+        z_noise = self.family.sample_noise(z, generator=gen) if self.family.generator_noise else None
         x0, t, noise = _draw(self.family, batch, gen)
         gan_t = gan_noise = None
         if self.gan is not None:
@@ -526,7 +529,7 @@ class RealUID:
             gan_t = gan_time_sample(like.shape[0], gen, t_max=self.family.t_max, device=like.device)
             gan_noise = self.family.sample_noise(like, generator=gen)
             gan_t, gan_noise = (None if a is None else _take_stacked(rows, a, gan_copies, total) for a in (gan_t, gan_noise))
-        return StepDraws(*_take(rows, batch.x1, y, z, x0, t, noise), gan_t=gan_t, gan_noise=gan_noise)
+        return StepDraws(*_take(rows, batch.x1, y, z, z_noise, x0, t, noise), gan_t=gan_t, gan_noise=gan_noise)
 
     def _gan_logits(self, x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[B]`` of ``x1`` [B, ...] seen on the path at discriminator times in (0.8, t_max].
@@ -543,7 +546,7 @@ class RealUID:
         d = self._draws(batch, gen, gan_copies=2)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
-            x1_gen = self.generator(d.z, y).float()
+            x1_gen = self.generator(d.z, y, d.z_noise).float()
         # Generated and real terms share t, x0 and the path noise within the step.
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
@@ -577,7 +580,7 @@ class RealUID:
             self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
-                x1_gen = self.generator(d.z, y).float()
+                x1_gen = self.generator(d.z, y, d.z_noise).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
                 f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,

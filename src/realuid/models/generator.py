@@ -5,16 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..sampling import generate_one_step
+
 
 class OneStepGenerator(nn.Module):
     """``x1 = family.predict_x1(t_src, x_src, net(t_src, x_src, y))``.
 
-    The family decides where the generator reads its input (``t_src``: 0 for flow matching, interpolants
-    and bridges; a time with a non-vanishing signal coefficient for diffusion) and how the network output
-    becomes a data estimate, so this class is the same for every family.
+    The family decides where the generator reads its input (``t_src``: 0 for flow matching and
+    interpolants; a time with a non-vanishing signal coefficient for diffusion; ``generator_t`` for
+    bridges) and how the network output becomes a data estimate, so this class is the same for every family.
 
     Unpaired families take source noise ``z`` [B, ...]; a bridge generator is conditional on the
-    corrupted input: pass it as ``z`` too (the source endpoint of the pair).
+    corrupted input: pass it as ``z`` too (the source endpoint of the pair), and, when the family's
+    generator takes noise (``family.generator_noise``), Gaussian ``noise`` [B, ...] as well.
     """
 
     def __init__(self, family, net: nn.Module):
@@ -22,7 +25,5 @@ class OneStepGenerator(nn.Module):
         self.family = family
         self.net = net
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.full((z.shape[0],), self.family.t_src, device=z.device, dtype=z.dtype)
-        x_src = self.family.source_state(z, t)
-        return self.family.predict_x1(t, x_src, self.net(t, x_src, y))
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return generate_one_step(self.family, self.net, z, y, noise)

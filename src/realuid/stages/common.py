@@ -113,9 +113,33 @@ def write_json(obj, path: str | Path) -> None:
 
 
 def make_family(params: Params):
+    """The family of the teacher."""
     from ..matching import make_family as _make
 
     return _make(params.family.name, **params.family.options())
+
+
+def generator_family(params: Params):
+    """The family as the one-step generator uses it: a bridge's generator reads ``distill.generator_t``."""
+    from ..matching import make_family as _make
+
+    extra = {"generator_t": params.distill.generator_t} if params.family.name == "bridge" else {}
+    return _make(params.family.name, **params.family.options(), **extra)
+
+
+def family_record(family) -> dict:
+    """How a checkpoint names its family: ``{"name", "options"}``; :func:`family_of` rebuilds it."""
+    return {"name": family.name, "options": family.options()}
+
+
+def family_of(checkpoint: dict):
+    """The family a checkpoint was written for (its ``family`` record)."""
+    from ..matching import make_family as _make
+
+    record = checkpoint.get("family")
+    if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+        raise StageError(f"the checkpoint names no family record ({{'name', 'options'}}), got {record!r}")
+    return _make(record["name"], **record["options"])
 
 
 def load_split(path: str | Path):

@@ -15,7 +15,7 @@ from . import common
 
 def main(args, params) -> None:
     cfg = params.distill
-    family = common.make_family(params)
+    family = common.generator_family(params)
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
     key = state_key("distill", params.alpha, params.beta, to_dict(params.family), common.state_settings(cfg),
@@ -29,7 +29,7 @@ def main(args, params) -> None:
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
         result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], cfg, state_dir,
                          alpha=params.alpha, beta=params.beta, dist=dist)
-        result["family"] = teacher_ckpt["family"]
+        result["family"] = common.family_record(family)  # the generator's input convention included
         if dist.is_main:
             common.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there

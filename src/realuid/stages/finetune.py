@@ -28,9 +28,9 @@ def main(args, params) -> None:
         print("finetune: disabled, the distilled generator passes through")
         return
 
-    family = common.make_family(params)
     split = common.load_split(args.data)
     distilled = load_checkpoint(args.generator)
+    family = common.family_of(distilled)  # the generator keeps reading its input where it was distilled
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
         params.distill, steps=cfg.steps, fake_init="teacher",
@@ -49,7 +49,7 @@ def main(args, params) -> None:
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
         result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], run_cfg,
                          state_dir, alpha=cfg.alpha, beta=cfg.beta, student_init=start, dist=dist)
-        result["family"] = distilled["family"]
+        result["family"] = common.family_record(family)
         if dist.is_main:
             common.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there

@@ -1,7 +1,8 @@
 """Stage ``sample``: draw samples from the multi-step teacher and the one-step generator.
 
 Sample ``i`` starts from the noise of seed ``sample.seed + i`` (paired families: from the ``i``-th
-corrupted input of the test split, cycled), so it is the same whatever the batch size or device.
+corrupted input of the test split, cycled, and a bridge generator that takes noise gets that seed's
+noise), so it is the same whatever the batch size or device.
 
 With ``sample.nproc`` > 1 the stage runs under torchrun and deals whole batches to the processes
 round-robin (batch ``j`` to rank ``j % nproc``); rank 0 gathers and writes. A batch is computed exactly as
@@ -47,24 +48,26 @@ def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
 
 
 def sources(family, split, n: int, first_seed: int, shape, num_classes: int, *, start: int = 0):
-    """Generator inputs and labels of samples ``start .. start+n-1``: (x0 [n, ...], y [n] or None)."""
+    """Generator inputs and labels of samples ``start .. start+n-1``: (x0 [n, ...], y [n] or None, noise).
+
+    ``noise`` [n, ...] is the generator's own noise when ``family.generator_noise``, else None.
+    """
     from ..sampling import seeded_noise
 
     idx = np.arange(start, start + n)
-    if family.paired:
-        x0 = torch.as_tensor(split.x0[idx % len(split)])
-    else:
-        x0 = seeded_noise(list(range(first_seed + start, first_seed + start + n)), tuple(shape))
-    y = class_labels(idx, num_classes)
-    return x0, y
+    seeded = lambda: seeded_noise(list(range(first_seed + start, first_seed + start + n)), tuple(shape))  # noqa: E731
+    x0 = torch.as_tensor(split.x0[idx % len(split)]) if family.paired else seeded()
+    noise = seeded() if family.generator_noise else None
+    return x0, class_labels(idx, num_classes), noise
 
 
 def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
                  dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator.
 
-    ``inputs(start, n)`` gives the generator inputs and labels of samples ``start .. start+n-1``
-    (``x0`` [n, ...], ``y`` [n] or None): each process makes only those of its own batches. Returns
+    ``inputs(start, n)`` gives the generator inputs, labels and generator noise of samples
+    ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
+    makes only those of its own batches. Returns
     ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are the
     slowest process's (the wall time of a parallel run).
     """
@@ -75,8 +78,7 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
     with torch.no_grad():
         for start in dist.batch_starts(n_samples, cfg.batch_size):
-            xb, yb = inputs(start, min(cfg.batch_size, n_samples - start))
-            xb, yb = xb.to(device), None if yb is None else yb.to(device)
+            xb, yb, nb = (None if a is None else a.to(device) for a in inputs(start, min(cfg.batch_size, n_samples - start)))
             # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
             rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
             out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
@@ -84,7 +86,7 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
             mine[start] = {"teacher": out.cpu()}
             seconds["teacher"] += sec
             for name, generator in generators.items():
-                out, sec = _timed(lambda: generator(xb, yb), device)
+                out, sec = _timed(lambda: generator(xb, yb, nb), device)
                 mine[start][name] = out.cpu()
                 seconds[name] += sec
     slowest = {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
@@ -122,10 +124,13 @@ def _sample(args, params, dist: Dist) -> None:
     if headline is None:
         raise common.StageError(f"sample.generator_ema {cfg.generator_ema!r}: the generator has no such copy; "
                                 f"it has none and {sorted(gen_ckpt['ema'])}")
-    generators = {name: OneStepGenerator(family, common.load_model(gen_ckpt, use_ema=key, device=device))
+    gen_family = common.family_of(gen_ckpt)
+    if gen_family.name != family.name:
+        raise common.StageError(f"the generator was distilled for family {gen_family.name}, params say {family.name}")
+    generators = {name: OneStepGenerator(gen_family, common.load_model(gen_ckpt, use_ema=key, device=device))
                   for name, key in copies.items()}
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
-    inputs = lambda start, n: sources(family, split, n, cfg.seed, split.sample_shape, classes, start=start)  # noqa: E731
+    inputs = lambda start, n: sources(gen_family, split, n, cfg.seed, split.sample_shape, classes, start=start)  # noqa: E731
 
     outputs, by_who = draw_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
     if not dist.is_main:
