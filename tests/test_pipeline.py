@@ -184,6 +184,8 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
         assert not list(project.glob("data/.*")), f"{label}: a temporary file or folder was left behind"
         if label == "toy-fm":
             check_samples_do_not_depend_on_batch_size(project, params)
+        if label.startswith("toy-bridge"):  # paired data: the pairs are scored too
+            assert all("joint_sliced_wasserstein2" in row for row in metrics.values())
         passed_through = (project / "data/finetune/generator.pt").read_bytes() == (
             project / "data/distill/generator.pt").read_bytes()
         assert passed_through != params["finetune"]["enabled"], label

@@ -23,12 +23,23 @@ from . import common
 
 
 def _real_floor(split, n: int, seed: int) -> np.ndarray:
-    """``n`` real samples (a fixed random subset) standing in for a perfect generator.
+    """Rows of ``n`` real samples (a fixed random subset) standing in for a perfect generator.
 
     They come from the split the samples are *not* compared with, so the floor is an honest one.
     """
     rng = np.random.default_rng(seed)
-    return split.x1[rng.choice(len(split), size=min(n, len(split)), replace=False)]
+    return rng.choice(len(split), size=min(n, len(split)), replace=False)
+
+
+def _joint_metrics(metrics: dict, gen: dict, sources: dict, reference, seed: int) -> None:
+    """Paired point data: sliced W2 of the pairs ``(x0, x1)``, so a student that ignores which ``x0`` it
+    was given (or maps each to one point where ``p(x1 | x0)`` is spread) scores worse than its marginal says."""
+    from ..metrics import sliced_wasserstein2
+
+    pairs = np.concatenate([reference.x0, reference.x1], axis=1)
+    for who, x in gen.items():
+        joint = np.concatenate([sources[who], x], axis=1)
+        metrics[who]["joint_sliced_wasserstein2"] = sliced_wasserstein2(joint, pairs, seed=seed)
 
 
 def main(args, params) -> None:
@@ -52,7 +63,8 @@ def _evaluate(args, params, dist: Dist) -> None:
     timing = json.loads((samples / "timing.json").read_text())
     n = len(gen["student"])
     reference, other = (train, test) if cfg.reference == "train" else (test, train)
-    gen["real"] = _real_floor(other, n, cfg.seed)
+    floor_rows = _real_floor(other, n, cfg.seed)
+    gen["real"] = other.x1[floor_rows]
 
     if train.kind == "points":
         if not dist.is_main:
@@ -62,6 +74,10 @@ def _evaluate(args, params, dist: Dist) -> None:
         from ..metrics import point_metrics
 
         metrics = {who: point_metrics(x, reference.x1, seed=cfg.seed) for who, x in gen.items()}
+        if test.x0 is not None:
+            # Sample i of the sample stage started from the test split's x0[i], cycled.
+            sources = {who: test.x0[np.arange(len(x)) % len(test)] for who, x in gen.items() if who != "real"}
+            _joint_metrics(metrics, gen, {**sources, "real": other.x0[floor_rows]}, reference, cfg.seed)
     else:
         metrics = _image_metrics(gen, reference, params, Path(args.features), dist)
         if metrics is None:
