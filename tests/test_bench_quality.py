@@ -310,3 +310,20 @@ def test_sweep_dry_run_prints_the_queue(capsys):
     assert printed.count("dvc exp run --queue") == 4 and "-n sweep-a1-b1-s2 " in printed
     assert sweep.main(["start", "--jobs", "2", "--dry-run"]) == 0
     assert "dvc queue start -j 2" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------- bridge noise
+
+
+def test_bridge_noise_bench_runs_tiny_and_writes_its_table(tmp_path, capsys):
+    from quality_study import bridge_noise
+
+    out = tmp_path / "bridge.md"
+    argv = ["--generator-t", "0", "0.2", "--steps", "2", "--seeds", "0", "--teacher-steps", "5",
+            "--work", str(tmp_path / "work"), "--out", str(out)]
+    assert bridge_noise.main(argv) == 0
+    text = out.read_text()
+    assert text.startswith("<!-- bench/bridge_noise --generator-t 0 0.2")
+    for row in ("teacher (SDE, NFE 99)", "student, generator_t = 0 ", "student, generator_t = 0.2 "):
+        assert f"| {row.strip()} |" in text
+    assert "nan" not in text
