@@ -288,15 +288,18 @@ def test_sweep_collects_dvc_exp_show_json_and_draws_the_heatmap(tmp_path, capsys
     path = tmp_path / "shown.json"
     path.write_text(json.dumps(shown))
     out = tmp_path / "heat.png"
-    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 0
+    page = tmp_path / "RESULTS-sweep.md"
+    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out), "--results", str(page)]) == 0
     printed = capsys.readouterr().out
     assert out.stat().st_size > 1000
     # 0.04 ± 0.014 vs 0.08 ± 0.014: a difference beyond the spread; 0.0705 ± 0.0007 vs 0.08: within it.
-    assert "| 0.9 | 0.882 | 0.980 | 0.04 ± 0.014 | 0, 1 | better |" in printed
-    assert "| 0.9 | 0.918 | 1.020 | 0.0705 ± 7.1e-04 | 0, 1 | no difference |" in printed
-    assert "| 1 | 1 | 1.000 | 0.08 ± 0.014 | 0, 1 | – |" in printed
+    assert "| 0.9 | 0.882 | 0.980 | 0.04 ± 0.014 | 0.05, 0.03 | 0, 1 | better |" in printed
+    assert "| 0.9 | 0.918 | 1.020 | 0.0705 ± 7.1e-04 | 0.07, 0.071 | 0, 1 | no difference |" in printed
+    assert "| 1 | 1 | 1.000 | 0.08 ± 0.014 | 0.09, 0.07 | 0, 1 | – |" in printed
+    text = page.read_text()
+    assert "1 × better, 1 × no difference" in text and "![sweep](heat.png)" in text
     path.write_text("[]")
-    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out)]) == 1
+    assert sweep.main(["collect", "--from-json", str(path), "--out", str(out), "--results", ""]) == 1
 
 
 def test_sweep_dry_run_prints_the_queue(capsys):

@@ -425,16 +425,17 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
         lines += ["## 5. Digits (8×8), offline FID", ""] + dig_lines + [f"![digits](figures/{dig_fig})", ""]
     if user is None:
         lines += ["## 6. α/β sweep through the pipeline", "",
-                  "Not run by this command: it needs the DVC pipeline and its own budget (one full pipeline run per "
-                  "grid point). From the repository root:", "",
+                  "Not run by this command: it needs the DVC pipeline and its own budget (one pipeline run per grid "
+                  "point and seed). From the repository root:", "",
                   "```",
-                  "bench/sweep queue            # dvc exp run --queue -n sweep-a…-b… --set-param alpha=… --set-param beta=…",
-                  "bench/sweep start --jobs 1   # dvc queue start; `dvc queue status` shows progress",
-                  "bench/sweep collect          # dvc exp show --json -> table + figures/sweep_heatmap.png",
+                  "bench/sweep queue --seeds 0 1 2   # dvc exp run --queue --set-param alpha=… beta=… distill.seed=…",
+                  "bench/sweep start --jobs 1        # dvc queue start; `dvc queue status` shows progress",
+                  "bench/sweep collect               # dvc exp show --json -> RESULTS-sweep.md + figures/sweep_heatmap.png",
                   "```", "",
                   "The grid crosses alpha ∈ {0.86, 0.90, 0.94} with β/α ∈ {0.94, 0.98, 1, 1.02, 1.06}, plus the "
                   "data-free point α = β = 1; the metric is the student's sliced W2 (points) in "
-                  "`data/evaluate/metrics.json` (`--metric student.fid` for images).", ""]
+                  "`data/evaluate/metrics.json` (`--metric student.fid` for images). The recorded sweep is in "
+                  "[RESULTS-sweep.md](RESULTS-sweep.md).", ""]
 
     lines += ["## Conclusions (computed from the tables above)", ""]
     lines += _claims_table(facts, imp_claims, speedups, dig_claim) + [""]

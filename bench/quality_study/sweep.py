@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -92,8 +93,8 @@ def table(values: dict, metric: str) -> str:
     from .stats import summarize, verdict
 
     data_free = values.get((1.0, 1.0))
-    lines = [f"| alpha | beta | beta/alpha | {metric} (mean ± std) | seeds | vs data-free |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| alpha | beta | beta/alpha | {metric} (mean ± std) | per seed | seeds | vs data-free |",
+             "|---|---|---|---|---|---|---|"]
     for (a, b), by_seed in sorted(values.items()):
         runs = [by_seed[s] for s in sorted(by_seed)]
         if data_free is None or (a, b) == (1.0, 1.0):
@@ -102,8 +103,28 @@ def table(values: dict, metric: str) -> str:
             shared = sorted(set(by_seed) & set(data_free))
             against = verdict([by_seed[s] for s in shared], [data_free[s] for s in shared]) if shared else "–"
         seeds = ", ".join(str(s) for s in sorted(by_seed))
-        lines.append(f"| {a:g} | {b:g} | {b / a:.3f} | {summarize(runs).text()} | {seeds} | {against} |")
+        each = ", ".join(f"{v:.3g}" for v in runs)
+        lines.append(f"| {a:g} | {b:g} | {b / a:.3f} | {summarize(runs).text()} | {each} | {seeds} | {against} |")
     return "\n".join(lines)
+
+
+def results_page(values: dict, metric: str, heatmap_name: str) -> str:
+    """``bench/RESULTS-sweep.md``: the table, what it says against data-free, and how it was made."""
+    rows = table(values, metric)
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in rows.splitlines()[2:]]
+    counted = {v: verdicts.count(v) for v in sorted(set(verdicts)) if v != "–"}
+    summary = ", ".join(f"{n} × {v}" for v, n in counted.items()) or "no point has data-free seeds to compare with"
+    return "\n".join([
+        "# α/β sweep through the pipeline", "",
+        "Each point is a DVC experiment of the committed pipeline (`dvc exp run --queue --set-param alpha=… "
+        "--set-param beta=… [--set-param distill.seed=…]`), which reuses the cached `prepare` and "
+        "`train_teacher` stages; seeds are distillation seeds. Made with:", "",
+        "```", "bench/sweep queue [--alphas …] [--ratios …] [--seeds …]", "bench/sweep start --jobs 1",
+        "bench/sweep collect            # dvc exp show --json --all-commits -> this page and the heatmap", "```", "",
+        rows, "",
+        f"Against the data-free point (α = β = 1, same seeds; a difference counts only beyond the seed spread): "
+        f"{summary}.", "",
+        f"![sweep]({heatmap_name})", ""])
 
 
 def heatmap(values: dict, path: Path, metric: str) -> None:
@@ -151,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--metric", default=DEFAULT_METRIC, help=f"collect: dotted key in {METRICS_FILE}")
     p.add_argument("--from-json", help="collect: read a saved `dvc exp show --json` instead of running it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "sweep_heatmap.png"))
+    p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "RESULTS-sweep.md"),
+                   help="collect: the Markdown page written next to the heatmap ('' for none)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
     args = p.parse_args(argv)
     if args.action == "queue":
@@ -173,4 +196,9 @@ def main(argv=None) -> int:
     print(table(values, args.metric))
     heatmap(values, Path(args.out), args.metric)
     print(f"heatmap: {args.out}")
+    if args.results:
+        page = Path(args.results)
+        figure = os.path.relpath(Path(args.out).resolve(), page.resolve().parent)
+        page.write_text(results_page(values, args.metric, figure))
+        print(f"results: {page}")
     return 0
