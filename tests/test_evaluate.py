@@ -1,11 +1,19 @@
 """The evaluate stage's scoring of paired data: pairs, not just marginals."""
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import yaml
 
+from realuid.data import write_split
 from realuid.metrics import sliced_wasserstein2
+from realuid.stages import evaluate as evaluate_stage
 from realuid.stages.evaluate import _joint_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_joint_score_catches_a_student_that_ignores_its_input():
@@ -23,3 +31,34 @@ def test_joint_score_catches_a_student_that_ignores_its_input():
     # ... only the pairs tell them apart.
     assert metrics["faithful"]["joint_sliced_wasserstein2"] < 0.03
     assert metrics["ignoring"]["joint_sliced_wasserstein2"] > 5 * metrics["faithful"]["joint_sliced_wasserstein2"]
+
+
+@pytest.mark.parametrize("store_inputs", [True, False])
+def test_paired_samples_are_scored_with_the_inputs_they_carry(tmp_path, capsys, store_inputs):
+    rng = np.random.default_rng(1)
+    splits = {}
+    for name, n in (("train", 800), ("test", 400)):
+        x0 = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
+        splits[name] = (x0, (x0 + 0.05 * rng.standard_normal(x0.shape)).astype(np.float32))
+        write_split(tmp_path / f"{name}.h5", splits[name][1], x0=splits[name][0], attrs={"source": name})
+    samples = tmp_path / "samples"
+    x0, x1 = splits["test"]
+    # The student keeps the pairing; its copy "student_raw" has the right marginal but shuffled pairs.
+    for who, out in (("teacher", x1), ("student", x1), ("student_raw", x1[rng.permutation(len(x1))])):
+        write_split(samples / f"{who}.h5", out, x0=x0 if store_inputs else None, attrs={"source": who})
+    timing = {"nfe": 1, "samples_per_second": 1.0}
+    (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing}))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
+            "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
+    code = evaluate_stage.cli(argv)
+    if not store_inputs:  # nothing to pair them with: a clear error, no metrics file
+        assert code == 1 and "carry no inputs x0: rerun sample" in capsys.readouterr().err
+        assert not (tmp_path / "m.json").exists()
+        return
+    assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    joint = {who: row["joint_sliced_wasserstein2"] for who, row in metrics.items()}
+    assert joint["student"] < 0.03 and joint["student_raw"] > 5 * joint["student"]
+    assert metrics["student"]["sliced_wasserstein2"] == metrics["student_raw"]["sliced_wasserstein2"]

@@ -338,6 +338,10 @@ def test_image_metrics_reject_bad_input(digit_images, random_extractor_path, tmp
         _metrics(digit_images * float("nan"), digit_images, random_extractor_path)
     with pytest.raises(ValueError, match="at least"):
         _metrics(digit_images[:3], digit_images, random_extractor_path)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        _metrics(digit_images, digit_images, random_extractor_path, batch_size=0)
+    with pytest.raises(ValueError, match="kid_subset_size >= 2"):
+        _metrics(digit_images, digit_images, random_extractor_path, kid_subset_size=1)
 
 
 def test_unit_range_to_uint8_rounds_and_clips():

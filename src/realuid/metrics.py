@@ -476,6 +476,8 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
     if smaller < max(2, prc_neighborhood + 1):  # checked again on the features; here before any computation
         raise ValueError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
                          f"{generated.shape[0]} generated and {reference.shape[0]} reference")
+    if kid_subset_size < 2 or kid_subsets < 1:  # checked again on the features; here before any computation
+        raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
     extraction = dict(extractor=extractor, extractor_weights_path=weights_path, batch_size=batch_size, device=device)
     generated_features = image_features(generated, internal_dtype=internal_dtype, **extraction)
     if internal_dtype is None:

@@ -74,9 +74,11 @@ def _evaluate(args, params, dist: Dist) -> None:
         from ..metrics import point_metrics
 
         metrics = {who: point_metrics(x, reference.x1, seed=cfg.seed) for who, x in gen.items()}
-        if test.x0 is not None:
-            # Sample i of the sample stage started from the test split's x0[i], cycled.
-            sources = {who: test.x0[np.arange(len(x)) % len(test)] for who, x in gen.items() if who != "real"}
+        if reference.x0 is not None:
+            missing = [who for who, split in drawn.items() if split.x0 is None]
+            if missing:
+                raise common.StageError(f"paired data, but the samples of {missing} carry no inputs x0: rerun sample")
+            sources = {who: split.x0 for who, split in drawn.items()}
             _joint_metrics(metrics, gen, {**sources, "real": other.x0[floor_rows]}, reference, cfg.seed)
     else:
         metrics = _image_metrics(gen, reference, params, Path(args.features), dist)

@@ -141,13 +141,15 @@ def _sample(args, params, dist: Dist) -> None:
     nfe = {"teacher": cfg.teacher_nfe, "student": 1}
     labels = class_labels(np.arange(cfg.n_samples), classes)
     labels = None if labels is None else labels.numpy()
+    # Paired families: each sample is stored with the input it was drawn from, so evaluate scores the pairs.
+    inputs_x0 = split.x0[np.arange(cfg.n_samples) % len(split)] if family.paired else None
     with common.atomic_dir(args.out) as tmp:
         for who, samples in outputs.items():
             x = samples.float().numpy()
             if not np.isfinite(x).all():
                 raise common.StageError(f"the {who} generator produced non-finite samples")
             # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
-            write_split(tmp / f"{who}.h5", x, y=labels, attrs={"source": who, "seed": cfg.seed})
+            write_split(tmp / f"{who}.h5", x, y=labels, x0=inputs_x0, attrs={"source": who, "seed": cfg.seed})
             if who in nfe:
                 title = f"{who} ({params.family.name}, NFE {nfe[who]})"
                 if x.ndim == 4:
