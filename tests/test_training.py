@@ -252,3 +252,34 @@ def test_fake_init_teacher_needs_a_teacher_of_the_same_spec():
     with pytest.raises(ValueError, match="fake_init='random'"):
         RealUID(family, ExactFMTeacher(gmm8()), spec, dataclasses.replace(DISTILL, fake_init="teacher"),
                 alpha=0.9, beta=0.9, device=torch.device("cpu"), student_init=build_model(spec))
+
+
+def with_dropout(spec: dict, p: float) -> dict:
+    return {**spec, "args": {**spec["args"], "dropout": p}}
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)], ids=["mlp", "unet"])
+@pytest.mark.parametrize("finetune", [False, True], ids=["distill", "finetune"])
+def test_distillation_runs_without_dropout_whatever_the_teacher_trained_with(tmp_path, shape, finetune):
+    family = make_family("fm")
+    spec = model_spec(dataclasses.replace(MODEL, channels=32), shape, 0)
+    data = toy_data(family, n=64, shape=shape)
+    cfg = dataclasses.replace(DISTILL, steps=3, batch_size=8, fake_init="teacher", checkpoint_every_steps=3)
+    torch.manual_seed(0)
+    weights = build_model(spec).state_dict()
+    student = build_model(spec)
+    student.load_state_dict({k: v + 0.01 for k, v in weights.items()})  # a distilled generator to fine-tune
+    results = []
+    for p in (0.3, 0.0):
+        teacher = build_model(with_dropout(spec, p))
+        teacher.load_state_dict(weights)  # same weights: dropout does not change the layout
+        init = None
+        if finetune:
+            init = build_model(with_dropout(spec, p))
+            init.load_state_dict(student.state_dict())
+        results.append(distill(family, data, teacher.eval(), with_dropout(spec, p), cfg, tmp_path / f"p{p}",
+                               alpha=0.9, beta=0.95, progress=False, student_init=init))
+    with_p, without = results
+    assert same_weights(with_p["state_dict"], without["state_dict"])
+    assert all(same_weights(with_p["ema"][k], without["ema"][k]) for k in without["ema"])
+    assert not same_weights(without["state_dict"], weights if not finetune else student.state_dict())  # it trained

@@ -94,3 +94,16 @@ def test_distill_with_gan_resumes_bit_identically(tmp_path):
     distill(family, data, teacher, spec, cfg, tmp_path / "b", alpha=0.9, beta=0.95, progress=False, stop_after=2)
     resumed = distill(family, data, teacher, spec, cfg, tmp_path / "b", alpha=0.9, beta=0.95, progress=False)
     assert all(torch.equal(straight["state_dict"][k], v) for k, v in resumed["state_dict"].items())
+
+
+@pytest.mark.parametrize("family_name, shape", [("fm", (2,)), ("bridge", (2,)), ("si", (1, 8, 8))])
+def test_a_generated_sample_and_its_real_partner_share_time_and_noise(family_name, shape):
+    *_, data, uid = setup(family_name, shape=shape)
+    batch = batch_of(data, 6)
+    d = uid._draws(batch, torch.Generator().manual_seed(3))
+    assert d.gan_t.shape == (6,)  # one draw per pair, not per sample
+    assert (d.gan_noise is None) == (family_name == "fm") and (d.gan_noise is None or d.gan_noise.shape == (6, *shape))
+    # Identical samples in both halves must give identical logits: they sit at one point of the path.
+    logits_gen, logits_data = uid._gan_logits(torch.cat([d.x1, d.x1]), None, d).chunk(2)
+    assert torch.equal(logits_gen, logits_data)
+    assert not torch.equal(logits_gen, logits_gen.roll(1))  # distinct pairs still get distinct times

@@ -8,9 +8,10 @@ step; a run killed at any point and started again ends with bit-identical weight
 Data parallelism (see :mod:`realuid.distributed`): under ``torchrun`` every process takes the same global
 batch and makes the same random draws, then computes only its own rows; gradients are averaged across
 processes before clipping, so weights, optimizer state and EMA stay identical everywhere and the run
-equals the one-process run with the same global batch up to floating-point summation order. Dropout
-masks are drawn per (step, rank), as different rows of one big batch would get different masks. The
-state holds nothing per process, so a run may resume with a different number of processes.
+equals the one-process run with the same global batch up to floating-point summation order. The
+teacher's dropout masks are drawn per (step, rank), as different rows of one big batch would get
+different masks; distillation runs without dropout. The state holds nothing per process, so a run may
+resume with a different number of processes.
 
 Host synchronisation: losses and gradient norms are accumulated on the device and read once per log
 interval; the NaN/Inf check happens there too, and a checkpoint is written only after the check passed,
@@ -321,13 +322,6 @@ def _take(rows: slice, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | No
     return tuple(None if a is None else a[rows] for a in tensors)
 
 
-def _take_stacked(rows: slice, a: torch.Tensor, copies: int, total: int) -> torch.Tensor:
-    """Rows ``rows`` of each of ``copies`` stacked blocks of ``total`` rows: [copies*total, ...] -> [copies*b, ...]."""
-    if rows.start == 0 and rows.stop == total:
-        return a
-    return torch.cat([a[c * total + rows.start : c * total + rows.stop] for c in range(copies)])
-
-
 def _local_batch(batch: TrainData, rows: slice) -> TrainData:
     return TrainData(*_take(rows, batch.x1, batch.y, batch.x0))
 
@@ -455,8 +449,8 @@ def train_teacher(
 class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
     as in :func:`_draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
-    generator takes noise), and the GAN head's times ``gan_t`` [copies*b] and path noise ``gan_noise``
-    [copies*b, ...] (None without the GAN)."""
+    generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
+    one per (generated, real) pair (None without the GAN)."""
 
     x1: torch.Tensor
     y: torch.Tensor | None
@@ -477,6 +471,12 @@ class RealUID:
     its own network: the fake step samples the generator without autograd, the generator step freezes the
     fake model so its gradients stay as the fake step left them.
 
+    Both networks run without dropout, whatever the teacher trained with (as the authors distil): they
+    stay in eval mode throughout, which for these backbones (GroupNorm, LayerNorm, no batch statistics)
+    changes dropout only. With dropout on, the generator would train stochastic but be sampled
+    deterministically, and the fake model would learn from dropout-perturbed samples. The weights'
+    layout is the teacher's, so any teacher file loads as it is.
+
     A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
     gradients are averaged over processes before its clip and step.
     """
@@ -489,9 +489,9 @@ class RealUID:
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         init = student_init if student_init is not None else teacher
-        self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).train()
+        self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
-        self.fake = build_model(spec).to(device).train()
+        self.fake = build_model(spec).to(device).eval()
         if cfg.fake_init == "teacher":
             if set(teacher.state_dict()) != set(self.fake.state_dict()):
                 raise ValueError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
@@ -509,13 +509,12 @@ class RealUID:
         self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
-    def _draws(self, batch: TrainData, gen: torch.Generator, gan_copies: int) -> StepDraws:
+    def _draws(self, batch: TrainData, gen: torch.Generator) -> StepDraws:
         """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
 
         Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`_draw`), then the GAN
-        head's times and noise for ``gan_copies`` stacked blocks of G rows, last so that runs without the
-        GAN keep their random streams. Drawing for all G rows on every process makes the union over processes exactly
-        the one-process phase.
+        head's G times and path noises, last so that runs without the GAN keep their random streams.
+        Drawing for all G rows on every process makes the union over processes exactly the one-process phase.
         """
         total = batch.x1.shape[0]
         rows = self.dist.rows(total)
@@ -525,25 +524,29 @@ class RealUID:
         x0, t, noise = _draw(self.family, batch, gen)
         gan_t = gan_noise = None
         if self.gan is not None:
-            like = batch.x1.new_empty((gan_copies * total, *batch.x1.shape[1:]))
-            gan_t = gan_time_sample(like.shape[0], gen, t_max=self.family.t_max, device=like.device)
-            gan_noise = self.family.sample_noise(like, generator=gen)
-            gan_t, gan_noise = (None if a is None else _take_stacked(rows, a, gan_copies, total) for a in (gan_t, gan_noise))
-        return StepDraws(*_take(rows, batch.x1, y, z, z_noise, x0, t, noise), gan_t=gan_t, gan_noise=gan_noise)
+            gan_t = gan_time_sample(total, gen, t_max=self.family.t_max, device=batch.x1.device)
+            gan_noise = self.family.sample_noise(batch.x1, generator=gen)
+        return StepDraws(*_take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise))
 
-    def _gan_logits(self, x0: torch.Tensor, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
-        """Head logits ``[B]`` of ``x1`` [B, ...] seen on the path at discriminator times in (0.8, t_max].
+    def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
+        """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
+        times in (0.8, t_max].
 
-        ``x0`` is the step's (the authors reuse it). ``x1`` may stack generated and real samples
-        ([2B, ...]) with ``x0`` and ``y`` repeated: one encoder pass over both (no batch-coupled layers).
+        ``x1`` stacks ``copies`` blocks of B samples (generated, or generated then real); every block gets
+        the same times, path noise, ``x0`` (the step's, as the authors reuse it) and labels, so a
+        generated sample and its real partner are seen at one point of the path. One encoder pass covers
+        all blocks (no batch-coupled layers).
         """
-        x_t = self.family.path_sample(x0, x1, draws.gan_t, draws.gan_noise).x_t
+        copies = x1.shape[0] // draws.x0.shape[0]
+        repeat = lambda a: None if a is None else a.repeat(copies, *[1] * (a.dim() - 1))  # noqa: E731
+        t = repeat(draws.gan_t)
+        x_t = self.family.path_sample(repeat(draws.x0), x1, t, repeat(draws.gan_noise)).x_t
         with autocast(self.device, self.cfg.precision):
-            return self.disc_head(encoder_features(self.fake, draws.gan_t, x_t, y)).float()
+            return self.disc_head(encoder_features(self.fake, t, x_t, repeat(y))).float()
 
     def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the fake model ``f`` on the global ``batch``; returns (loss, gradient norm) on the device."""
-        d = self._draws(batch, gen, gan_copies=2)
+        d = self._draws(batch, gen)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
             x1_gen = self.generator(d.z, y, d.z_noise).float()
@@ -562,10 +565,7 @@ class RealUID:
         loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
                          weight=gen_path.weight).mean()
         if self.gan is not None:
-            # Same t for a generated sample and its real partner: the head compares like with like.
-            logits_gen, logits_data = self._gan_logits(
-                x0.repeat(2, *[1] * (x0.dim() - 1)), torch.cat([x1_gen, d.x1]),
-                None if y is None else y.repeat(2), d).chunk(2)
+            logits_gen, logits_data = self._gan_logits(torch.cat([x1_gen, d.x1]), y, d).chunk(2)
             loss = loss + self.gan.disc_coef * discriminator_loss(logits_data, logits_gen).mean()
         norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip,
                               self.dist)
@@ -573,7 +573,7 @@ class RealUID:
 
     def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the generator through ``x1_gen`` on the global ``batch``; returns (loss, gradient norm)."""
-        d = self._draws(batch, gen, gan_copies=1)
+        d = self._draws(batch, gen)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
         if self.gan is not None:
@@ -586,7 +586,7 @@ class RealUID:
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             if self.gan is not None:
-                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x0, x1_gen, y, d)).mean()
+                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x1_gen, y, d)).mean()
             norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
                                   self.cfg.generator_optim.grad_clip, self.dist)
         finally:
@@ -663,7 +663,6 @@ def distill(
     meter = Meter()
     bar = _progress(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
     for step in range(start, cfg.steps):
-        _seed_dropout(cfg.seed, step, dist.rank)
         # Batches and draws are indexed by (step, phase): the loop's randomness is a function of `step`.
         for k in range(phases - 1):
             f_loss, f_norm = uid.fake_step(stream(step * phases + k), _seeded(cfg.seed, step, k, device=device))
