@@ -68,7 +68,8 @@ def _env(folder: Path) -> dict:
     import os
 
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(folder / "src")
+    # A new user's shell: the venv's bin first on PATH (as README says), no PYTHONPATH.
+    env.pop("PYTHONPATH", None)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["OMP_NUM_THREADS"] = "1"
     env.setdefault("GIT_AUTHOR_NAME", "test")
@@ -109,9 +110,9 @@ def recording(obj, seen: set, prefix: str = ""):
 
 
 def stage_argv(stage) -> list[str]:
-    """The arguments of a stage's command in dvc.yaml, after ``PYTHONPATH=src:$PYTHONPATH python -m <module>``."""
+    """The arguments of a stage's command in dvc.yaml, after ``PYTHONPATH=src python -m <module>``."""
     argv = shlex.split(stage.cmd)
-    assert argv[:4] == ["PYTHONPATH=src:$PYTHONPATH", "python", "-m", f"realuid.stages.{stage.name}"], argv[:4]
+    assert argv[:4] == ["PYTHONPATH=src", "python", "-m", f"realuid.stages.{stage.name}"], argv[:4]
     return argv[4:]
 
 
@@ -119,9 +120,9 @@ def test_stage_commands_run_the_code_of_the_folder_they_run_in(tmp_path):
     # A queued DVC experiment runs in a copy of the repository: its stages must import the copy's
     # package, not the one the virtual environment's editable install points at.
     prefixes = {stage.cmd.split(" -m ")[0] for stage in STAGES}
-    assert prefixes == {"PYTHONPATH=src:$PYTHONPATH python"}
+    assert prefixes == {"PYTHONPATH=src python"}
     project = make_project(tmp_path / "copy", tiny_params(), git=False)
-    env = {k: v for k, v in _env(project).items() if k != "PYTHONPATH"}
+    env = _env(project)
     for prefix, inside in ((prefixes.pop(), True), ("python", False)):
         probe = f"{prefix} -c 'import realuid; print(realuid.__file__)'"
         done = subprocess.run(["sh", "-c", probe], cwd=project, capture_output=True, text=True, env=env)
