@@ -399,3 +399,56 @@ def test_inception_compat_path_with_user_weights(digit_images, tmp_path, monkeyp
     result = image_metrics(images, images, extractor="inception-v3-compat", extractor_weights_path=str(weights),
                            kid_subset_size=8, kid_subsets=2, device="cpu")
     assert abs(result["fid"]) < 1e-2 and result["precision"] == 1.0
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_fid_block_statistics_equal_torch_fidelity_run_per_block(digit_images, random_extractor_path, blocks):
+    # K disjoint consecutive blocks of the generated set, each scored by torch-fidelity's own
+    # calculate_metrics against the whole reference; mean, min and (population) std over the blocks.
+    import torch_fidelity
+
+    from realuid.metrics import fid_block_statistics
+
+    generated, reference = digit_images.flip(dims=[3])[:300], digit_images
+    feats = image_features(generated, extractor_weights_path=random_extractor_path, device="cpu")
+    ref = image_features(reference, extractor_weights_path=random_extractor_path, device="cpu")
+    ours = fid_block_statistics(feats, ref, blocks=blocks)
+    size = 300 // blocks
+    theirs = np.array([torch_fidelity.calculate_metrics(
+        input1=Uint8Images(unit_range_to_uint8(generated[b * size:(b + 1) * size])),
+        input2=Uint8Images(unit_range_to_uint8(reference)), fid=True, feature_extractor="realuid-features",
+        feature_extractor_weights_path=random_extractor_path, cuda=False, cache=False, verbose=False,
+    )["frechet_inception_distance"] for b in range(blocks)])
+    np.testing.assert_allclose([ours["fid_mean"], ours["fid_min"], ours["fid_std"]],
+                               [theirs.mean(), theirs.min(), theirs.std()], rtol=1e-9, atol=1e-12)
+    if blocks == 1:
+        assert ours["fid_std"] == 0.0 and ours["fid_mean"] == ours["fid_min"]
+    else:
+        assert len(set(theirs.round(9))) == blocks  # the blocks really are different samples
+
+
+def test_fid_blocks_must_split_the_samples(digit_images, random_extractor_path):
+    from realuid.metrics import fid_block_statistics
+
+    feats = image_features(digit_images[:10], extractor_weights_path=random_extractor_path, device="cpu")
+    for blocks in (0, 3, 6):  # none, uneven, blocks of one sample
+        with pytest.raises(ValueError, match="do not split"):
+            fid_block_statistics(feats, feats, blocks=blocks)
+
+
+def test_image_reference_scores_as_image_metrics_from_features(digit_images, random_extractor_path):
+    # The prepared reference (FID statistics computed once) gives the one-shot function's FID and KID.
+    from realuid.metrics import FeatureExtractor, ImageReference, image_metrics_from_features
+
+    extract = FeatureExtractor(extractor_weights_path=random_extractor_path, device="cpu")
+    generated, reference = extract(digit_images.flip(dims=[2])[:200]), extract(digit_images)
+    assert torch.equal(generated["features"], image_features(digit_images.flip(dims=[2])[:200],
+                                                               extractor_weights_path=random_extractor_path,
+                                                               device="cpu")["features"])
+    prepared = ImageReference(reference, kid_subset_size=100, kid_subsets=10, seed=5)
+    full = image_metrics_from_features(generated, reference, kid_subset_size=100, kid_subsets=10, seed=5)
+    assert prepared.score(generated) == {k: full[k] for k in ("fid", "kid_mean", "kid_std")}
+    with pytest.raises(ValueError, match="fewer than kid_subset_size"):
+        prepared.score({k: v[:99] for k, v in generated.items()})
+    with pytest.raises(ValueError, match="exceeds the 360 reference images"):
+        ImageReference(reference, kid_subset_size=361)

@@ -253,6 +253,127 @@ def point_metrics(gen: Any, ref: Any, seed: int = 0, *, n_projections: int = 256
     }
 
 
+class PointReference:
+    """A reference point set ref [M, D] prepared once for repeated scoring (in-training evaluation).
+
+    What depends on the reference alone (its sorted projections on the slicing directions and its mean
+    within-set distance) is computed here, once: :meth:`score` then costs O(N log N + N^2 + N M) for N
+    generated points and gives the same numbers as :func:`sliced_wasserstein2` and
+    :func:`energy_distance` with the same ``seed`` and ``n_projections``.
+    """
+
+    metrics = ("sliced_wasserstein2", "energy_distance")
+
+    def __init__(self, ref: Any, *, n_projections: int = 256, seed: int = 0, chunk_size: int | None = None):
+        self.points = _as_points(ref, "ref")
+        self.theta = random_directions(self.points.shape[1], n_projections, seed)
+        self.sorted_projections = np.sort(self.points @ self.theta.T, axis=0)
+        self.chunk_size = chunk_size
+        self.within = _mean_pairwise_distance(self.points, self.points, chunk_size)
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
+
+    def score(self, gen: Any) -> dict[str, float]:
+        """``{"sliced_wasserstein2" (root), "energy_distance" (squared)}`` of gen [N, D] against the reference."""
+        gen, _ = _as_pair(gen, self.points)
+        projected = np.sort(gen @ self.theta.T, axis=0)
+        sw2 = float(np.sqrt(np.mean(wasserstein2_squared_1d(projected, self.sorted_projections))))
+        cross = _mean_pairwise_distance(gen, self.points, self.chunk_size)
+        within_gen = _mean_pairwise_distance(gen, gen, self.chunk_size)
+        return {"sliced_wasserstein2": sw2, "energy_distance": max(0.0, 2.0 * cross - within_gen - self.within)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Point sets: structure (which parts of the data are covered, and by how much mass)
+#
+# A transport distance averages over the whole set: a sample that spreads over the data's convex hull
+# can be close in sliced W2 to one that has the data's shape. These see the shape: k-NN precision and
+# recall (Kynkäänniemi et al. 2019, as torch-fidelity's PRC computes them on image features, here on
+# raw coordinates) and, where the data's modes are known, the mass each mode receives.
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)] squared Euclidean distances, exact differences (no ||a||^2 + ||b||^2 - 2ab
+    cancellation, which would misplace points on a ball's boundary)."""
+    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+
+def _kth_neighbour_radii(points: np.ndarray, k: int, chunk_size: int | None) -> np.ndarray:
+    """[N]: squared distance of each point to its k-th nearest *other* point of the set."""
+    if points.shape[0] <= k:
+        raise ValueError(f"k-NN radii need more than k = {k} points, got {points.shape[0]}")
+    rows = _chunk_rows(chunk_size, points.shape[0] * points.shape[1])
+    radii = np.empty(points.shape[0])
+    for start in range(0, points.shape[0], rows):
+        d2 = _squared_distances(points[start:start + rows], points)
+        radii[start:start + rows] = np.partition(d2, k, axis=1)[:, k]  # index 0 is the point itself
+    return radii
+
+
+def _inside_some_ball(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk_size: int | None) -> np.ndarray:
+    """[len(queries)] bool: the query lies in at least one closed ball (centre, squared radius)."""
+    rows = _chunk_rows(chunk_size, centres.shape[0] * centres.shape[1])
+    inside = np.empty(queries.shape[0], dtype=bool)
+    for start in range(0, queries.shape[0], rows):
+        inside[start:start + rows] = (_squared_distances(queries[start:start + rows], centres) <= radii[None]).any(1)
+    return inside
+
+
+def knn_precision_recall(gen: Any, ref: Any, *, k: int = 3, chunk_size: int | None = None) -> dict[str, float]:
+    """k-NN precision and recall of generated points gen [N, D] against reference points ref [M, D].
+
+    Each set's manifold is the union of balls around its points with radius the distance to the point's
+    k-th nearest neighbour in its own set. Precision: the fraction of generated points inside the
+    reference manifold (are samples where the data is?); recall: the fraction of reference points inside
+    the generated manifold (is all of the data covered?). k = 3 as torch-fidelity's default. Both in
+    [0, 1]; chunking changes memory only.
+    """
+    gen, ref = _as_pair(gen, ref)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    ref_radii, gen_radii = _kth_neighbour_radii(ref, k, chunk_size), _kth_neighbour_radii(gen, k, chunk_size)
+    return {"knn_precision": float(_inside_some_ball(gen, ref, ref_radii, chunk_size).mean()),
+            "knn_recall": float(_inside_some_ball(ref, gen, gen_radii, chunk_size).mean())}
+
+
+def mode_masses(points: Any, centres: Any, radius: float | Sequence[float]) -> np.ndarray:
+    """[K + 1]: the fraction of points at each of K known modes, then the fraction at none.
+
+    A point belongs to the mode k that minimises ``|x - centre_k| / radius_k`` when that ratio is <= 1,
+    else to no mode. radius: one number or one per mode (e.g. 4 standard deviations: a 2-D Gaussian
+    leaves exp(-8) ~ 3e-4 of its mass beyond that).
+    """
+    points = _as_points(points, "points")
+    centres = _as_points(centres, "centres")
+    if centres.shape[1] != points.shape[1]:
+        raise ValueError(f"centres have dimension {centres.shape[1]}, points {points.shape[1]}")
+    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (centres.shape[0],))
+    if not np.isfinite(radius).all() or (radius <= 0).any():
+        raise ValueError(f"radius must be finite and > 0, got {radius}")
+    scaled = np.sqrt(_squared_distances(points, centres)) / radius[None]  # [N, K]
+    nearest = scaled.argmin(1)
+    at_mode = scaled[np.arange(points.shape[0]), nearest] <= 1.0
+    counts = np.bincount(nearest[at_mode], minlength=centres.shape[0]).astype(np.float64)
+    return np.append(counts, (~at_mode).sum()) / points.shape[0]
+
+
+def mode_metrics(points: Any, centres: Any, weights: Any, radius: float | Sequence[float]) -> dict[str, float]:
+    """Mass per known mode against the modes' true weights [K] (summing to 1).
+
+    Keys: mode_mass_tv (total variation between (masses, off-mode mass) and (weights, 0): 0 for a perfect
+    share, 1 for all mass off the modes), off_mode_mass, min_mode_ratio (the least-served mode's mass over
+    its weight: 0 when a mode is dropped).
+    """
+    masses = mode_masses(points, centres, radius)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (masses.size - 1,) or (weights <= 0).any() or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(f"weights must be {masses.size - 1} positive numbers summing to 1, got {weights}")
+    target = np.append(weights, 0.0)
+    return {"mode_mass_tv": float(0.5 * np.abs(masses - target).sum()), "off_mode_mass": float(masses[-1]),
+            "min_mode_ratio": float((masses[:-1] / weights).min())}
+
+
 # ----------------------------------------------------------------------------------------------
 # Images
 
@@ -336,32 +457,51 @@ def image_features(images: torch.Tensor, *, extractor: str = feature_net_module.
     in order; every batch is computed as in one process, so the features equal a one-process run on the
     same device type. Returns the features on rank 0 and ``None`` elsewhere.
     """
-    weights_path = _check_extractor(extractor, extractor_weights_path)
-    images = _check_image_batch(images, "images")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    _torch_fidelity()
-    from torch_fidelity.utils import create_feature_extractor
+    return FeatureExtractor(extractor, extractor_weights_path, device=device, internal_dtype=internal_dtype)(
+        images, batch_size=batch_size, dist=dist)
 
-    net = create_feature_extractor(extractor, feature_layers(extractor), cuda=device == "cuda",
-                                   feature_extractor_weights_path=weights_path,
-                                   feature_extractor_internal_dtype=internal_dtype, verbose=False)
-    quantised = _extractor_input(images, extractor)
-    mine: dict[int, dict[str, torch.Tensor]] = {}
-    with torch.no_grad():
-        for start in dist.batch_starts(quantised.shape[0], batch_size):
-            batch = quantised[start:start + batch_size]
-            if device == "cuda":
-                batch = batch.cuda(non_blocking=True)
-            out = net.convert_features_tuple_to_dict(net(batch))
-            mine[start] = {layer: value.cpu() for layer, value in out.items()}
-    ordered = dist.gather_batches(mine)
-    if ordered is None:
-        return None
-    return {layer: torch.cat([b[layer] for b in ordered]) for layer in ordered[0]}
+
+class FeatureExtractor:
+    """torch-fidelity's extractor, built (weights read) once and applied to many image sets.
+
+    ``extractor(images [N, C, H, W] in [-1, 1], batch_size=..., dist=...)`` gives what
+    :func:`image_features` gives; in-training evaluation calls it for every copy of the generator at
+    every evaluation, where reading 100 MB of Inception weights each time would dominate.
+    """
+
+    def __init__(self, extractor: str = feature_net_module.EXTRACTOR_NAME,
+                 extractor_weights_path: str | os.PathLike | None = None, *, device: str | None = None,
+                 internal_dtype: str | None = None):
+        self.weights_path = _check_extractor(extractor, extractor_weights_path)
+        self.extractor = extractor
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        _torch_fidelity()
+        from torch_fidelity.utils import create_feature_extractor
+
+        self.net = create_feature_extractor(extractor, feature_layers(extractor), cuda=self.device == "cuda",
+                                            feature_extractor_weights_path=self.weights_path,
+                                            feature_extractor_internal_dtype=internal_dtype, verbose=False)
+
+    def __call__(self, images: torch.Tensor, *, batch_size: int = 64,
+                 dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor] | None:
+        images = _check_image_batch(images, "images")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        quantised = _extractor_input(images, self.extractor)
+        mine: dict[int, dict[str, torch.Tensor]] = {}
+        with torch.no_grad():
+            for start in dist.batch_starts(quantised.shape[0], batch_size):
+                batch = quantised[start:start + batch_size]
+                if self.device == "cuda":
+                    batch = batch.cuda(non_blocking=True)
+                out = self.net.convert_features_tuple_to_dict(self.net(batch))
+                mine[start] = {layer: value.cpu() for layer, value in out.items()}
+        ordered = dist.gather_batches(mine)
+        if ordered is None:
+            return None
+        return {layer: torch.cat([b[layer] for b in ordered]) for layer in ordered[0]}
 
 
 def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_module.EXTRACTOR_NAME,
@@ -374,7 +514,7 @@ def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_
     (read with ``weights_only=True``) and, on a miss, is written atomically by rank 0 unless ``write_cache``
     is false (a cache that is another stage's output).
     """
-    from .checkpoints import atomic_save, load_checkpoint
+    from .checkpoints import atomic_save, load_torch_file
 
     weights_path = _check_extractor(extractor, extractor_weights_path)
     reference = _check_image_batch(reference, "reference")
@@ -385,7 +525,7 @@ def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_
         if dist.same_everywhere(path.is_file(), f"whether {path} exists"):
             if not dist.is_main:
                 return None
-            cached = load_checkpoint(path)
+            cached = load_torch_file(path, needed_by="the reference-feature cache", expected="feature file")
             if (not isinstance(cached, dict) or set(cached) != set(feature_layers(extractor))
                     or any(not torch.is_tensor(v) or v.shape[0] != reference.shape[0] for v in cached.values())):
                 raise ValueError(f"{path} does not hold the reference features: delete it to recompute")
@@ -499,3 +639,74 @@ def cache_reference_features(reference: torch.Tensor, *, extractor: str, extract
     """
     reference_features(reference, extractor=extractor, extractor_weights_path=extractor_weights_path,
                        batch_size=batch_size, device=device, cache_root=cache_root)
+
+
+class ImageReference:
+    """Reference features {layer: [M, F]} prepared once for repeated FID and KID (in-training evaluation).
+
+    The reference's FID statistics are computed here, once; :meth:`score` gives the ``fid``, ``kid_mean``
+    and ``kid_std`` that :func:`image_metrics_from_features` gives for the same features and options
+    (torch-fidelity's functions, KID subsets drawn with ``seed``), without precision/recall, whose
+    nearest-neighbour search would cost more than the rest together.
+    """
+
+    metrics = ("fid", "kid_mean", "kid_std")
+
+    def __init__(self, features: dict[str, torch.Tensor], *, extractor: str = feature_net_module.EXTRACTOR_NAME,
+                 kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0):
+        _torch_fidelity()
+        from torch_fidelity.metric_fid import fid_features_to_statistics
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+        self.layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric
+        self.features, self.extractor = features, extractor
+        self.size = features[self.layer("kid")].shape[0]
+        if kid_subset_size < 2 or kid_subsets < 1:
+            raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+        if kid_subset_size > self.size:
+            raise ValueError(f"kid_subset_size {kid_subset_size} exceeds the {self.size} reference images")
+        self.kid_subset_size, self.kid_subsets, self.seed = kid_subset_size, kid_subsets, seed
+        self.stats = fid_features_to_statistics(features[self.layer("fid")])
+
+    def score(self, generated: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``{"fid", "kid_mean", "kid_std"}`` of generated features {layer: [N, F]}, N >= kid_subset_size."""
+        import torch_fidelity
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_kid import kid_features_to_metric
+
+        n = generated[self.layer("kid")].shape[0]
+        if n < self.kid_subset_size:
+            raise ValueError(f"{n} generated images are fewer than kid_subset_size {self.kid_subset_size}")
+        fid = fid_statistics_to_metric(fid_features_to_statistics(generated[self.layer("fid")]), self.stats, False)
+        kid = kid_features_to_metric(generated[self.layer("kid")], self.features[self.layer("kid")],
+                                     kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
+                                     rng_seed=self.seed, verbose=False)
+        return {"fid": float(fid[torch_fidelity.KEY_METRIC_FID]),
+                "kid_mean": float(kid[torch_fidelity.KEY_METRIC_KID_MEAN]),
+                "kid_std": float(kid[torch_fidelity.KEY_METRIC_KID_STD])}
+
+
+def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], *, blocks: int,
+                         extractor: str = feature_net_module.EXTRACTOR_NAME) -> dict[str, float]:
+    """FID of ``blocks`` disjoint consecutive blocks of the generated features {layer: [N, F]}.
+
+    Block b holds samples b*N/K .. (b+1)*N/K - 1, i.e. its own range of seeds, each scored against the
+    whole reference. Returns ``fid_mean`` (RealUID's protocol: mean of 3 x 50k), ``fid_min`` (EDM's: min of
+    3) and ``fid_std``, the population standard deviation over blocks (ddof 0, so 0 for one block).
+    N must be divisible by K, with at least 2 samples per block.
+    """
+    _torch_fidelity()
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    import torch_fidelity
+
+    layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
+    n = generated[layer].shape[0]
+    if blocks < 1 or n % blocks or n // blocks < 2:
+        raise ValueError(f"{n} generated samples do not split into {blocks} blocks of at least 2")
+    size = n // blocks
+    reference_stats = fid_features_to_statistics(reference[layer])
+    values = np.array([float(fid_statistics_to_metric(fid_features_to_statistics(generated[layer][b * size:(b + 1) * size]),
+                                                      reference_stats, False)[torch_fidelity.KEY_METRIC_FID])
+                       for b in range(blocks)])
+    return {"fid_mean": float(values.mean()), "fid_min": float(values.min()), "fid_std": float(values.std())}
