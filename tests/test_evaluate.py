@@ -62,3 +62,31 @@ def test_paired_samples_are_scored_with_the_inputs_they_carry(tmp_path, capsys, 
     joint = {who: row["joint_sliced_wasserstein2"] for who, row in metrics.items()}
     assert joint["student"] < 0.03 and joint["student_raw"] > 5 * joint["student"]
     assert metrics["student"]["sliced_wasserstein2"] == metrics["student_raw"]["sliced_wasserstein2"]
+
+
+@pytest.mark.parametrize("dataset", ["gmm8", "checkerboard"])
+def test_points_get_knn_precision_recall_and_on_gmm8_the_mass_per_mode(tmp_path, dataset):
+    from realuid.data import GMM8_STD, gmm8_centers, make_toy, rng_for
+
+    for name, n, stream in (("train", 1500, 1), ("test", 1000, 2)):
+        write_split(tmp_path / f"{name}.h5", make_toy("gmm8", n, rng_for(0, stream)), attrs={"source": "toy", "dataset": dataset})
+    samples = tmp_path / "samples"
+    rng = np.random.default_rng(3)
+    dropped = gmm8_centers()[rng.integers(0, 7, 1000)] + GMM8_STD * rng.standard_normal((1000, 2))
+    write_split(samples / "teacher.h5", make_toy("gmm8", 1000, rng_for(0, 3)), attrs={"source": "teacher"})
+    write_split(samples / "student.h5", dropped.astype(np.float32), attrs={"source": "student"})  # mode 7 is missing
+    timing = {"nfe": 1, "samples_per_second": 1.0}
+    (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing}))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
+            "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
+    assert evaluate_stage.cli(argv) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for who in ("teacher", "student", "real"):
+        assert 0 <= metrics[who]["knn_precision"] <= 1 and 0 <= metrics[who]["knn_recall"] <= 1
+    assert metrics["student"]["knn_recall"] < metrics["teacher"]["knn_recall"] - 0.05
+    if dataset == "gmm8":
+        assert metrics["student"]["min_mode_ratio"] == 0.0 and metrics["teacher"]["min_mode_ratio"] > 0.7
+        assert metrics["student"]["mode_mass_tv"] > 0.1 > metrics["teacher"]["mode_mass_tv"]
+    else:  # the modes of other data sets are not known
+        assert "mode_mass_tv" not in metrics["student"]

@@ -42,6 +42,20 @@ def _joint_metrics(metrics: dict, gen: dict, sources: dict, reference, seed: int
         metrics[who]["joint_sliced_wasserstein2"] = sliced_wasserstein2(joint, pairs, seed=seed)
 
 
+def _structure_metrics(metrics: dict, gen: dict, reference: np.ndarray, dataset: str | None) -> None:
+    """Points: k-NN precision and recall of every row against the reference (is each sample where data
+    is, is all the data covered?), and on gmm8, whose modes are known, the mass each mode receives
+    (within 4 standard deviations of its centre)."""
+    from ..data import GMM8_NUM_COMPONENTS, GMM8_STD, gmm8_centers
+    from ..metrics import knn_precision_recall, mode_metrics
+
+    for who, x in gen.items():
+        metrics[who].update(knn_precision_recall(x, reference))
+        if dataset == "gmm8":
+            weights = np.full(GMM8_NUM_COMPONENTS, 1.0 / GMM8_NUM_COMPONENTS)
+            metrics[who].update(mode_metrics(x, gmm8_centers(), weights, 4 * GMM8_STD))
+
+
 def main(args, params) -> None:
     from ..training import resolve_device
 
@@ -74,6 +88,7 @@ def _evaluate(args, params, dist: Dist) -> None:
         from ..metrics import point_metrics
 
         metrics = {who: point_metrics(x, reference.x1, seed=cfg.seed) for who, x in gen.items()}
+        _structure_metrics(metrics, gen, reference.x1, train.attrs.get("dataset"))
         if reference.x0 is not None:
             missing = [who for who, split in drawn.items() if split.x0 is None]
             if missing:
