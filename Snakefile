@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# The registry reads YAML with the package's strict reader, from this folder's sources (as the stages do).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from registry import final_outputs, load_stages
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import yaml
 
+# The one strict YAML reader (duplicate keys are errors, as in DVC): the Snakefile puts src/ on sys.path.
+from realuid.yamlfile import read_yaml
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -181,7 +184,7 @@ def _check_nproc_param(stage: Stage) -> None:
 
 def load_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
     """The stages of ``dvc.yaml`` in file order."""
-    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    spec = read_yaml(dvc_yaml)
     stages = []
     for name, s in spec["stages"].items():
         if "foreach" in s or "matrix" in s:
@@ -202,7 +205,7 @@ def param_values(keys: list[str], params_yaml: str | Path = "params.yaml") -> st
     Snakemake reruns a job when its ``params`` change, so a rule that carries this string reruns exactly
     when a key it declares changes, like DVC.
     """
-    data = yaml.safe_load(Path(params_yaml).read_text())
+    data = read_yaml(params_yaml)
     picked = {}
     for key in keys:
         node = data

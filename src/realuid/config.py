@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .yamlfile import YamlFileError, read_yaml
 
 
 class ConfigError(ValueError):
@@ -337,11 +337,13 @@ def load_params(path: str | Path) -> Params:
     """Read and validate a params file; raises :class:`ConfigError` naming the first bad key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)  # duplicate keys are errors here, as in DVC's own parser
     except FileNotFoundError:
         raise ConfigError(f"params file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except OSError as err:  # a folder, no permission, an I/O error
+        raise ConfigError(f"cannot read the params file {path}: {err.strerror or err}") from None
+    except YamlFileError as err:
+        raise ConfigError(str(err)) from None
     return build(Params, data)
 
 

@@ -701,10 +701,10 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
     x1, x0: float32 ``[N, D]`` or ``[N, C, H, W]``; y: ``[N]`` (stored int64). ``attrs`` must hold
     ``source``; ``kind``, ``shape``, ``paired``, ``content_hash`` are derived here and ``num_classes``
     defaults to 0. Datasets are chunked, gzip-compressed and fletcher32-checksummed, and no time is
-    recorded anywhere, so the same arrays and attrs give byte-identical files.
+    recorded anywhere, so the same arrays and attrs give byte-identical files. The file is built in
+    memory and written to a temporary file that is renamed into place: a full disk raises one OSError
+    naming ``path`` and leaves nothing behind.
     """
-    import h5py
-
     x1 = np.ascontiguousarray(x1, dtype=np.float32)
     y = None if y is None else np.ascontiguousarray(y, dtype=np.int64)
     x0 = None if x0 is None else np.ascontiguousarray(x0, dtype=np.float32)
@@ -722,33 +722,54 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    image = _hdf5_image(path.name, (("x1", x1), ("y", y), ("x0", x0)), all_attrs)
+    # The file image goes to disk with plain writes: a full or failing disk is one OSError naming the file.
+    # (HDF5 writing to disk itself fails badly there: a crash inside h5py, a half-written file.)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with h5py.File(tmp_name, "w", libver=H5_LIBVER, track_order=False) as f:
-            for name, array in (("x1", x1), ("y", y), ("x0", x0)):
-                if array is not None:
-                    f.create_dataset(
-                        name,
-                        data=array,
-                        chunks=True,
-                        compression="gzip",
-                        compression_opts=H5_GZIP_LEVEL,
-                        shuffle=True,
-                        fletcher32=True,
-                        # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
-                        track_times=False,
-                    )
-            for key in sorted(all_attrs):
-                _write_attr(f.attrs, key, all_attrs[key])
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(image)
         # mkstemp creates the file private (0600); give it the mode a plain open() would.
         os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        if err.filename is None:
+            raise type(err)(err.errno, err.strerror or os.strerror(err.errno or 0), str(path)) from err
+        raise
     except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        Path(tmp_name).unlink(missing_ok=True)
         raise
     return digest
+
+
+def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
+    """The bytes of an HDF5 file holding ``arrays`` ((name, array or None) pairs) and ``attrs``, built in
+    memory (HDF5's core driver, no backing file): the same bytes HDF5 would write to disk."""
+    import h5py
+
+    # `name` only labels the in-memory file; nothing is created under it.
+    f = h5py.File(name, "w", driver="core", backing_store=False, libver=H5_LIBVER, track_order=False)
+    try:
+        for dataset, array in arrays:
+            if array is not None:
+                f.create_dataset(
+                    dataset,
+                    data=array,
+                    chunks=True,
+                    compression="gzip",
+                    compression_opts=H5_GZIP_LEVEL,
+                    shuffle=True,
+                    fletcher32=True,
+                    # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
+                    track_times=False,
+                )
+        for key in sorted(attrs):
+            _write_attr(f.attrs, key, attrs[key])
+        f.flush()
+        return f.id.get_file_image()
+    finally:
+        f.close()
 
 
 def current_umask() -> int:
