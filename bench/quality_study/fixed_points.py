@@ -140,6 +140,7 @@ def _configs(s: TrainSettings):
     toy = _toy_settings()
     model = dataclasses.replace(toy.teacher.model, hidden_dim=s.hidden)
     teacher_cfg = dataclasses.replace(toy.teacher, model=model, steps=s.init_steps,
+                                      batch_size=min(toy.teacher.batch_size, s.n_train),
                                       checkpoint_every_steps=s.init_steps, log_every_steps=min(100, s.init_steps))
     # The study's distillation settings (lr 1e-3, Adam (0, 0.999), clip 1, 5 fake updates per generator
     # update), a random fake model: a closed-form teacher has no network to copy it from.
@@ -379,11 +380,13 @@ def _pair(text: str) -> tuple[float, float]:
     return a, b
 
 
-def _point(text: str) -> list[float]:
+def _points(text: str) -> list[list[float]]:
+    # One argument holding every mean: argparse would read a lone "-1,0" as an option, but an argument
+    # with a space in it is always a value.
     try:
-        return [float(v) for v in text.split(",")]
+        return [[float(v) for v in point.split(",")] for point in text.split()]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a mean as X or X,Y, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"expected means as 'X,Y X,Y ...' (or 'X X ...'), got {text!r}") from exc
 
 
 def parser() -> argparse.ArgumentParser:
@@ -392,7 +395,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cases", nargs="+", default=list(BUILTIN_CASES), choices=list(BUILTIN_CASES),
                    help="built-in cases (ignored when a case is given by the options below or --case-file)")
     p.add_argument("--case-file", help="JSON list of cases: {name, means, stds, teacher_weights, data_weights}")
-    p.add_argument("--means", nargs="+", type=_point, help="your case: one mean per mode, X or X,Y")
+    p.add_argument("--means", type=_points, help="your case: the modes' means as one argument, "
+                   "space-separated X or X,Y (quote it: --means '-1,0 1,0')")
     p.add_argument("--stds", nargs="+", type=float, help="your case: one isotropic std per mode")
     p.add_argument("--teacher-weights", nargs="+", type=float, help="your case: the teacher's mode weights")
     p.add_argument("--data-weights", nargs="+", type=float, help="your case: the real data's mode weights")
