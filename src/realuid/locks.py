@@ -45,7 +45,8 @@ def _pid_alive(pid: int) -> bool:
 def _describe(record: dict) -> str:
     started = record.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    return f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {when}: {record.get('command', '?')}"
+    command = " ".join(str(record.get("command", "?")).split())  # one line, whatever the holder's argv held
+    return f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {when}: {command}"
 
 
 class StateLock:

@@ -36,7 +36,8 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
     ``processes(params)``, when given, is the number of processes the stage asks for: more than one
     starts ``module`` with the same arguments under ``torchrun`` on this machine and returns its exit
     code (unless this process already belongs to a torchrun job). Expected problems (bad params,
-    unusable data, a diverged run) print one ``error:`` message and give exit code 1; set
+    unusable data, a diverged run, a file-system error such as a full or read-only disk) print one
+    ``error:`` line, after any progress bar is closed, and give exit code 1 (130 when interrupted); set
     ``REALUID_TRACEBACK=1`` to see where they came from.
     """
     from ..distributed import launch_if_needed
@@ -50,14 +51,37 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
                 return code
         main(args, params)
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
+        close_progress_bars()
+        print(f"{_rank_prefix()}error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ConfigError, StageError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ConfigError, StageError, ValueError, RuntimeError, OSError) as err:
+        close_progress_bars()
         if os.environ.get("REALUID_TRACEBACK"):
             traceback.print_exc()
-        print(f"{_rank_prefix()}error: {err}", file=sys.stderr)
+        message = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        print(f"{_rank_prefix()}error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a file-system error: ``path: cause`` (h5py's and others' messages, on one line)."""
+    if err.filename is not None and err.strerror:
+        names = f"{err.filename} -> {err.filename2}" if err.filename2 is not None else f"{err.filename}"
+        return f"{names}: {err.strerror}"
+    return " ".join(str(err).split())  # h5py's messages hold the file name and a line break
+
+
+def close_progress_bars() -> None:
+    """Close every open tqdm bar, so none is redrawn below the error message.
+
+    A bar left open by an exception is closed (and drawn once more) only when the loop's frame is
+    freed, which is after the message was printed: the user's last line would be the bar.
+    """
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _rank_prefix() -> str:
@@ -82,34 +106,182 @@ def state_settings(cfg) -> dict:
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``out``; on success it replaces ``out``, on failure it vanishes.
 
-    Outputs of a stage therefore appear all at once or not at all.
+    Outputs of a stage therefore appear all at once or not at all: on failure the earlier ``out`` is
+    kept as it was, and parent folders made for it are removed again. A file-system error that names no
+    file (a full disk while writing) is raised naming ``out``.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; outputs get the usual permissions
+    made = _make_parents(out.parent)
+    tmp = None
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; outputs get the usual permissions
+        try:
+            yield tmp
+        except OSError as err:
+            raise _named(err, out) from err
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)  # the earlier output stays in place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+        made = []
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those made, outermost first."""
+    missing = [p for p in reversed([folder, *folder.parents]) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (outermost first) where they are empty, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _named(err: OSError, path: str | Path, hint: str = "") -> OSError:
+    """``err`` itself when it names a file, else the same error naming ``path`` (plus ``hint``)."""
+    if err.filename is not None or err.errno is None:
+        return err
+    return type(err)(err.errno, f"{err.strerror or os.strerror(err.errno)}{hint}", str(path))
 
 
 def write_json(obj, path: str | Path) -> None:
     """Pretty, key-sorted JSON written atomically (small metric and info files)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _named(err, path) from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Before any work: the folders a stage writes, their free space, and the state folder's lock
+# --------------------------------------------------------------------------------------------------
+
+# How many copies of a network's weights each file holds, for the free-space estimate (float32 weights;
+# Adam keeps two moments per weight). Extras (GAN head, optimizer steps, curves) go into the margin.
+TEACHER_FILE_COPIES = 2  # teacher.pt: weights and EMA
+TEACHER_CHECKPOINT_COPIES = 4  # weights, EMA, Adam's two moments
+DISTILL_EXTRA_CHECKPOINT_COPIES = 5  # beyond the generator file's copies: fake model, two Adams' moments
+
+
+def weight_bytes(spec: dict) -> int:
+    """Bytes of one copy of the weights of the network ``spec`` builds (counted without allocating them)."""
+    from ..models import build_model
+
+    with torch.device("meta"):
+        net = build_model(spec)
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+
+
+def generator_file_copies(cfg) -> int:
+    """Weight copies in a generator file: the raw weights, each EMA decay, and the kept best copy."""
+    return 1 + len(cfg.ema_decays) + (1 if getattr(cfg, "keep_best", False) else 0)
+
+
+def teacher_needs(out: str | Path, state_dir: Path, weights: int) -> dict:
+    """Expected bytes of train_teacher's output folder and state (one checkpoint), for :func:`working_folders`."""
+    return {output_folder(out): TEACHER_FILE_COPIES * weights, state_dir: TEACHER_CHECKPOINT_COPIES * weights}
+
+
+def distill_needs(out: str | Path, state_dir: Path, teacher_file: str | Path, cfg) -> dict:
+    """Expected bytes of a distillation's output folder and state (one checkpoint); the network's size
+    is read off the teacher file, which holds its weights twice (:data:`TEACHER_FILE_COPIES`)."""
+    weights = Path(teacher_file).stat().st_size // TEACHER_FILE_COPIES
+    copies = generator_file_copies(cfg)
+    return {output_folder(out): copies * weights, state_dir: (copies + DISTILL_EXTRA_CHECKPOINT_COPIES) * weights}
+
+
+def split_bytes(split) -> int:
+    """Uncompressed bytes of a data split's arrays: an upper bound on its HDF5 file."""
+    return sum(a.nbytes for a in (split.x1, split.y, split.x0) if a is not None)
+
+
+def output_folder(out: str | Path) -> Path:
+    """The folder a stage writes ``--out`` in: outputs are assembled beside it and renamed into place."""
+    return Path(out).parent
+
+
+def check_folders(needs: dict, dist=None) -> None:
+    """Before any work: each folder of ``needs`` ({folder: expected bytes}) can be created and written,
+    and its disk has room (:func:`realuid.preflight.check_folders`). Under torchrun rank 0 checks and
+    every process stops with its message."""
+    from ..preflight import check_folders as check
+
+    _on_main(lambda: check(needs), dist)
+
+
+def _on_main(action: Callable[[], object], dist) -> object:
+    """``action()`` on rank 0 only; a failure there stops every process with the same message."""
+    if dist is None or not dist.parallel:
+        return action()
+    from ..locks import StateLocked
+    from ..preflight import PreflightError
+
+    result, message = None, None
+    if dist.is_main:
+        try:
+            result = action()
+        except (PreflightError, StateLocked, OSError) as err:
+            message = describe_os_error(err) if isinstance(err, OSError) else str(err)
+    message = dist.all_gather(message)[0]
+    if message is not None:
+        raise StageError(message)
+    return result
+
+
+@contextmanager
+def working_folders(dist, needs: dict, state_dir: str | Path | None = None) -> Iterator[None]:
+    """Check the folders of ``needs`` (:func:`check_folders`), then hold ``state_dir``'s lock for the block.
+
+    The lock (:class:`realuid.locks.StateLock`, held by rank 0) stops a second run of the same
+    configuration at once, naming the running process. A file-system error in the block that names no
+    file (a full disk during a checkpoint) is raised naming ``state_dir``: the state keeps its last good
+    checkpoint, and the same command resumes.
+    """
+    from ..locks import StateLock
+
+    check_folders(needs, dist)
+    if state_dir is None:
+        yield
+        return
+    lock = StateLock(state_dir)
+    _on_main(lock.acquire, dist)
+    try:
+        yield
+    except OSError as err:
+        raise _named(err, state_dir, "; the state keeps its last good checkpoint: make room and run the "
+                                     "same command again to resume") from err
+    finally:
+        lock.release()
+
+
+def check_batch_size(batch_size: int, split, section: str) -> None:
+    """A batch larger than the training set is an error before any folder is made."""
+    if batch_size > len(split):
+        raise StageError(f"{section}.batch_size {batch_size} is larger than the training set ({len(split)} samples)")
 
 
 def make_family(params: Params):

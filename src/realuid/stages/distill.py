@@ -18,10 +18,12 @@ def main(args, params) -> None:
     family = common.generator_family(params)
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
+    common.check_batch_size(cfg.batch_size, split, "distill")
     key = state_key("distill", params.alpha, params.beta, to_dict(params.family), common.state_settings(cfg),
                     file_digest(args.data), file_digest(args.teacher))
     state_dir = Path(args.state) / key
-    with session(resolve_device(cfg.device)) as dist:
+    needs = common.distill_needs(args.out, state_dir, args.teacher, cfg)
+    with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
         teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
         if dist.is_main:

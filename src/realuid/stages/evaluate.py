@@ -68,6 +68,7 @@ def _evaluate(args, params, dist: Dist) -> None:
     from ..data import read_split
 
     cfg = params.evaluate
+    common.check_folders({common.output_folder(args.out): 0}, dist)  # a metrics file: the margin holds it
     samples = Path(args.samples)
     train, test = common.load_split(args.train), common.load_split(args.test)
     # teacher, student (the headline copy) and every copy of the generator (student_raw, student_ema_*)

@@ -34,6 +34,8 @@ def main(args, params) -> None:
     train, test = common.load_split(args.data), common.load_split(args.test)
     if train.kind == "images":
         reference_weights(params, Path(args.out))  # a missing Inception file fails here, before any training
+    # Images: the extractor and the reference features (no larger than the reference images); points: info.json.
+    common.check_folders({common.output_folder(args.out): common.split_bytes(train) if train.kind == "images" else 0})
     with common.atomic_dir(args.out) as tmp:
         if train.kind == "points":
             info = {"kind": "points", "extractor": None, "note": "point metrics use raw coordinates"}

@@ -23,12 +23,14 @@ def main(args, params) -> None:
     if not cfg.enabled:
         if launched_rank() != 0:
             return  # started under a torchrun job anyway: one process copies
+        common.check_folders({common.output_folder(args.out): Path(args.generator).stat().st_size})
         with common.atomic_dir(args.out) as tmp:
             shutil.copyfile(args.generator, tmp / "generator.pt")
         print("finetune: disabled, the distilled generator passes through")
         return
 
     split = common.load_split(args.data)
+    common.check_batch_size(params.distill.batch_size, split, "distill")
     distilled = load_checkpoint(args.generator)
     family = common.family_of(distilled)  # the generator keeps reading its input where it was distilled
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
@@ -40,7 +42,8 @@ def main(args, params) -> None:
     key = state_key("finetune", to_dict(cfg), common.state_settings(run_cfg), to_dict(params.family),
                     file_digest(args.data), file_digest(args.teacher), file_digest(args.generator))
     state_dir = Path(args.state) / key
-    with session(resolve_device(params.distill.device)) as dist:
+    needs = common.distill_needs(args.out, state_dir, args.teacher, run_cfg)
+    with session(resolve_device(params.distill.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
         teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
         start = common.load_model(distilled, use_ema=cfg.from_ema, device=device)

@@ -79,6 +79,7 @@ def summary_line(splits: dict[str, Split], hashes: dict[str, str]) -> str:
 def main(args, params) -> None:
     cfg = params.prepare
     out = Path(args.out)
+    common.check_folders({common.output_folder(out): 0})  # writable, before reading a data set
     train, test = build_splits(cfg)
     splits = {"train": train, "test": test}
     results = validate_both(cfg, splits)
@@ -88,6 +89,7 @@ def main(args, params) -> None:
             remove_path(out)
             lines.append(f"  (removed the earlier {out}, which no longer matches the params)")
         raise common.StageError("validation failed, nothing written:\n" + "\n".join(lines))
+    common.check_folders({common.output_folder(out): sum(common.split_bytes(s) for s in splits.values())})
     with common.atomic_dir(out) as staging:
         hashes = {name: save_split(split, staging / f"{name}.h5") for name, split in splits.items()}
         report = json.dumps(validation_report(results), indent=2, sort_keys=True) + "\n"

@@ -29,6 +29,7 @@ def metrics_table(metrics: dict) -> str:
 
 
 def main(args, params) -> None:
+    common.check_folders({common.output_folder(args.out): 0})  # pictures and a page: the margin holds them
     metrics = json.loads(Path(args.metrics).read_text())
     samples = Path(args.samples)
     with common.atomic_dir(args.out) as tmp:

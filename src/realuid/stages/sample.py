@@ -131,6 +131,9 @@ def _sample(args, params, dist: Dist) -> None:
                   for name, key in copies.items()}
     classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
     inputs = lambda start, n: sources(gen_family, split, n, cfg.seed, split.sample_shape, classes, start=start)  # noqa: E731
+    # One file per copy, the teacher and the student: samples (and their inputs x0 when paired) and labels.
+    per_sample = split.x1[0].nbytes * (2 if family.paired else 1) + 8
+    common.check_folders({common.output_folder(args.out): (len(copies) + 2) * cfg.n_samples * per_sample}, dist)
 
     outputs, by_who = draw_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
     if not dist.is_main:

@@ -42,6 +42,8 @@ def main(args, params) -> None:
     if cfg.import_checkpoint:
         if launched_rank() != 0:
             return  # started under a torchrun job anyway: one process imports
+        # teacher.pt holds the imported weights twice (weights and EMA): at most twice the file's size.
+        common.check_folders({common.output_folder(args.out): 2 * Path(cfg.import_checkpoint).stat().st_size})
         result = imported_teacher(cfg, params, split)
         result["family"] = {"name": params.family.name, "options": params.family.options()}
         with common.atomic_dir(args.out) as tmp:
@@ -49,12 +51,14 @@ def main(args, params) -> None:
             (tmp / "curves.csv").write_text("step,loss,grad_norm,lr\n")
         return
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
+    common.check_batch_size(cfg.batch_size, split, "train_teacher")
 
     # The state folder is keyed by everything the result depends on, so a changed config starts afresh
     # while the same command after an interruption resumes (with any number of processes).
     key = state_key("train_teacher", to_dict(params.family), common.state_settings(cfg), spec, file_digest(args.data))
     state_dir = Path(args.state) / key
-    with session(resolve_device(cfg.device)) as dist:
+    needs = common.teacher_needs(args.out, state_dir, common.weight_bytes(spec))
+    with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         if dist.is_main:
             print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {dist.device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
