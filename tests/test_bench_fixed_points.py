@@ -42,6 +42,10 @@ def test_tiny_grid_end_to_end(tmp_path):
         assert len(run["trajectory"]) == 2 and 0 <= run["final"]["knn_recall"] <= 1
     assert (figs / "fixed_points_two-modes_heatmap.png").stat().st_size > 0
     assert (figs / "fixed_points_two-modes_samples.png").stat().st_size > 0
+    # the figures can be redrawn from the JSON and the run cache alone
+    again = tmp_path / "again"
+    assert fixed_points.main(["--replot", str(js), "--work", str(tmp_path / "w"), "--figures", str(again)]) == 0
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in figs.iterdir())
 
 
 def test_a_case_of_your_own_from_the_command_line_in_one_dimension(tmp_path):

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -311,26 +312,30 @@ def heatmap(case: Case, theory: dict[str, dict], train: dict[str, dict | None], 
     edges = np.concatenate([[values[0] - (values[1] - values[0]) / 2],
                             (np.asarray(values[1:]) + np.asarray(values[:-1])) / 2,
                             [values[-1] + (values[-1] - values[-2]) / 2]])
-    lo, hi = min(w_t[0], w_d[0]) - 0.25, max(w_t[0], w_d[0]) + 0.25
+    from matplotlib.colors import TwoSlopeNorm
+
+    # Centred on the teacher's weight: one colour side is "towards the data", the other "away from it".
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=float(w_t[0]), vmax=1.0)
     for ax, fam in zip(axes[0], families):
         w1 = np.array([[theory[fam][f"{a:g},{b:g}"]["weights"][0] for a in values] for b in values])  # [beta, alpha]
         ratio = np.array([[tv(theory[fam][f"{a:g},{b:g}"]["weights"], w_d) / tv(w_t, w_d) for a in values]
                           for b in values])
-        mesh = ax.pcolormesh(edges, edges, w1, cmap="coolwarm", vmin=lo, vmax=hi, shading="flat")
+        mesh = ax.pcolormesh(edges, edges, w1, cmap="coolwarm", norm=norm, shading="flat")
         ax.contour(values, values, ratio, levels=[1.0], colors="k", linestyles="--", linewidths=1)
         res = train.get(fam)
         if res is not None:
             for a, b in trained:
                 measured = np.mean([res["runs"][f"{a:g},{b:g},{s}"]["weights"][0] for s in seeds])
-                ax.scatter([a], [b], c=[measured], cmap="coolwarm", vmin=lo, vmax=hi, s=120, edgecolors="k")
+                ax.scatter([a], [b], c=[measured], cmap="coolwarm", norm=norm, s=120, edgecolors="k")
                 ax.annotate(f"{measured:.2f}", (a, b), textcoords="offset points", xytext=(0, -15), ha="center",
                             fontsize=7)
         ax.set_xlabel("α")
         ax.set_ylabel("β")
         ax.set_title(f"{fam}" + ("" if res is not None else " (theory only)"), fontsize=9)
         fig.colorbar(mesh, ax=ax, label="weight of mode 1")
-    fig.suptitle(f"{case.name}: predicted weight of mode 1 (data {w_d[0]:.2f}, teacher {w_t[0]:.2f}); dashed: "
-                 f"no closer to the data than the teacher; dots: trained, mean of {len(seeds)} seeds", fontsize=8)
+    fig.suptitle(f"{case.name}: predicted weight of mode 1 (data {w_d[0]:.2f}, teacher {w_t[0]:.2f})\n"
+                 f"dashed: as far from the data weights (TV) as the teacher; dots: trained students, mean of "
+                 f"{len(seeds)} seeds", fontsize=8)
     _save(fig, path)
 
 
@@ -418,6 +423,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the Markdown report here")
     p.add_argument("--json", default=None, help="write every number here")
     p.add_argument("--figures", default=None, help="write the heat maps and scatter plots into this folder")
+    p.add_argument("--replot", default=None, metavar="JSON",
+                   help="only redraw the figures of a results JSON (pictures from the runs cached in --work)")
     return p
 
 
@@ -432,6 +439,11 @@ def cases_from(args) -> list[Case]:
     return [BUILTIN_CASES[name] for name in args.cases]
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _code_version() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -443,8 +455,44 @@ def _code_version() -> str:
         return "unknown (not a git checkout)"
 
 
+def _grid_from(theory: dict) -> list[float]:
+    """The grid values of a theory map (the trained points off the grid appear with one beta each)."""
+    counts: dict[float, int] = {}
+    for v in theory.values():
+        counts[v["alpha"]] = counts.get(v["alpha"], 0) + 1
+    most = max(counts.values())
+    return sorted(a for a, c in counts.items() if c >= most / 2)
+
+
+def replot(json_path: Path, work: Path, figures: Path) -> None:
+    """Redraw the figures of a results JSON: numbers from the JSON, pictures from the run cache in ``work``."""
+    blob = json.loads(json_path.read_text())
+    settings = TrainSettings(**blob["settings"])
+    seeds = blob["seeds"]
+    for res in blob["results"].values():
+        case = Case(**res["case"])
+        trained = list(dict.fromkeys((r["alpha"], r["beta"]) for tr in res["train"].values() for r in tr["runs"].values()))
+        for fam, tr in res["train"].items():
+            tag = f"{case.name}-{fam}-h{settings.hidden}"
+            for run in tr["runs"].values():
+                cache = work / (f"run-{tag}-a{run['alpha']:g}-b{run['beta']:g}-s{run['seed']}-{settings.steps}-"
+                                f"{settings.batch_size}-{settings.fake_updates}.json")
+                run["picture"] = json.loads(cache.read_text())["picture"]
+            tr["pictures"] = {"data": _samples(case, case.data_weights, settings.n_eval, 2)[:1000].tolist(),
+                              "teacher": _samples(case, case.teacher_weights, 1000, 5).tolist()}
+        values = _grid_from(next(iter(res["theory"].values())))
+        heatmap(case, res["theory"], res["train"], trained, seeds, values, figures / f"fixed_points_{case.name}_heatmap.png")
+        scatter(case, res["train"], trained, seeds[0], figures / f"fixed_points_{case.name}_samples.png")
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.replot:
+        if not args.figures:
+            print("error: --replot needs --figures (the folder to draw into)", file=sys.stderr)
+            return 2
+        replot(Path(args.replot), Path(args.work), Path(args.figures))
+        return 0
     try:
         cases = cases_from(args)
         values = grid_values(args.theory_step)
@@ -485,7 +533,8 @@ def main(argv=None) -> int:
              f"{settings.fake_updates} fake updates per generator update; MLP width {settings.hidden}; "
              f"student start fit for {settings.init_steps} steps.  ",
              f"Wall time: {wall / 60:.1f} min with OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} "
-             f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items())}).", ""]
+             f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items())}); CPU time of the process "
+             f"{_cpu_seconds() / 60:.1f} min.", ""]
     for case in cases:
         res = results[case.name]
         for fam in res["theory"]:
@@ -509,5 +558,6 @@ def main(argv=None) -> int:
                     run.pop("picture", None)
         Path(args.json).write_text(json.dumps({"command": command, "code": _code_version(), "wall_seconds": wall,
                                                "seeds": args.seeds, "settings": dataclasses.asdict(settings),
+                                               "trained": args.trained, "theory_step": args.theory_step,
                                                "results": results}, indent=1) + "\n")
     return 0
