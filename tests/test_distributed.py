@@ -27,6 +27,8 @@ import torch.multiprocessing as mp
 import yaml
 
 from realuid import distributed, training
+from realuid.api import one_step_inputs
+from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
 from realuid.config import ConfigError, GanConfig, Params, build
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
@@ -93,7 +95,8 @@ def sampling_setup(family_name: str, method: str):
     generators = {"student_raw": OneStepGenerator(family, teacher), "student_ema": OneStepGenerator(family, student)}
     cfg = dataclasses.make_dataclass("Cfg", ["batch_size", "teacher_nfe", "teacher_method", "seed"])(8, 6, method, 7)
     split = toy_data(family)
-    inputs = lambda start, n: sample_stage.sources(family, split, n, 100, (2,), 3, start=start)  # noqa: E731
+    inputs = lambda start, n: one_step_inputs(family, start, n, seed=100, shape=(2,), num_classes=3,  # noqa: E731
+                                              x0=split.x0 if family.paired else None)
     return family, teacher, generators, inputs, cfg
 
 
@@ -140,6 +143,7 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     images, extractor = feature_setup(folder)
     out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
                                      device="cpu", dist=dist)
+    out = {k: dataclasses.asdict(v) if isinstance(v, Checkpoint) else v for k, v in out.items()}
     torch.save(out, folder / f"rank{dist.rank}.pt")
 
 
@@ -173,6 +177,9 @@ def two_process_runs(tmp_path_factory):
     shutil.copytree(folder / "killed", folder / "killed_copy")  # for a rerun with one process
     run_processes(_equivalence_job, str(folder))
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for rank in ranks:  # training results travel as plain dicts (no pickled classes): rebuild them
+        for run in ("teacher", *(case[0] for case in DISTILL_CASES), "rerun"):
+            rank[run] = Checkpoint(**rank[run])
     return folder, ranks
 
 
@@ -200,11 +207,11 @@ def test_two_process_teacher_equals_one_process(two_process_runs, tmp_path):
     folder, ranks = two_process_runs
     family, data, spec = teacher_setup()
     single = train_teacher(family, data, spec, TEACHER_RUN, tmp_path, progress=False)
-    assert_close_weights(ranks[0]["teacher"]["state_dict"], single["state_dict"])
-    assert_close_weights(ranks[0]["teacher"]["ema_state_dict"], single["ema_state_dict"])
-    assert not same_weights(single["state_dict"], build_model(spec).state_dict())  # it did train
+    assert_close_weights(ranks[0]["teacher"].weights, single.weights)
+    assert_close_weights(ranks[0]["teacher"].copies["ema_0.99"], single.copies["ema_0.99"])
+    assert not same_weights(single.weights, build_model(spec).state_dict())  # it did train
     # Every process ends with the same weights, bit for bit: gradients were averaged, not merely summed.
-    assert same_weights(ranks[0]["teacher"]["state_dict"], ranks[1]["teacher"]["state_dict"])
+    assert same_weights(ranks[0]["teacher"].weights, ranks[1]["teacher"].weights)
     # Logged losses are global-batch means: the average over processes equals the one-process mean.
     two, one = curve_columns(folder / "teacher/curves.csv"), curve_columns(tmp_path / "curves.csv")
     np.testing.assert_array_equal(two["step"], one["step"])
@@ -217,13 +224,13 @@ def test_two_process_distillation_equals_one_process(two_process_runs, tmp_path,
     family, data, teacher, spec, cfg, coef = distill_setup(case)
     single = distill(family, data, teacher, spec, cfg, tmp_path, progress=False, **coef)
     two = ranks[0][case[0]]
-    assert_close_weights(two["state_dict"], single["state_dict"])
-    for decay in single["ema"]:
-        assert_close_weights(two["ema"][decay], single["ema"][decay])
-    assert not same_weights(single["state_dict"], teacher.state_dict())  # it did train
+    assert_close_weights(two.weights, single.weights)
+    for decay in single.copies:
+        assert_close_weights(two.copies[decay], single.copies[decay])
+    assert not same_weights(single.weights, teacher.state_dict())  # it did train
     # EMA and the phase schedule are identical on every process.
-    assert same_weights(two["state_dict"], ranks[1][case[0]]["state_dict"])
-    assert all(same_weights(two["ema"][d], ranks[1][case[0]]["ema"][d]) for d in two["ema"])
+    assert same_weights(two.weights, ranks[1][case[0]].weights)
+    assert all(same_weights(two.copies[d], ranks[1][case[0]].copies[d]) for d in two.copies)
     curves_two, curves_one = curve_columns(folder / case[0] / "curves.csv"), curve_columns(tmp_path / "curves.csv")
     for name in ("fake_loss", "generator_loss"):
         np.testing.assert_allclose(curves_two[name], curves_one[name], rtol=1e-4, atol=1e-6, err_msg=name)
@@ -267,12 +274,12 @@ def test_sharded_image_features_equal_one_process_exactly(two_process_runs, tmp_
 
 def test_killed_two_process_run_resumes_bit_identically(two_process_runs):
     folder, ranks = two_process_runs
-    killed = torch.load(folder / "killed_copy/checkpoint.pt", weights_only=True)
+    killed = read_state(folder / "killed_copy/checkpoint.pt")
     assert killed["step"] == KILLED_AT_STEP
     # The same command again, with two processes: the uninterrupted two-process run, bit for bit.
     rerun, straight = ranks[0]["rerun"], ranks[0]["fm"]
-    assert same_weights(rerun["state_dict"], straight["state_dict"])
-    assert all(same_weights(rerun["ema"][d], straight["ema"][d]) for d in straight["ema"])
+    assert same_weights(rerun.weights, straight.weights)
+    assert all(same_weights(rerun.copies[d], straight.copies[d]) for d in straight.copies)
     assert (folder / "killed/curves.csv").read_text() == (folder / "fm/curves.csv").read_text()
 
 
@@ -282,9 +289,9 @@ def test_two_process_state_resumes_in_one_process(two_process_runs, tmp_path):
     single = distill(family, data, teacher, spec, cfg, tmp_path, progress=False, **coef)
     # The state holds nothing per process: one process continues the killed two-process run.
     one_after_two = distill(family, data, teacher, spec, cfg, folder / "killed_copy", progress=False, **coef)
-    assert_close_weights(one_after_two["state_dict"], single["state_dict"])
-    for decay in single["ema"]:
-        assert_close_weights(one_after_two["ema"][decay], single["ema"][decay])
+    assert_close_weights(one_after_two.weights, single.weights)
+    for decay in single.copies:
+        assert_close_weights(one_after_two.copies[decay], single.copies[decay])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,18 +382,17 @@ def test_nproc_settings_are_validated_and_leave_the_state_key_alone():
 
 def stage_inputs(folder: Path, nproc: int) -> list[str]:
     """A test split, teacher and generator files and a params file asking for ``nproc`` sample processes."""
-    from realuid.checkpoints import atomic_save
     from realuid.data import write_split
 
     family, spec = make_family("fm"), spec_for()
     torch.manual_seed(2)
     teacher, student = build_model(spec), build_model(spec)
     fm = {"name": "fm", "options": {}}
-    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "step": 1, "family": fm,
-                 "state_dict": teacher.state_dict(), "ema_state_dict": teacher.state_dict()}, folder / "teacher.pt")
-    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "generator", "spec": spec, "step": 1, "family": fm,
-                 "state_dict": student.state_dict(), "alpha": 0.9, "beta": 0.9,
-                 "ema": {"0.99": teacher.state_dict(), "0.999": student.state_dict()}}, folder / "generator.pt")
+    save_checkpoint(Checkpoint("teacher", spec, fm, teacher.state_dict(), {"ema_0.999": teacher.state_dict()},
+                               {"step": 1}), folder / "teacher.pt")
+    save_checkpoint(Checkpoint("generator", spec, fm, student.state_dict(),
+                               {"ema_0.99": teacher.state_dict(), "ema_0.999": student.state_dict()},
+                               {"step": 1, "alpha": 0.9, "beta": 0.9}), folder / "generator.pt")
     write_split(folder / "test.h5", toy_data(family, n=64).x1.numpy(), attrs={"source": "toy"})
     params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
     params["sample"].update(n_samples=60, batch_size=16, teacher_nfe=5, device="cpu", nproc=nproc)
@@ -416,33 +422,39 @@ def test_sample_stage_under_torchrun_writes_the_one_process_files(tmp_path, subp
 @pytest.mark.slow
 def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_env):
     """The distill stage as dvc.yaml runs it, with distill.nproc = 2, against nproc = 1."""
-    from realuid.checkpoints import atomic_save, load_checkpoint
     from realuid.data import write_split
 
     family, spec = make_family("fm"), spec_for()
     torch.manual_seed(2)
     teacher = build_model(spec)
-    atomic_save({"format": training.CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "step": 1,
-                 "family": {"name": "fm", "options": {}}, "state_dict": teacher.state_dict(),
-                 "ema_state_dict": teacher.state_dict()}, tmp_path / "teacher.pt")
+    save_checkpoint(Checkpoint("teacher", spec, {"name": "fm", "options": {}}, teacher.state_dict(),
+                               {"ema_0.999": teacher.state_dict()}, {"step": 1}), tmp_path / "teacher.pt")
     write_split(tmp_path / "train.h5", toy_data(family, n=512).x1.numpy(), attrs={"source": "toy"})
     params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
-    params["distill"].update(steps=8, batch_size=64, checkpoint_every_steps=4, log_every_steps=2, device="cpu")
+    # In-training evaluation on, keeping the best copy: rank 0 alone evaluates and writes the table.
+    params["distill"].update(steps=8, batch_size=64, checkpoint_every_steps=4, log_every_steps=2, device="cpu",
+                             eval_every_steps=4, eval_samples=64, keep_best=True)
     results = {}
     for nproc in (1, 2):
         params["distill"]["nproc"] = nproc
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         argv = ["--params", str(tmp_path / "params.yaml"), "--data", str(tmp_path / "train.h5"),
-                "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / f"out{nproc}"),
-                "--state", str(tmp_path / f"state{nproc}")]
+                "--teacher", str(tmp_path / "teacher.pt"), "--features", str(tmp_path),
+                "--out", str(tmp_path / f"out{nproc}"), "--state", str(tmp_path / f"state{nproc}")]
         done = subprocess.run([sys.executable, "-m", "realuid.stages.distill", *argv], env=subprocess_env,
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        results[nproc] = load_checkpoint(tmp_path / f"out{nproc}/generator.pt")
+        results[nproc] = read_checkpoint(tmp_path / f"out{nproc}/generator.pt", "generator", needed_by="the test")
         # The state folder is named without the process count: the other count would resume it.
         assert [p.name for p in (tmp_path / f"state{nproc}").iterdir()] == [p.name for p in (tmp_path / "state1").iterdir()]
-    assert_close_weights(results[2]["state_dict"], results[1]["state_dict"])
+    assert_close_weights(results[2].weights, results[1].weights)
     assert (tmp_path / "out2/curves.csv").read_text().count("\n") == (tmp_path / "out1/curves.csv").read_text().count("\n")
+    tables = {n: (tmp_path / f"out{n}/eval.csv").read_text().splitlines() for n in (1, 2)}
+    assert len(tables[2]) == len(tables[1]) == 1 + 2 * 3  # header, steps 4 and 8 x (raw + 2 EMA copies), once
+    for one, two in zip(tables[1][1:], tables[2][1:]):  # same rows; values as close as the weights
+        (*key1, sw1), (*key2, sw2) = one.split(",")[:2] + one.split(",")[-1:], two.split(",")[:2] + two.split(",")[-1:]
+        assert key1 == key2 and abs(float(sw1) - float(sw2)) < 1e-4
+    assert results[2].meta["best"]["copy"] == results[1].meta["best"]["copy"] and "best" in results[2].copies
 
     # A global batch that does not split over the processes: a clear error from each, exit code 1.
     params["distill"].update(batch_size=63, nproc=2)

@@ -370,7 +370,7 @@ def test_a_reference_cache_that_is_not_features_is_a_clear_error(digit_images, r
         _metrics(digit_images, digit_images, random_extractor_path, cache_root=tmp_path)
     # Arbitrary pickled objects are refused: the cache is read with weights_only=True.
     torch.save({"features": torch.nn.Linear(2, 2)}, cached)
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    with pytest.raises(ValueError, match="contains objects other than tensors"):
         _metrics(digit_images, digit_images, random_extractor_path, cache_root=tmp_path)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from realuid.analytic import gmm8
+from realuid.checkpoints import read_state
 from realuid.config import DistillConfig, ModelConfig, OptimConfig, TrainTeacherConfig
 from realuid.matching import make_family
 from realuid.metrics import sliced_wasserstein2
@@ -69,8 +70,9 @@ def test_teacher_resume_is_bit_identical(tmp_path, monkeypatch, family_name):
         train_teacher(family, data, spec, TEACHER, tmp_path / "b", progress=False)
     undo()
     resumed = train_teacher(family, data, spec, TEACHER, tmp_path / "b", progress=False)
-    assert same_weights(straight["state_dict"], resumed["state_dict"])
-    assert same_weights(straight["ema_state_dict"], resumed["ema_state_dict"])
+    assert same_weights(straight.weights, resumed.weights)
+    assert straight.copies.keys() == resumed.copies.keys() == {"ema_0.99"}
+    assert same_weights(straight.copies["ema_0.99"], resumed.copies["ema_0.99"])
     # The curve log of the resumed run equals the uninterrupted one (rows after the crash are redone once).
     assert (tmp_path / "a" / "curves.csv").read_text() == (tmp_path / "b" / "curves.csv").read_text()
 
@@ -90,10 +92,10 @@ def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, opt
         run("b")
     undo()
     resumed = run("b")
-    assert same_weights(straight["state_dict"], resumed["state_dict"])
-    for key in straight["ema"]:
-        assert same_weights(straight["ema"][key], resumed["ema"][key])
-    assert not same_weights(straight["state_dict"], teacher.state_dict())  # it did train
+    assert same_weights(straight.weights, resumed.weights)
+    for key in straight.copies:
+        assert same_weights(straight.copies[key], resumed.copies[key])
+    assert not same_weights(straight.weights, teacher.state_dict())  # it did train
 
 
 def test_finished_run_is_not_repeated(tmp_path, monkeypatch):
@@ -102,7 +104,7 @@ def test_finished_run_is_not_repeated(tmp_path, monkeypatch):
     first = train_teacher(family, data, spec, TEACHER, tmp_path, progress=False)
     crash_at(monkeypatch, 1)  # any optimizer step would now fail
     again = train_teacher(family, data, spec, TEACHER, tmp_path, progress=False)
-    assert same_weights(first["state_dict"], again["state_dict"])
+    assert same_weights(first.weights, again.weights)
 
 
 def snapshot(module):
@@ -154,11 +156,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     family = make_family("fm")
     data, spec = toy_data(family), spec_for()
     train_teacher(family, data, spec, dataclasses.replace(TEACHER, steps=5), tmp_path, progress=False)
-    good = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    good = read_state(tmp_path / "checkpoint.pt")
     poisoned = TrainData(torch.full_like(data.x1, float("nan")))
     with pytest.raises(TrainingDiverged, match="last good checkpoint is kept"):
         train_teacher(family, poisoned, spec, TEACHER, tmp_path, progress=False)
-    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    kept = read_state(tmp_path / "checkpoint.pt")
     assert kept["step"] == 5 and same_weights(kept["model"], good["model"])
 
 
@@ -179,7 +181,7 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
     tcfg = dataclasses.replace(TEACHER, model=model, steps=400, batch_size=256, checkpoint_every_steps=400,
                                log_every_steps=100, optim=dataclasses.replace(OPTIM, lr=3e-3))
     teacher = build_model(spec)
-    teacher.load_state_dict(train_teacher(family, data, spec, tcfg, tmp_path / "t", progress=False)["ema_state_dict"])
+    teacher.load_state_dict(train_teacher(family, data, spec, tcfg, tmp_path / "t", progress=False).state_dict(tcfg.ema_decay))
     dcfg = dataclasses.replace(DISTILL, steps=150, batch_size=256, fake_init="teacher", ema_decays=[0.95],
                                checkpoint_every_steps=150, log_every_steps=50,
                                generator_optim=dataclasses.replace(DISTILL.generator_optim, lr=1e-3, warmup_steps=20),
@@ -192,7 +194,7 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
     result = distill(family, data, teacher, spec, dcfg, tmp_path / "d", alpha=0.94, beta=0.96, progress=False)
     with torch.no_grad():
         net = build_model(spec)
-        net.load_state_dict(result["ema"]["0.95"])
+        net.load_state_dict(result.state_dict(0.95))
         after = sliced_wasserstein2(OneStepGenerator(family, net)(z), test)
     assert after < 0.6 * before, (before, after)
 
@@ -205,10 +207,10 @@ def test_bf16_autocast_runs_on_cpu_and_keeps_float32_weights(tmp_path, family_na
     teacher = build_model(spec)
     result = distill(family, data, teacher, spec, dataclasses.replace(DISTILL, precision="bf16"), tmp_path,
                      alpha=0.9, beta=0.95, progress=False)
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in result["state_dict"].values())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in result.weights.values())
     teacher_run = train_teacher(family, data, spec, dataclasses.replace(TEACHER, precision="bf16"), tmp_path / "t",
                                 progress=False)
-    assert all(torch.isfinite(v).all() for v in teacher_run["state_dict"].values())
+    assert all(torch.isfinite(v).all() for v in teacher_run.weights.values())
 
 
 def test_unknown_precision_is_refused():
@@ -280,6 +282,6 @@ def test_distillation_runs_without_dropout_whatever_the_teacher_trained_with(tmp
         results.append(distill(family, data, teacher.eval(), with_dropout(spec, p), cfg, tmp_path / f"p{p}",
                                alpha=0.9, beta=0.95, progress=False, student_init=init))
     with_p, without = results
-    assert same_weights(with_p["state_dict"], without["state_dict"])
-    assert all(same_weights(with_p["ema"][k], without["ema"][k]) for k in without["ema"])
-    assert not same_weights(without["state_dict"], weights if not finetune else student.state_dict())  # it trained
+    assert same_weights(with_p.weights, without.weights)
+    assert all(same_weights(with_p.copies[k], without.copies[k]) for k in without.copies)
+    assert not same_weights(without.weights, weights if not finetune else student.state_dict())  # it trained

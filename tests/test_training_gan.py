@@ -93,7 +93,7 @@ def test_distill_with_gan_resumes_bit_identically(tmp_path):
     straight = distill(family, data, teacher, spec, cfg, tmp_path / "a", alpha=0.9, beta=0.95, progress=False)
     distill(family, data, teacher, spec, cfg, tmp_path / "b", alpha=0.9, beta=0.95, progress=False, stop_after=2)
     resumed = distill(family, data, teacher, spec, cfg, tmp_path / "b", alpha=0.9, beta=0.95, progress=False)
-    assert all(torch.equal(straight["state_dict"][k], v) for k, v in resumed["state_dict"].items())
+    assert all(torch.equal(straight.weights[k], v) for k, v in resumed.weights.items())
 
 
 @pytest.mark.parametrize("family_name, shape", [("fm", (2,)), ("bridge", (2,)), ("si", (1, 8, 8))])

@@ -20,7 +20,8 @@ import torch
 from realuid.data import make_toy, pair_noise, rng_for
 from realuid.matching import make_family
 from realuid.metrics import sliced_wasserstein2
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.api import load_generator, load_teacher
+from realuid.models import model_spec
 from realuid.sampling import sample_teacher
 from realuid.training import TrainData, distill, train_teacher
 
@@ -61,9 +62,7 @@ def run(strength: float, generator_ts: list[float], steps: int, seeds: list[int]
     spec = model_spec(PIPELINE_MODEL, (2,), 0)
     teacher_cfg = dataclasses.replace(PIPELINE_TEACHER, steps=teacher_steps)
     result = train_teacher(family, train, spec, teacher_cfg, work / f"teacher-{strength:g}-{teacher_steps}", progress=False)
-    teacher = build_model(spec)
-    teacher.load_state_dict(result["ema_state_dict"])
-    teacher.eval()
+    teacher = load_teacher(result).net
     with torch.no_grad():
         drawn = sample_teacher(family, teacher, x0_test, nfe=99, method="sde", generator=torch.Generator().manual_seed(1))
     rows = {"teacher (SDE, NFE 99)": [score(drawn.numpy())]}
@@ -77,13 +76,11 @@ def run(strength: float, generator_ts: list[float], steps: int, seeds: list[int]
             out = distill(generator_family, train, teacher, spec, cfg,
                           work / f"distill-{strength:g}-{generator_t:g}-{steps}-{seed}", alpha=ALPHA, beta=BETA,
                           progress=False)
-            net = build_model(spec)
-            net.load_state_dict(out["ema"]["0.999"])
-            net.eval()
+            generator = load_generator(out, ema=0.999)
             noise = (torch.randn(x0_test.shape, generator=torch.Generator().manual_seed(10_000 + seed))
                      if generator_family.generator_noise else None)
             with torch.no_grad():
-                runs.append(score(OneStepGenerator(generator_family, net)(x0_test, None, noise).numpy()))
+                runs.append(score(generator(x0_test, None, noise).numpy()))
             print(f"generator_t {generator_t:g} seed {seed}: joint {runs[-1]['joint']:.4f} marginal "
                   f"{runs[-1]['marginal']:.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
         rows[f"student, generator_t = {generator_t:g}"] = runs

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from realuid.matching import make_family
+from realuid.api import load_generator, load_teacher
 from realuid.models import OneStepGenerator, build_model, model_spec
 from realuid.sampling import sample_teacher
 from realuid.training import TrainData, distill, train_teacher
@@ -60,21 +61,15 @@ def _spec(settings: StudySettings) -> dict:
 
 
 def train_digits_teacher(settings: StudySettings, work_dir: Path) -> dict:
-    """Train the UNet fm teacher once; returns its spec, EMA weights, size and time."""
+    """Train the UNet fm teacher once; returns its spec, checkpoint, size and time."""
     start = time.perf_counter()
     train, _ = _splits(settings)
     family, spec = make_family("fm"), _spec(settings)
     result = train_teacher(family, TrainData(torch.as_tensor(train.x1)), spec, settings.digits.teacher,
                            _fresh(work_dir), progress=False)
     parameters = sum(p.numel() for p in build_model(spec).parameters())
-    return {"spec": spec, "state_dict": result["ema_state_dict"], "parameters": parameters,
+    return {"spec": spec, "checkpoint": result, "parameters": parameters,
             "seconds": time.perf_counter() - start}
-
-
-def _net(spec: dict, state: dict) -> torch.nn.Module:
-    net = build_model(spec)
-    net.load_state_dict(state)
-    return net.eval()
 
 
 def _noise(seed: int) -> torch.Tensor:
@@ -97,7 +92,7 @@ def evaluate_teacher(seed: int, teacher: dict, features: dict, settings: StudySe
     """Teacher at NFE 99 and NFE 1 and a real floor (training digits) for one seed."""
     start = time.perf_counter()
     train, test = _splits(settings)
-    family, net = make_family("fm"), _net(teacher["spec"], teacher["state_dict"])
+    family, net = make_family("fm"), load_teacher(teacher["checkpoint"]).net
     z, reference = _noise(seed), torch.as_tensor(test.x1)
     pick = np.random.default_rng([seed, 7]).choice(len(train), size=min(N_GENERATED, len(train)), replace=False)
     images = {
@@ -120,11 +115,10 @@ def run_digits_student(student: str, seed: int, teacher: dict, features: dict, s
     family, spec = make_family("fm"), teacher["spec"]
     alpha, beta = (1.0, 1.0) if student == "data_free" else (settings.alpha, settings.beta)
     cfg = dataclasses.replace(settings.digits.distill, seed=seed)
-    result = distill(family, TrainData(torch.as_tensor(train.x1)), _net(spec, teacher["state_dict"]), spec, cfg,
+    result = distill(family, TrainData(torch.as_tensor(train.x1)), load_teacher(teacher["checkpoint"]).net, spec, cfg,
                      _fresh(work_dir), alpha=alpha, beta=beta, progress=False)
     with torch.no_grad():
-        ema = _net(spec, result["ema"][repr(float(settings.digits.student_ema))])
-        images = OneStepGenerator(family, ema)(_noise(seed))
+        images = load_generator(result, ema=settings.digits.student_ema)(_noise(seed))
     metrics = score(images, torch.as_tensor(test.x1), features["path"], seed)
     grid = images[: settings.digits.grid_images].numpy() if seed == settings.seeds[0] else None
     return {"student": student, "seed": seed, "metrics": metrics, "grid": grid,

@@ -26,7 +26,8 @@ import torch
 from realuid import metrics
 from realuid.analytic import ExactFMTeacher, gmm8
 from realuid.matching import make_family
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.api import load_generator, load_teacher
+from realuid.models import OneStepGenerator, model_spec
 from realuid.sampling import sample_teacher
 from realuid.training import TrainData, distill, train_teacher
 
@@ -63,12 +64,6 @@ def distances(points: np.ndarray, reference: np.ndarray, *, n_projections: int, 
     }
 
 
-def _load(spec: dict, state: dict) -> torch.nn.Module:
-    net = build_model(spec)
-    net.load_state_dict(state)
-    return net.eval()
-
-
 def _generator_inputs(family, task: tasks.PointTask, n: int, seed: int) -> torch.Tensor:
     """Inputs [n, D] of generators and teacher samplers: noise, or the corrupted floor points (bridge)."""
     if family.paired:
@@ -88,7 +83,7 @@ def _train_mlp_teacher(family, train: TrainData, spec: dict, settings: StudySett
     cfg = dataclasses.replace(cfg, seed=seed, steps=steps, checkpoint_every_steps=steps,
                               optim=dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 4)))
     result = train_teacher(family, train, spec, cfg, state_dir, progress=False)
-    return _load(spec, result["ema_state_dict"])
+    return load_teacher(result).net  # its EMA copy, as the pipeline samples it
 
 
 def build_task(job: ToyJob, settings: StudySettings, user: tasks.UserPoints | None = None) -> tasks.PointTask:
@@ -162,9 +157,9 @@ def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
         cfg = dataclasses.replace(toy.distill, seed=job.seed, fake_init=fake_init)
         result = distill(family, train, teacher, spec, cfg, work_dir / student, alpha=alpha, beta=beta,
                          progress=False, student_init=student_init, on_log=on_log)
-        ema = _load(spec, result["ema"][repr(float(toy.student_ema))])
-        samples[student] = _one_step(family, ema, z)
-        samples[f"{student}_raw"] = _one_step(family, _load(spec, result["state_dict"]), z)
+        with torch.no_grad():  # the library's generator, fed the study's own noise z
+            samples[student] = load_generator(result, ema=toy.student_ema)(z).numpy()
+            samples[f"{student}_raw"] = load_generator(result)(z).numpy()
         curves[student] = curve
         clock[student] = time.perf_counter() - start
 

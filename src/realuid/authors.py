@@ -25,7 +25,7 @@ from numbers import Real
 
 import torch
 
-from .checkpoints import load_checkpoint
+from .checkpoints import load_torch_file
 
 __all__ = ["AUTHORS_GAN_HEAD_PREFIX", "authors_model_spec", "load_authors_teacher", "teacher_from_checkpoint"]
 
@@ -204,7 +204,7 @@ def load_authors_teacher(
     for ``net_model``. ``num_classes``: None infers it from the label embedding; a value is checked
     against it. The file is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling).
     """
-    checkpoint = load_checkpoint(path, map_location="cpu")
+    checkpoint = load_torch_file(path, needed_by="train_teacher.import_checkpoint", expected="RealUID authors' checkpoint")
     try:
         return teacher_from_checkpoint(checkpoint, ema=ema, num_classes=num_classes, image_size=image_size)
     except ValueError as err:

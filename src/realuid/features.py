@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import atomic_save, load_checkpoint
+from .checkpoints import atomic_save, load_torch_file
 
 EXTRACTOR_NAME = "realuid-features"
 CHECKPOINT_FORMAT = "realuid-feature-net"
@@ -293,7 +293,7 @@ def save_feature_net(path: str | os.PathLike, net: FeatureNet, meta: dict | None
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict:
-    payload = load_checkpoint(path)
+    payload = load_torch_file(path, needed_by="the feature extractor", expected="feature-extractor checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from .matching import Family
+# The one-step generator's forward pass belongs to the model that owns it; exported here with the samplers.
+from .models.generator import generate_one_step
 
 __all__ = [
     "SAMPLER_METHODS",
@@ -244,23 +246,3 @@ def sample_teacher(
     if method == "sde":
         return sample_sde(family, model, x0, nfe=nfe, y=y, generator=generator)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)
-
-
-def generate_one_step(family: Family, generator_model: Model, x0: Tensor, y: Tensor | None = None,
-                      noise: Tensor | None = None) -> Tensor:
-    """One-step generation ``x1 = predict_x1(t_src, s, G(t_src, s, y))`` with ``s = source_state(x0, t_src, noise)``.
-
-    The generator is a copy of the teacher network read once at the family's ``t_src`` and converted
-    to a data estimate by the family (fm: ``x1 = z + G(0, z, y)``). x0: ``[B, ...]`` noise, or the
-    corrupted input of a bridge; noise: ``[B, ...]`` Gaussian, exactly when the family's generator takes
-    noise (``family.generator_noise``: a bridge read at ``generator_t > 0``). Gradients flow (this is the
-    generator of the distillation). Returns ``[B, ...]``.
-    """
-    if not isinstance(x0, Tensor) or x0.dim() < 2:
-        raise ValueError(f"x0 must be a [B, ...] tensor with at least one non-batch dim, got {x0!r}")
-    if (noise is not None) != family.generator_noise:
-        raise ValueError(f"this {family.name!r} generator takes noise: pass noise [B, ...]" if family.generator_noise
-                         else f"this {family.name!r} generator takes no noise besides x0; pass noise=None")
-    t_batch = _times(x0, family.t_src)
-    state = family.source_state(x0, t_batch, noise)
-    return family.predict_x1(t_batch, state, generator_model(t_batch, state, y))

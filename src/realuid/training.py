@@ -35,13 +35,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import atomic_save, load_checkpoint
+from .checkpoints import Checkpoint, ema_copy_name, family_record, read_state, save_state
+from .config import BEST_COPY
 from .distributed import SINGLE_PROCESS, Dist
 from .gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from .losses import fake_loss, generator_loss, matching_loss
 from .models import OneStepGenerator, build_model
-
-CHECKPOINT_FORMAT = "realuid-checkpoint/1"
 
 
 class TrainingDiverged(RuntimeError):
@@ -208,10 +207,14 @@ def optimizer_step(loss, params, opt, sched, grad_clip: float, dist: Dist = SING
 
 
 class CurveLog:
-    """Training curves as CSV (one row per log interval), trimmed to the checkpoint step on resume."""
+    """Training curves as CSV (one row per log interval), trimmed to the checkpoint step on resume.
 
-    def __init__(self, path: Path, fields: list[str]):
-        self.path, self.fields = path, ["step", *fields]
+    Floats are written with ``float_format`` (6 significant digits by default; ``repr`` keeps every digit,
+    for tables that later choose by the value).
+    """
+
+    def __init__(self, path: Path, fields: list[str], float_format: Callable[[float], str] = "{:.6g}".format):
+        self.path, self.fields, self.float_format = path, ["step", *fields], float_format
 
     def trim(self, last_step: int) -> None:
         """Drop rows logged after ``last_step`` (the run was killed before its next checkpoint)."""
@@ -239,7 +242,7 @@ class CurveLog:
             writer = csv.DictWriter(fh, self.fields)
             if new:
                 writer.writeheader()
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (self.float_format(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 class Meter:
@@ -279,9 +282,12 @@ def _check_finite(means: dict[str, float], step: int, checkpoint: Path) -> None:
 
 def _after_step(done: int, *, cfg, stop_after, meter: Meter, dist: Dist, log: CurveLog, bar, ckpt_path: Path,
                 state: Callable[[], dict], extra: Callable[[], dict] | None = None,
-                on_row: Callable[[dict], None] | None = None) -> bool:
+                on_row: Callable[[dict], None] | None = None,
+                evaluate: Callable[[int], None] | None = None) -> bool:
     """Bookkeeping after step ``done`` of either loop: at log boundaries read the meter (one host sync),
-    stop on a non-finite loss, append the curves row; at checkpoint boundaries save ``state()`` (rank 0).
+    stop on a non-finite loss, append the curves row; then ``evaluate(done)`` on rank 0; at checkpoint
+    boundaries save ``state()`` (rank 0). Evaluating before the checkpoint means a checkpoint at step s
+    never precedes the rows of step s, so trimming to the checkpoint on resume loses no row.
     Returns True when the loop should stop here (``stop_after``)."""
     bar.update(1)
     at_log, at_ckpt = _boundaries(done, cfg, stop_after)
@@ -294,9 +300,11 @@ def _after_step(done: int, *, cfg, stop_after, meter: Meter, dist: Dist, log: Cu
             if on_row is not None:
                 on_row(row)
         bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if not k.endswith("grad_norm")})
+    if evaluate is not None and dist.is_main:
+        evaluate(done)
     if at_ckpt:
         if dist.is_main:
-            atomic_save({"step": done, **state()}, ckpt_path)
+            save_state({"step": done, **state()}, ckpt_path)
         dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
     return done == stop_after
 
@@ -326,13 +334,14 @@ def _local_batch(batch: TrainData, rows: slice) -> TrainData:
     return TrainData(*_take(rows, batch.x1, batch.y, batch.x0))
 
 
-def _resume(ckpt_path: Path, device: torch.device, dist: Dist) -> dict | None:
-    """The checkpoint every process resumes from (None: start afresh).
+def _resume(ckpt_path: Path, dist: Dist) -> dict | None:
+    """The checkpoint every process resumes from (None: start afresh), on the CPU: loading it into the
+    modules and optimizers puts each tensor where its parameter lives.
 
     Every process reads the same file; processes that see different states (a state folder that is
     not on a filesystem shared by every node) stop with an error instead of silently diverging.
     """
-    state = load_checkpoint(ckpt_path, map_location=device) if ckpt_path.exists() else None
+    state = read_state(ckpt_path, needed_by=f"resuming from {ckpt_path.parent}") if ckpt_path.exists() else None
     dist.same_everywhere(None if state is None else state["step"], f"the step to resume from in {ckpt_path.parent} "
                          "(the state folder must be on a filesystem that every node shares)")
     return state
@@ -377,8 +386,8 @@ def train_teacher(
     ``cfg`` is a :class:`realuid.config.TrainTeacherConfig`; ``cfg.batch_size`` is the global batch,
     split evenly over the processes of ``dist`` (only rank 0 writes to ``state_dir``). ``stop_after``
     ends the call early at that step (after checkpointing), which is how tests simulate a killed run.
-    Returns the final checkpoint dict: ``{"format", "kind": "teacher", "spec", "state_dict",
-    "ema_state_dict", "step"}`` (on every process).
+    Returns the teacher :class:`realuid.checkpoints.Checkpoint` (on every process): raw weights, the
+    EMA copy ``ema_<cfg.ema_decay>``, ``meta["step"]`` and ``cfg`` as its config.
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -395,7 +404,7 @@ def train_teacher(
     labels = spec["args"].get("num_classes", 0) > 0
 
     start = 0
-    state = _resume(ckpt_path, device, dist)
+    state = _resume(ckpt_path, dist)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -430,19 +439,61 @@ def train_teacher(
                        ckpt_path=ckpt_path, state=state, extra=lambda: {"lr": sched.get_last_lr()[0]}):
             break
     bar.close()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "kind": "teacher",
-        "spec": spec,
-        "state_dict": model.state_dict(),
-        "ema_state_dict": ema.shadows[float(cfg.ema_decay)],
-        "step": min(cfg.steps, stop_after or cfg.steps),
-    }
+    return Checkpoint(kind="teacher", spec=spec, family=family_record(family), weights=model.state_dict(),
+                      copies={ema_copy_name(cfg.ema_decay): ema.shadows[float(cfg.ema_decay)]},
+                      meta={"step": min(cfg.steps, stop_after or cfg.steps)}, config=_config_record(cfg))
 
 
 # --------------------------------------------------------------------------------------------------
 # RealUID distillation
 # --------------------------------------------------------------------------------------------------
+
+
+class QualityLog:
+    """In-training evaluation of every generator copy (raw weights, then each EMA copy) with ``evaluator``
+    (see :mod:`realuid.quality`; any callable ``evaluator(generator) -> {metric: value}`` with
+    ``every_steps``, ``metrics`` and ``rank_by`` will do).
+
+    Rows ``{step, copy, *metrics}`` go to ``path`` (full precision) every ``evaluator.every_steps`` generator
+    updates and at the last step; like the curves, the table lives in the state folder and is trimmed to
+    the checkpoint on resume. With ``keep_best`` the weights of the best (copy, step) by
+    ``evaluator.rank_by`` (lower is better, the first of equals kept) travel in the checkpoint. Rank 0 only.
+    Each call runs on a fork of the global RNG, so training draws the same numbers with or without it.
+    """
+
+    def __init__(self, evaluator, path: Path, *, keep_best: bool):
+        self.evaluator, self.keep_best = evaluator, keep_best
+        self.log = CurveLog(path, ["copy", *evaluator.metrics], float_format=repr)
+        self.best: dict | None = None  # {"copy", "step", <rank_by>, "state_dict"}
+        self._scratch: nn.Module | None = None  # a generator to load EMA copies into
+
+    def due(self, done: int, last_step: int) -> bool:
+        return done % self.evaluator.every_steps == 0 or done == last_step
+
+    def evaluate(self, step: int, uid: "RealUID") -> None:
+        if self._scratch is None:
+            self._scratch = copy.deepcopy(uid.generator).requires_grad_(False)
+        copies = [("raw", None), *((ema_copy_name(d), shadow) for d, shadow in uid.ema.shadows.items())]
+        rank_by = self.evaluator.rank_by
+        for name, weights in copies:
+            generator = uid.generator
+            if weights is not None:
+                self._scratch.net.load_state_dict(weights)
+                generator = self._scratch
+            devices = [uid.device] if uid.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                values = self.evaluator(generator)
+            self.log.append({"step": step, "copy": name, **values})
+            if self.keep_best and (self.best is None or values[rank_by] < self.best[rank_by]):
+                state = (weights if weights is not None else uid.generator.net.state_dict())
+                self.best = {"copy": name, "step": step, rank_by: values[rank_by],
+                             "state_dict": {k: v.detach().clone() for k, v in state.items()}}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best} if self.keep_best and self.best is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
 
 
 @dataclass
@@ -630,6 +681,7 @@ def distill(
     stop_after: int | None = None,
     student_init: nn.Module | None = None,
     on_log: Callable[[dict, nn.Module], None] | None = None,
+    evaluator=None,
     dist: Dist = SINGLE_PROCESS,
 ) -> dict:
     """RealUID distillation: ``cfg.fake_updates_per_generator_update`` fake steps, then one generator step.
@@ -638,8 +690,12 @@ def distill(
     :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
-    with it). Returns the generator checkpoint dict
-    ``{"format", "kind": "generator", "spec", "state_dict", "ema": {decay: state_dict}, "alpha", "beta", "step"}``.
+    with it). ``evaluator`` (a :class:`realuid.quality.QualityEvaluator`, or None) scores every copy of the
+    generator every ``evaluator.every_steps`` updates on rank 0 into ``state_dir/eval.csv``
+    (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
+    one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as
+    its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
+    ``meta["best"] = {"copy", "step", <metric>}`` saying which it is.
     """
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -651,14 +707,22 @@ def distill(
     log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     phases = cfg.fake_updates_per_generator_update + 1
+    keep_best = getattr(cfg, "keep_best", False)
+    if keep_best and evaluator is None and dist.is_main:  # other ranks never evaluate
+        raise ValueError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
+    quality = None if evaluator is None else QualityLog(evaluator, state_dir / "eval.csv", keep_best=keep_best)
 
     start = 0
-    state = _resume(ckpt_path, device, dist)
+    state = _resume(ckpt_path, dist)
     if state is not None:
         uid.load_state_dict(state)
         start = state["step"]
+        if quality is not None and dist.is_main:  # only rank 0 evaluates and publishes
+            quality.load_state_dict(state)
     if dist.is_main:
         log.trim(start)
+        if quality is not None:
+            quality.log.trim(start)
 
     meter = Meter()
     bar = _progress(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
@@ -670,17 +734,27 @@ def distill(
         g_loss, g_norm = uid.generator_step(stream(step * phases + last), _seeded(cfg.seed, step, last, device=device))
         meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
         if _after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
-                       ckpt_path=ckpt_path, state=uid.state_dict,
-                       on_row=None if on_log is None else lambda row: on_log(row, uid.generator)):
+                       ckpt_path=ckpt_path, state=lambda: {**uid.state_dict(), **(quality.state_dict() if quality else {})},
+                       on_row=None if on_log is None else lambda row: on_log(row, uid.generator),
+                       evaluate=None if quality is None else
+                       lambda done: quality.evaluate(done, uid) if quality.due(done, cfg.steps) else None):
             break
     bar.close()
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "kind": "generator",
-        "spec": spec,
-        "state_dict": uid.generator.net.state_dict(),
-        "ema": {repr(d): s for d, s in uid.ema.shadows.items()},
-        "alpha": alpha,
-        "beta": beta,
-        "step": min(cfg.steps, stop_after or cfg.steps),
-    }
+    result = Checkpoint(kind="generator", spec=spec, family=family_record(family),
+                        weights=uid.generator.net.state_dict(),
+                        copies={ema_copy_name(d): s for d, s in uid.ema.shadows.items()},
+                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps)},
+                        config=_config_record(cfg))
+    if quality is not None and quality.best is not None:
+        # One more named copy beside the EMA ones, so every reader of copies loads it the same way.
+        best = dict(quality.best)
+        result.copies[BEST_COPY] = best.pop("state_dict")
+        result.meta["best"] = best
+    return result
+
+
+def _config_record(cfg) -> dict:
+    """The training section a run used, as plain data for its checkpoint (empty for a non-dataclass)."""
+    import dataclasses
+
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}

@@ -76,4 +76,10 @@ def build_model(spec: dict) -> nn.Module:
     raise ValueError(f"unknown architecture {arch!r} in model spec")
 
 
-__all__ = ["MLP", "OneStepGenerator", "build_model", "model_spec"]
+def data_shape(spec: dict) -> tuple[int, ...]:
+    """The shape of one sample the network of ``spec`` takes and returns: ``(D,)`` or ``(C, H, W)``."""
+    args = spec["args"]
+    return (int(args["dim"]),) if spec["arch"] == "mlp" else tuple(int(s) for s in args["shape"])
+
+
+__all__ = ["MLP", "OneStepGenerator", "build_model", "data_shape", "model_spec"]

@@ -91,14 +91,23 @@ def _rank_prefix() -> str:
 
 
 def state_settings(cfg) -> dict:
-    """The settings of a training section that name its resumable state: all but the process count.
+    """The settings of a training section that name its resumable state: those in effect, less the
+    process count.
 
-    A run's state holds nothing per process, so it resumes with another number of processes.
+    A run's state holds nothing per process, so it resumes with another number of processes. Keys the
+    configuration does not use never start a run afresh: the GAN's coefficients while it is off, and for
+    the teacher the model keys (its spec, hashed beside this, holds those the architecture uses) and the
+    import settings (an imported teacher keeps no state).
     """
     from ..config import to_dict
 
     settings = to_dict(cfg)
     settings.pop("nproc", None)
+    if "gan" in settings and not settings["gan"]["enabled"]:
+        settings["gan"] = {"enabled": False}
+    if "import_checkpoint" in settings:
+        for key in ("model", "import_checkpoint", "import_ema"):
+            settings.pop(key)
     return settings
 
 
@@ -292,26 +301,10 @@ def make_family(params: Params):
 
 
 def generator_family(params: Params):
-    """The family as the one-step generator uses it: a bridge's generator reads ``distill.generator_t``."""
+    """The family as the one-step generator uses it: placed where the ``generator`` block says."""
     from ..matching import make_family as _make
 
-    extra = {"generator_t": params.distill.generator_t} if params.family.name == "bridge" else {}
-    return _make(params.family.name, **params.family.options(), **extra)
-
-
-def family_record(family) -> dict:
-    """How a checkpoint names its family: ``{"name", "options"}``; :func:`family_of` rebuilds it."""
-    return {"name": family.name, "options": family.options()}
-
-
-def family_of(checkpoint: dict):
-    """The family a checkpoint was written for (its ``family`` record)."""
-    from ..matching import make_family as _make
-
-    record = checkpoint.get("family")
-    if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
-        raise StageError(f"the checkpoint names no family record ({{'name', 'options'}}), got {record!r}")
-    return _make(record["name"], **record["options"])
+    return _make(params.family.name, **params.family.options(), **params.generator.options(params.family.name))
 
 
 def load_split(path: str | Path):
@@ -335,46 +328,22 @@ def check_family_matches_data(family, split) -> None:
         )
 
 
-def load_teacher(path: str | Path, params: Params, device: torch.device) -> tuple[dict, torch.nn.Module]:
-    """The teacher checkpoint and ``f*``, its EMA copy (the weights its multi-step samples come from)."""
-    from ..checkpoints import load_checkpoint
-
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("family", {}).get("name") != params.family.name:
-        raise StageError(
-            f"the teacher was trained for family {checkpoint.get('family')}, params say {params.family.name}: "
-            "rerun train_teacher"
-        )
-    return checkpoint, load_model(checkpoint, use_ema="ema", device=device)
-
-
-def publish_training(out: str | Path, name: str, result: dict, state_dir: Path) -> None:
-    """Write a finished training run (``name``, e.g. generator.pt) and its curves atomically into ``out``."""
-    from ..checkpoints import atomic_save
+def publish_training(out: str | Path, name: str, result, state_dir: Path) -> None:
+    """Write a finished training run (``name``, e.g. generator.pt, from the
+    :class:`realuid.checkpoints.Checkpoint` ``result``), its curves and, when the run evaluated itself, its
+    evaluation table (``eval.csv``) atomically into ``out``."""
+    from ..checkpoints import save_checkpoint
 
     with atomic_dir(out) as tmp:
-        atomic_save(result, tmp / name)
+        save_checkpoint(result, tmp / name)
         shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
+        if (state_dir / "eval.csv").is_file():
+            shutil.copyfile(state_dir / "eval.csv", tmp / "eval.csv")
+        else:
+            write_empty_eval_table(tmp / "eval.csv")
 
 
-def load_model(checkpoint: dict, *, use_ema: str | None, device: torch.device) -> torch.nn.Module:
-    """Rebuild the network of a teacher or generator checkpoint from its own spec.
-
-    ``use_ema``: for a teacher, ``"ema"`` picks the EMA weights; for a generator, a decay key such as
-    ``"0.999"`` picks that EMA copy. ``None`` takes the raw weights.
-    """
-    from ..config import ema_key
-    from ..models import build_model
-
-    net = build_model(checkpoint["spec"])
-    if use_ema is None or use_ema == "none":
-        state = checkpoint["state_dict"]
-    elif checkpoint["kind"] == "teacher":
-        state = checkpoint["ema_state_dict"]
-    else:
-        key = ema_key(use_ema)
-        if key not in checkpoint["ema"]:
-            raise StageError(f"the generator has no EMA copy {use_ema!r}; it has {sorted(checkpoint['ema'])}")
-        state = checkpoint["ema"][key]
-    net.load_state_dict(state)  # strict: a layout mismatch is an error, never ignored
-    return net.to(device).eval()
+def write_empty_eval_table(path: Path) -> None:
+    """The evaluation table of a stage that did not evaluate: a header, no rows. dvc.yaml declares it as a
+    plot, and DVC draws an empty table without complaint where a missing file is an error."""
+    path.write_text("step,copy\n")

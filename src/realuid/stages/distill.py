@@ -1,4 +1,8 @@
-"""Stage ``distill``: RealUID distillation of the teacher into a one-step generator."""
+"""Stage ``distill``: RealUID distillation of the teacher into a one-step generator.
+
+With ``distill.eval_every_steps`` > 0 it also scores the raw generator and every EMA copy during training
+(:mod:`realuid.quality`) into ``eval.csv``; ``finetune`` does the same with the helpers here.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import sys
 
 from pathlib import Path
 
-from ..config import to_dict
-from ..checkpoints import file_digest
+from ..api import load_teacher
+from ..checkpoints import family_record, file_digest
 from ..distributed import session
 from ..training import distill, resolve_device, state_key
 from . import common
@@ -19,29 +23,66 @@ def main(args, params) -> None:
     split = common.load_split(args.data)
     common.check_family_matches_data(family, split)
     common.check_batch_size(cfg.batch_size, split, "distill")
-    key = state_key("distill", params.alpha, params.beta, to_dict(params.family), common.state_settings(cfg),
-                    file_digest(args.data), file_digest(args.teacher))
+    weights, evaluation = evaluation_settings(params, split, args.features)
+    key = state_key("distill", params.alpha, params.beta, family_record(family), common.state_settings(cfg),
+                    file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key
     needs = common.distill_needs(args.out, state_dir, args.teacher, cfg)
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
-        teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
+        teacher = load_teacher(args.teacher, device=device, needed_by="distill", expect_family=params.family.name)
         if dist.is_main:
             print(f"distill: alpha={params.alpha} beta={params.beta}, {device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
-        result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], cfg, state_dir,
-                         alpha=params.alpha, beta=params.beta, dist=dist)
-        result["family"] = common.family_record(family)  # the generator's input convention included
+        evaluator = build_evaluator(params, cfg, family, split, teacher.spec, weights, args.features, dist)
+        result = distill(family, common.train_data(split, device), teacher.net, teacher.spec, cfg, state_dir,
+                         alpha=params.alpha, beta=params.beta, evaluator=evaluator, dist=dist)
         if dist.is_main:
             common.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
+
+
+def evaluation_settings(params, split, features_dir: str) -> tuple[str | None, dict | None]:
+    """Check the in-training evaluation settings against the data before any work.
+
+    Returns the image extractor's weights file (None for points or when off) and what the evaluation's
+    rows depend on beyond ``distill`` (the extractor and its weights, KID's subset size), which names the
+    state folder with the rest.
+    """
+    from .. import quality
+
+    cfg = params.distill
+    quality.check_settings(cfg, params.evaluate, split)
+    if cfg.eval_every_steps == 0 or split.kind == "points":
+        return None, None
+    from .features import reference_weights
+
+    weights = reference_weights(params, Path(features_dir))
+    if not Path(weights).is_file():
+        raise common.StageError(f"the in-training evaluation needs the feature extractor {weights}: run the features stage")
+    return weights, quality.identity(cfg, params.evaluate, split, weights)
+
+
+def build_evaluator(params, cfg, family, split, teacher_spec: dict, weights: str | None, features_dir: str, dist):
+    """The in-training evaluator (rank 0 only; None elsewhere or when ``cfg.eval_every_steps`` is 0)."""
+    from .. import quality
+
+    if cfg.eval_every_steps == 0 or not dist.is_main:
+        return None
+    evaluator = quality.build(family, split, cfg, params.evaluate, weights_path=weights,
+                              cache_root=Path(features_dir) / "reference_cache",
+                              num_classes=teacher_spec["args"].get("num_classes", 0), device=dist.device)
+    print(f"in-training evaluation: every {cfg.eval_every_steps} generator updates, {evaluator.describe}"
+          f"{'; keeps the best copy' if cfg.keep_best else ''}")
+    return evaluator
 
 
 def cli(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--data", required=True, help="training split (HDF5) from prepare")
     p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
-    p.add_argument("--out", required=True, help="output folder: generator.pt, curves.csv")
+    p.add_argument("--features", required=True, help="folder from the features stage (image evaluation's extractor)")
+    p.add_argument("--out", required=True, help="output folder: generator.pt, curves.csv, eval.csv")
     p.add_argument("--state", default="state/distill", help="resumable state (not a pipeline output)")
     return common.run(main, p, argv, module="realuid.stages.distill", processes=lambda params: params.distill.nproc)
 

@@ -11,11 +11,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..checkpoints import file_digest, load_checkpoint
+from ..api import family_of, load_teacher, network
+from ..checkpoints import family_record, file_digest, read_checkpoint
 from ..config import to_dict
 from ..distributed import launched_rank, session
 from ..training import distill, resolve_device, state_key
 from . import common
+from .distill import build_evaluator, evaluation_settings
 
 
 def main(args, params) -> None:
@@ -23,36 +25,42 @@ def main(args, params) -> None:
     if not cfg.enabled:
         if launched_rank() != 0:
             return  # started under a torchrun job anyway: one process copies
+        read_checkpoint(args.generator, "generator", needed_by="finetune")  # passes on only what sample can read
         common.check_folders({common.output_folder(args.out): Path(args.generator).stat().st_size})
         with common.atomic_dir(args.out) as tmp:
             shutil.copyfile(args.generator, tmp / "generator.pt")
+            common.write_empty_eval_table(tmp / "eval.csv")  # the plot dvc.yaml declares, with no rows
         print("finetune: disabled, the distilled generator passes through")
         return
 
     split = common.load_split(args.data)
     common.check_batch_size(params.distill.batch_size, split, "distill")
-    distilled = load_checkpoint(args.generator)
-    family = common.family_of(distilled)  # the generator keeps reading its input where it was distilled
+    distilled = read_checkpoint(args.generator, "generator", needed_by="finetune")
+    family = family_of(distilled)  # the generator keeps reading its input where it was distilled
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
         params.distill, steps=cfg.steps, fake_init="teacher",
         generator_optim=dataclasses.replace(params.distill.generator_optim, lr=cfg.generator_lr),
         fake_optim=dataclasses.replace(params.distill.fake_optim, lr=cfg.fake_lr),
     )
-    key = state_key("finetune", to_dict(cfg), common.state_settings(run_cfg), to_dict(params.family),
-                    file_digest(args.data), file_digest(args.teacher), file_digest(args.generator))
+    weights, evaluation = evaluation_settings(params, split, args.features)
+    key = state_key("finetune", to_dict(cfg), common.state_settings(run_cfg), family_record(family),
+                    file_digest(args.data), file_digest(args.teacher), file_digest(args.generator),
+                    *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key
     needs = common.distill_needs(args.out, state_dir, args.teacher, run_cfg)
     with session(resolve_device(params.distill.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
-        teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
-        start = common.load_model(distilled, use_ema=cfg.from_ema, device=device)
+        teacher = load_teacher(args.teacher, device=device, needed_by="finetune", expect_family=params.family.name)
+        start = network(distilled, cfg.from_ema, device)
         if dist.is_main:
             print(f"finetune: alpha={cfg.alpha} beta={cfg.beta} from copy {cfg.from_ema}, {device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
-        result = distill(family, common.train_data(split, device), teacher, teacher_ckpt["spec"], run_cfg,
-                         state_dir, alpha=cfg.alpha, beta=cfg.beta, student_init=start, dist=dist)
-        result["family"] = common.family_record(family)
+        evaluator = build_evaluator(params, run_cfg, family, split, teacher.spec, weights, args.features, dist)
+        result = distill(family, common.train_data(split, device), teacher.net, teacher.spec, run_cfg,
+                         state_dir, alpha=cfg.alpha, beta=cfg.beta, student_init=start, evaluator=evaluator, dist=dist)
+        result.meta["finetuned_from"] = {"copy": cfg.from_ema, **{k: distilled.meta[k] for k in ("alpha", "beta", "step")
+                                                                   if k in distilled.meta}}
         if dist.is_main:
             common.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
@@ -68,7 +76,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="training split (HDF5) from prepare")
     p.add_argument("--teacher", required=True, help="teacher.pt from train_teacher")
     p.add_argument("--generator", required=True, help="generator.pt from distill")
-    p.add_argument("--out", required=True, help="output folder: generator.pt (+ curves.csv when enabled)")
+    p.add_argument("--features", required=True, help="folder from the features stage (image evaluation's extractor)")
+    p.add_argument("--out", required=True, help="output folder: generator.pt (+ curves.csv, eval.csv when enabled)")
     p.add_argument("--state", default="state/finetune", help="resumable state (not a pipeline output)")
     return common.run(main, p, argv, module="realuid.stages.finetune", processes=processes)
 

@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import ema_key
+from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_batch
+from ..checkpoints import read_checkpoint
+from ..config import BEST_COPY
 from ..distributed import SINGLE_PROCESS, Dist, session
-from ..models import OneStepGenerator
 from ..plots import image_grid, scatter
-from ..checkpoints import load_checkpoint
 from ..training import resolve_device
 from . import common
 
@@ -47,20 +47,6 @@ def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
     return torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None
 
 
-def sources(family, split, n: int, first_seed: int, shape, num_classes: int, *, start: int = 0):
-    """Generator inputs and labels of samples ``start .. start+n-1``: (x0 [n, ...], y [n] or None, noise).
-
-    ``noise`` [n, ...] is the generator's own noise when ``family.generator_noise``, else None.
-    """
-    from ..sampling import seeded_noise
-
-    idx = np.arange(start, start + n)
-    seeded = lambda: seeded_noise(list(range(first_seed + start, first_seed + start + n)), tuple(shape))  # noqa: E731
-    x0 = torch.as_tensor(split.x0[idx % len(split)]) if family.paired else seeded()
-    noise = seeded() if family.generator_noise else None
-    return x0, class_labels(idx, num_classes), noise
-
-
 def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
                  dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator.
@@ -71,8 +57,6 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
     ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are the
     slowest process's (the wall time of a parallel run).
     """
-    from ..sampling import sample_teacher
-
     device = dist.device
     mine: dict[int, dict[str, torch.Tensor]] = {}
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
@@ -80,9 +64,9 @@ def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int],
         for start in dist.batch_starts(n_samples, cfg.batch_size):
             xb, yb, nb = (None if a is None else a.to(device) for a in inputs(start, min(cfg.batch_size, n_samples - start)))
             # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
-            rng = torch.Generator(device=device).manual_seed(cfg.seed + start)
-            out, sec = _timed(lambda: sample_teacher(family, teacher, xb, nfe=cfg.teacher_nfe,
-                                                     method=cfg.teacher_method, y=yb, generator=rng), device)
+            out, sec = _timed(lambda: sample_teacher_batch(family, teacher, xb, yb, nfe=cfg.teacher_nfe,
+                                                           method=cfg.teacher_method, seed=cfg.seed, start=start),
+                              device)
             mine[start] = {"teacher": out.cpu()}
             seconds["teacher"] += sec
             for name, generator in generators.items():
@@ -110,27 +94,27 @@ def _sample(args, params, dist: Dist) -> None:
     from ..data import write_split
 
     cfg = params.sample
-    family = common.make_family(params)
     device = dist.device
     split = common.load_split(args.data)
-    common.check_family_matches_data(family, split)
-    teacher_ckpt, teacher = common.load_teacher(args.teacher, params, device)
-    gen_ckpt = load_checkpoint(args.generator)
-    # Every copy of the generator is sampled: the raw weights and each EMA decay. `student` is the one
-    # `sample.generator_ema` names, the headline of the report.
-    copies = {"student_raw": "none", **{f"student_ema_{k.replace('.', '_')}": k for k in sorted(gen_ckpt["ema"])}}
-    wanted = cfg.generator_ema if cfg.generator_ema == "none" else ema_key(cfg.generator_ema)
-    headline = next((name for name, key in copies.items() if key == wanted), None)
+    common.check_family_matches_data(common.make_family(params), split)
+    teacher = load_teacher(args.teacher, device=device, needed_by="sample", expect_family=params.family.name)
+    gen_ckpt = read_checkpoint(args.generator, "generator", needed_by="sample")
+    # Every copy of the generator is sampled: the raw weights, each EMA decay and the best copy when
+    # distill kept one. `student` is the one `sample.generator_ema` names, the headline of the report; with
+    # `best` the final copies stay beside it, scored the same way.
+    names = sorted(gen_ckpt.copies, key=lambda name: (name == BEST_COPY, name))  # EMA copies, then best
+    copies = {"student_raw": None, **{f"student_{name.replace('.', '_')}": name for name in names}}
+    wanted = gen_ckpt.copy_name(cfg.generator_ema)
+    headline = next((name for name, copy in copies.items() if copy == wanted), None)
     if headline is None:
         raise common.StageError(f"sample.generator_ema {cfg.generator_ema!r}: the generator has no such copy; "
-                                f"it has none and {sorted(gen_ckpt['ema'])}")
-    gen_family = common.family_of(gen_ckpt)
-    if gen_family.name != family.name:
-        raise common.StageError(f"the generator was distilled for family {gen_family.name}, params say {family.name}")
-    generators = {name: OneStepGenerator(gen_family, common.load_model(gen_ckpt, use_ema=key, device=device))
-                  for name, key in copies.items()}
-    classes = teacher_ckpt["spec"]["args"].get("num_classes", 0)
-    inputs = lambda start, n: sources(gen_family, split, n, cfg.seed, split.sample_shape, classes, start=start)  # noqa: E731
+                                f"it has the raw weights (none) and {names}")
+    generators = {name: load_generator(gen_ckpt, ema=copy, device=device, needed_by="sample",
+                                       expect_family=params.family.name) for name, copy in copies.items()}
+    gen_family, classes = generators["student_raw"].family, teacher.num_classes
+    family = teacher.family  # the teacher samples as it was trained
+    inputs = lambda start, n: one_step_inputs(gen_family, start, n, seed=cfg.seed, shape=split.sample_shape,  # noqa: E731
+                                              num_classes=classes, x0=split.x0 if gen_family.paired else None)
     # One file per copy, the teacher and the student: samples (and their inputs x0 when paired) and labels.
     per_sample = split.x1[0].nbytes * (2 if family.paired else 1) + 8
     common.check_folders({common.output_folder(args.out): (len(copies) + 2) * cfg.n_samples * per_sample}, dist)
@@ -161,7 +145,9 @@ def _sample(args, params, dist: Dist) -> None:
                     scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
         timing = {who: {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)} for who in nfe}
         common.write_json({**timing, "device": str(device), "processes": dist.world_size,
-                           "n_samples": cfg.n_samples, "student_copy": headline}, tmp / "timing.json")
+                           "n_samples": cfg.n_samples, "student_copy": headline,
+                           # which (copy, step) the `best` copy is, by which in-training metric
+                           **({"best": gen_ckpt.meta["best"]} if "best" in gen_ckpt.meta else {})}, tmp / "timing.json")
         print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items())
               + f"; student = {headline}, also {', '.join(n for n in generators if n != headline)}")
 

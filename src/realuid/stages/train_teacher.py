@@ -6,16 +6,19 @@ import sys
 
 from pathlib import Path
 
-from ..config import to_dict
 from ..distributed import launched_rank, session
 from ..models import model_spec
-from ..checkpoints import atomic_save, file_digest
-from ..training import CHECKPOINT_FORMAT, resolve_device, state_key, train_teacher
+from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
+from ..training import resolve_device, state_key, train_teacher
 from . import common
 
 
-def imported_teacher(cfg, params, split) -> dict:
-    """The teacher checkpoint dict for one of the authors' released files (no training)."""
+def imported_teacher(cfg, params, split) -> Checkpoint:
+    """The teacher checkpoint of one of the authors' released files (no training).
+
+    The copy it imports is both its weights and, unless it is their raw ``net_model``, its EMA copy (the
+    one layout of every teacher: the copy a trained teacher samples with is its EMA).
+    """
     from ..authors import load_authors_teacher
 
     if params.family.name != "fm":
@@ -30,8 +33,10 @@ def imported_teacher(cfg, params, split) -> dict:
             "(train_teacher.model.class_cond and the data's labels)"
         )
     print(f"train_teacher: imported {cfg.import_checkpoint} (EMA {cfg.import_ema}), no training")
-    return {"format": CHECKPOINT_FORMAT, "kind": "teacher", "spec": spec, "state_dict": state,
-            "ema_state_dict": state, "step": 0, "imported_from": file_digest(cfg.import_checkpoint)}
+    copies = {} if cfg.import_ema == "none" else {ema_copy_name(cfg.import_ema): state}
+    return Checkpoint(kind="teacher", spec=spec, family=teacher_family_record(params), weights=state, copies=copies,
+                      meta={"step": 0, "imported_from": file_digest(cfg.import_checkpoint), "import_ema": cfg.import_ema},
+                      config={"import_checkpoint": cfg.import_checkpoint, "import_ema": cfg.import_ema})
 
 
 def main(args, params) -> None:
@@ -45,9 +50,8 @@ def main(args, params) -> None:
         # teacher.pt holds the imported weights twice (weights and EMA): at most twice the file's size.
         common.check_folders({common.output_folder(args.out): 2 * Path(cfg.import_checkpoint).stat().st_size})
         result = imported_teacher(cfg, params, split)
-        result["family"] = {"name": params.family.name, "options": params.family.options()}
         with common.atomic_dir(args.out) as tmp:
-            atomic_save(result, tmp / "teacher.pt")
+            save_checkpoint(result, tmp / "teacher.pt")
             (tmp / "curves.csv").write_text("step,loss,grad_norm,lr\n")
         return
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
@@ -55,7 +59,8 @@ def main(args, params) -> None:
 
     # The state folder is keyed by everything the result depends on, so a changed config starts afresh
     # while the same command after an interruption resumes (with any number of processes).
-    key = state_key("train_teacher", to_dict(params.family), common.state_settings(cfg), spec, file_digest(args.data))
+    key = state_key("train_teacher", teacher_family_record(params), common.state_settings(cfg), spec,
+                    file_digest(args.data))
     state_dir = Path(args.state) / key
     needs = common.teacher_needs(args.out, state_dir, common.weight_bytes(spec))
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
@@ -63,10 +68,15 @@ def main(args, params) -> None:
             print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {dist.device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
         result = train_teacher(family, common.train_data(split, dist.device), spec, cfg, state_dir, dist=dist)
-        result["family"] = {"name": params.family.name, "options": params.family.options()}
+        result.family = teacher_family_record(params)
         if dist.is_main:
             common.publish_training(args.out, "teacher.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
+
+
+def teacher_family_record(params) -> dict:
+    """The teacher's family and the options it uses (another family's keys and the generator's are not)."""
+    return {"name": params.family.name, "options": params.family.options()}
 
 
 def processes(params) -> int:

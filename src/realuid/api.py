@@ -1,0 +1,236 @@
+"""Teachers and distilled generators as modules that sample: :func:`load_generator`, :func:`load_teacher`.
+
+    import realuid
+    generator = realuid.load_generator("data/distill/generator.pt", ema=0.999)
+    x = generator.sample(16, seed=0)            # [16, ...]: sample i comes from the noise of seed 0 + i
+
+Sample ``i`` of ``.sample(n, seed=s)`` starts from the noise of seed ``s + i`` (EDM's per-seed noise), is
+labelled ``i % num_classes`` when the model is class-conditional and no labels are given, and reads the
+``i``-th corrupted input (cycled) of ``x0`` for a paired family: the same whatever ``n`` and
+``batch_size``, and the same as the ``sample`` stage with ``sample.seed = s``. The stage samples with
+these same functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
+from .models import OneStepGenerator, build_model, data_shape
+
+__all__ = ["Generator", "Teacher", "family_of", "load_generator", "load_teacher", "network", "one_step_inputs",
+           "sample_teacher_batch"]
+
+
+def family_of(checkpoint: Checkpoint):
+    """The matching family a checkpoint was written for (its ``family`` record)."""
+    from .matching import make_family
+
+    record = checkpoint.family
+    if not isinstance(record, dict) or not isinstance(record.get("options"), dict) or "name" not in record:
+        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'} names no family record "
+                              f"({{'name', 'options'}}), got {record!r}")
+    return make_family(record["name"], **record["options"])
+
+
+def network(checkpoint: Checkpoint, copy: str | float | None, device: torch.device | str = "cpu") -> nn.Module:
+    """The network of a checkpoint with the weights of ``copy`` (None: raw; a decay; a copy name), in eval mode.
+
+    Loading is strict: a layout that does not match the checkpoint's own spec is an error, never ignored.
+    """
+    net = build_model(checkpoint.spec)
+    try:
+        net.load_state_dict(checkpoint.state_dict(copy))
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'}: the weights of copy {copy!r} do not fit "
+                              f"its model spec: {str(err).splitlines()[0]}") from None
+    return net.to(device).eval()
+
+
+def _read(source: str | os.PathLike | Checkpoint, kind: str, needed_by: str, expect_family: str | None) -> Checkpoint:
+    checkpoint = source if isinstance(source, Checkpoint) else read_checkpoint(source, kind, needed_by=needed_by)
+    if checkpoint.kind != kind:
+        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'} is a {checkpoint.kind} checkpoint; "
+                              f"{needed_by} needs a {kind} checkpoint")
+    got = (checkpoint.family or {}).get("name")
+    if expect_family is not None and got != expect_family:
+        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'} is a {kind} for family {got}; {needed_by} "
+                              f"is set up for family {expect_family}: rerun the stage that writes it")
+    return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-seed inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[int], num_classes: int,
+                    x0: Tensor | None = None, labels: Tensor | Sequence[int] | None = None):
+    """Inputs of samples ``start .. start+n-1``: ``(z [n, ...], y [n] or None, noise [n, ...] or None)``.
+
+    ``z`` is the noise of seeds ``seed + i`` (paired families: ``x0[i % len(x0)]``, the corrupted input);
+    ``noise`` is the generator's own noise (seeds ``seed + i``) when ``family.generator_noise``; ``y`` is
+    ``labels[i]``, or ``i % num_classes`` when no labels are given (None for an unconditional model).
+    The teacher starts from the same ``z``.
+    """
+    from .sampling import seeded_noise
+
+    seeds = list(range(seed + start, seed + start + n))
+    idx = torch.arange(start, start + n)
+    if family.paired:
+        if x0 is None or len(x0) == 0:
+            raise ValueError(f"the {family.name} family is paired: pass x0, the corrupted inputs [M, ...]")
+        z = torch.as_tensor(x0)[idx % len(x0)]
+    else:
+        if x0 is not None:
+            raise ValueError(f"the {family.name} family draws its own noise: x0 is only for paired families")
+        z = seeded_noise(seeds, tuple(shape))
+    noise = seeded_noise(seeds, tuple(shape)) if family.generator_noise else None
+    if not num_classes:
+        if labels is not None:
+            raise ValueError("this model is unconditional: pass labels=None")
+        return z, None, noise
+    y = idx % num_classes if labels is None else torch.as_tensor(labels, dtype=torch.long)[start:start + n]
+    if len(y) != n:
+        raise ValueError(f"labels must hold one class per sample: {n} needed from index {start}, got {len(y)}")
+    return z, y, noise
+
+
+def _batches(n: int, batch_size: int | None):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    size = n if batch_size is None else batch_size
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return [(start, min(size, n - start)) for start in range(0, n, max(size, 1))]
+
+
+def _to(device, *tensors):
+    return tuple(None if a is None else a.to(device) for a in tensors)
+
+
+def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int, method: str, seed: int,
+                         start: int) -> Tensor:
+    """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
+
+    SDE noise is drawn per batch from ``seed + start`` (on the inputs' device): reproducible for a
+    fixed batch size; the ODE methods depend on the inputs only.
+    """
+    from .sampling import sample_teacher
+
+    rng = torch.Generator(device=x0.device).manual_seed(seed + start)
+    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, generator=rng)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+
+class Generator(OneStepGenerator):
+    """A distilled one-step generator: ``generator(z, y, noise)`` as in training, and :meth:`sample`.
+
+    Attributes: ``family``, ``net``, ``spec``, ``shape`` (one sample), ``num_classes`` (0: unconditional),
+    ``copy`` (the weights it holds: None for raw, else the copy's name) and ``checkpoint_meta``.
+    """
+
+    def __init__(self, family, net: nn.Module, spec: dict, *, copy: str | None = None, meta: dict | None = None):
+        super().__init__(family, net)
+        self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
+        self.shape, self.num_classes = data_shape(spec), int(spec["args"].get("num_classes", 0))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = None,
+                        device: torch.device | str = "cpu") -> "Generator":
+        return cls(family_of(checkpoint), network(checkpoint, ema, device), checkpoint.spec,
+                   copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, seed: int = 0, labels=None, batch_size: int | None = None,
+               x0: Tensor | None = None) -> Tensor:
+        """``n`` samples ``[n, *shape]`` on the module's device (see the module doc for what sample i is)."""
+        device = next(self.net.parameters()).device
+        out = [self(*_to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
+                                                  num_classes=self.num_classes, x0=x0, labels=labels)))
+               for start, m in _batches(n, batch_size)]
+        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+
+
+class Teacher(nn.Module):
+    """A multi-step teacher: ``teacher(t, x, y)`` is its network, :meth:`sample` its sampler.
+
+    Attributes as :class:`Generator` (``family``, ``net``, ``spec``, ``shape``, ``num_classes``, ``copy``,
+    ``checkpoint_meta``).
+    """
+
+    def __init__(self, family, net: nn.Module, spec: dict, *, copy: str | None = None, meta: dict | None = None):
+        super().__init__()
+        self.family, self.net = family, net
+        self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
+        self.shape, self.num_classes = data_shape(spec), int(spec["args"].get("num_classes", 0))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = "auto",
+                        device: torch.device | str = "cpu") -> "Teacher":
+        if ema == "auto":
+            ema = _teacher_copy(checkpoint)
+        return cls(family_of(checkpoint), network(checkpoint, ema, device), checkpoint.spec,
+                   copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
+
+    def forward(self, t: Tensor, x: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.net(t, x, y)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, nfe: int, method: str, seed: int = 0, labels=None, batch_size: int | None = None,
+               x0: Tensor | None = None) -> Tensor:
+        """``n`` samples ``[n, *shape]`` with ``nfe`` network calls by ``method`` (euler | heun | sde).
+
+        Sample ``i`` starts from the same input as the generator's sample ``i``; the SDE's own noise
+        depends on the batch (seed + its first index), so SDE samples match the stage's for the same
+        ``batch_size``.
+        """
+        device = next(self.net.parameters()).device
+        out = []
+        for start, m in _batches(n, batch_size):
+            z, y, _ = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
+                                                   num_classes=self.num_classes, x0=x0, labels=labels))
+            out.append(sample_teacher_batch(self.family, self.net, z, y, nfe=nfe, method=method, seed=seed,
+                                            start=start))
+        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+
+
+def _teacher_copy(checkpoint: Checkpoint) -> str | None:
+    """The weights a teacher samples with: its EMA copy (a trained teacher has one); an imported
+    teacher has none, its raw weights being the copy chosen at import."""
+    emas = sorted(name for name in checkpoint.copies if name.startswith("ema"))
+    if len(emas) > 1:
+        raise CheckpointError(f"{checkpoint.source or 'the teacher'} has several EMA copies {emas}: choose one with ema=")
+    return emas[0] if emas else None
+
+
+def load_generator(path: str | os.PathLike | Checkpoint, ema: str | float | None = None, *,
+                   device: torch.device | str = "cpu", needed_by: str = "load_generator",
+                   expect_family: str | None = None) -> Generator:
+    """A distilled generator from ``path`` (a generator checkpoint, or one already read).
+
+    ``ema``: None for the raw weights, a decay (``0.999``) for that EMA copy, or a copy's name (e.g.
+    ``"best"``). ``needed_by`` and ``expect_family`` phrase and tighten the checks for a caller (a stage).
+    """
+    checkpoint = _read(path, "generator", needed_by, expect_family)
+    return Generator.from_checkpoint(checkpoint, ema, device)
+
+
+def load_teacher(path: str | os.PathLike | Checkpoint, ema: str | float | None = "auto", *,
+                 device: torch.device | str = "cpu", needed_by: str = "load_teacher",
+                 expect_family: str | None = None) -> Teacher:
+    """A teacher from ``path`` (a teacher checkpoint, or one already read).
+
+    ``ema``: ``"auto"`` for the weights the pipeline samples with (the EMA copy of a trained teacher, the
+    weights of an imported one), None for the raw weights, a decay or a copy's name for that copy.
+    """
+    checkpoint = _read(path, "teacher", needed_by, expect_family)
+    return Teacher.from_checkpoint(checkpoint, ema, device)
