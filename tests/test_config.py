@@ -74,14 +74,19 @@ def test_bridge_needs_pairing_and_its_sde(tmp_path):
     load_params(write(tmp_path, edited(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")))
 
 
-def test_generator_noise_only_for_a_noisy_bridge(tmp_path):
+def test_generator_noise_needs_a_noisy_bridge_and_other_families_ignore_it(tmp_path):
     bridge = dict(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
-    assert load_params(write(tmp_path, edited(**bridge, distill__generator_t=0.1))).distill.generator_t == 0.1
-    for changes in ({}, {**bridge, "family__sigma": 0.0, "sample__teacher_method": "euler"}):
-        with pytest.raises(ConfigError, match="distill.generator_t: only a bridge with family.sigma > 0"):
-            load_params(write(tmp_path, edited(**changes, distill__generator_t=0.1)))
-    with pytest.raises(ConfigError, match="distill.generator_t: must be < 0.5"):
-        load_params(write(tmp_path, edited(**bridge, distill__generator_t=0.5)))
+    assert load_params(write(tmp_path, edited(**bridge, generator__t=0.1))).generator.t == 0.1
+    noiseless = {**bridge, "family__sigma": 0.0, "sample__teacher_method": "euler"}
+    with pytest.raises(ConfigError, match="generator.t: a bridge with family.sigma = 0"):
+        load_params(write(tmp_path, edited(**noiseless, generator__t=0.1)))
+    with pytest.raises(ConfigError, match="generator.t: must be < 0.5"):
+        load_params(write(tmp_path, edited(**bridge, generator__t=0.5)))
+    # Another family's generator key is not in effect: accepted, and it places nothing.
+    params = load_params(write(tmp_path, edited(generator__t=0.1)))
+    assert params.family.name == "fm" and params.generator.options("fm") == {}
+    assert params.generator.options("bridge") == {"generator_t": 0.1}
+    assert params.generator.options("diffusion") == {"generator_sigma": params.generator.sigma}
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):
@@ -102,3 +107,23 @@ def test_int_is_accepted_where_a_float_is_expected(tmp_path):
 
 def test_ema_key_is_canonical():
     assert ema_key(0.999) == ema_key("0.999") == "0.999"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"distill__eval_every_steps": -1}, "distill.eval_every_steps: must be >= 0"),
+    ({"distill__eval_samples": 1}, "distill.eval_samples: must be >= 2"),
+    ({"evaluate__fid_blocks": 0}, "evaluate.fid_blocks: must be >= 1"),
+    ({"evaluate__fid_blocks": 3}, "evaluate.fid_blocks: 3 blocks do not split sample.n_samples 5000"),
+    ({"evaluate__fid_blocks": 5000}, "need at least 2 samples per block"),
+    ({"distill__keep_best": True, "distill__eval_every_steps": 0}, "distill.keep_best: the best copy is chosen"),
+    ({"sample__generator_ema": "best"}, "sample.generator_ema: 'best' needs distill.keep_best"),
+    ({"sample__generator_ema": "best", "distill__eval_every_steps": 0}, "'best' needs distill.keep_best"),
+])
+def test_in_training_evaluation_and_fid_block_settings_are_checked(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(write(tmp_path, edited(**changes)))
+
+
+def test_best_copy_is_accepted_with_keep_best(tmp_path):
+    params = load_params(write(tmp_path, edited(sample__generator_ema="best", distill__keep_best=True)))
+    assert params.sample.generator_ema == "best" and params.distill.eval_every_steps > 0

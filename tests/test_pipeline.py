@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from realuid.config import load_params
@@ -39,7 +40,9 @@ def tiny_params(**sections) -> dict:
     p["features"].update(steps=40, batch_size=64)
     p["train_teacher"]["model"].update(hidden_dim=32, depth=1, time_embed_dim=16, channels=32, channel_mult=[1, 2])
     p["train_teacher"].update(steps=30, batch_size=128, checkpoint_every_steps=30, log_every_steps=10)
-    p["distill"].update(steps=4, batch_size=128, checkpoint_every_steps=4, log_every_steps=2)
+    # 5 in-training evaluations of every copy (steps 2, 4, ..., 10), as the embedded default does every 50.
+    p["distill"].update(steps=10, batch_size=128, checkpoint_every_steps=4, log_every_steps=2, eval_every_steps=2,
+                        eval_samples=200)
     p["sample"].update(n_samples=300, batch_size=150, teacher_nfe=8)
     p["evaluate"].update(kid_subset_size=100, batch_size=100)
     for key, value in sections.items():
@@ -148,9 +151,11 @@ CONFIGS = {
     "toy-fm": tiny_params(),
     "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
                                          evaluate__reference="train", distill__gan__enabled=True,
-                                         sample__n_samples=200, evaluate__kid_subset_size=50),
+                                         sample__n_samples=200, evaluate__kid_subset_size=50,
+                                         finetune__enabled=True, finetune__steps=2),  # image evaluation in finetune
     "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
-                                        distill__generator_t=0.1, finetune__enabled=True, finetune__steps=2),
+                                        generator__t=0.1, finetune__enabled=True, finetune__steps=2,
+                                        distill__keep_best=True, sample__generator_ema="best"),
 }
 
 
@@ -186,13 +191,53 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
         if label == "toy-fm":
             check_samples_do_not_depend_on_batch_size(project, params)
         if label.startswith("toy-bridge"):  # paired data: the pairs are scored too
-            assert all("joint_sliced_wasserstein2" in row for row in metrics.values())
+            assert all("joint_sliced_wasserstein2" in row for who, row in metrics.items() if who != "protocol")
+        check_quality_during_training(project, params, metrics, page)
         passed_through = (project / "data/finetune/generator.pt").read_bytes() == (
             project / "data/distill/generator.pt").read_bytes()
         assert passed_through != params["finetune"]["enabled"], label
     for stage in STAGES:
         unread = sorted(d for d in stage.params if not any(covers([d], k) for k in read_by_stage[stage.name]))
         assert not unread, f"{stage.name} declares params it never reads: {unread}"
+
+
+def eval_table(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def check_quality_during_training(project: Path, params: dict, metrics: dict, page: str) -> None:
+    """The evaluation tables, the protocol in metrics.json, and the best copy where it is kept."""
+    images = params["prepare"]["source"] == "digits"
+    headline = "fid" if images else "sliced_wasserstein2"
+    rows = eval_table(project / "data/distill/eval.csv")
+    copies = ["raw", *(f"ema_{float(d)!r}" for d in params["distill"]["ema_decays"])]
+    steps = list(range(2, params["distill"]["steps"] + 1, 2))
+    assert len(steps) >= 5 and [(int(r["step"]), r["copy"]) for r in rows] == [(s, c) for s in steps for c in copies]
+    assert list(rows[0])[-1] == headline and all(math.isfinite(float(r[headline])) for r in rows)
+    finetuned = eval_table(project / "data/finetune/eval.csv")
+    assert bool(finetuned) == params["finetune"]["enabled"]  # a disabled finetune writes the header only
+    assert "## Quality during training" in page and (project / "data/report/quality.png").is_file()
+    protocol = metrics["protocol"]
+    assert protocol["reference_split"] == params["evaluate"]["reference"]
+    assert protocol["n_generated"] == params["sample"]["n_samples"]
+    assert protocol["sample_seed"] == params["sample"]["seed"] and protocol["evaluate_seed"] == params["evaluate"]["seed"]
+    if images:
+        assert protocol["extractor"] == "realuid-features" and len(protocol["extractor_weights_sha256"]) == 64
+        assert protocol["fid_blocks"] == 1 and metrics["student"]["fid_std"] == 0.0
+        assert metrics["student"]["fid_mean"] == metrics["student"]["fid_min"]
+        np.testing.assert_allclose(metrics["student"]["fid_mean"], metrics["student"]["fid"], rtol=1e-9)
+    if params["distill"]["keep_best"]:
+        # The headline is the kept copy; the final copies are scored beside it, and the report says so.
+        timing = json.loads((project / "data/sample/timing.json").read_text())
+        table = finetuned if params["finetune"]["enabled"] else rows
+        lowest = min(table, key=lambda r: float(r[headline]))
+        assert timing["student_copy"] == "student_best"
+        assert (timing["best"]["copy"], timing["best"]["step"]) == (lowest["copy"], int(lowest["step"]))
+        assert metrics["student"][headline] == metrics["student_best"][headline] and "student_ema_0_999" in metrics
+        assert "optimistic" in page and f"best `{lowest['copy']}` at step {lowest['step']}" in page
 
 
 def check_samples_do_not_depend_on_batch_size(project: Path, params: dict) -> None:
@@ -252,6 +297,17 @@ def test_corrupted_hdf5_is_a_clear_error_without_output(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert err.startswith("error:") and "train.h5" in err and "Traceback" not in err
     assert not (project / "data/train_teacher").exists()
+
+
+def test_in_training_evaluation_the_data_cannot_score_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    project = make_project(tmp_path, tiny_params(), git=False)
+    monkeypatch.chdir(project)
+    run_stage(stage_named("prepare"), monkeypatch)
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(distill__eval_samples=1001)))  # 1000 points
+    assert importlib.import_module("realuid.stages.distill").cli(stage_argv(stage_named("distill"))) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: distill.eval_samples 1001 exceeds the 1000 training points") and err.count("\n") == 1
+    assert not (project / "data/distill").exists() and not (project / "state").exists()
 
 
 def test_bridge_on_unpaired_data_is_refused(tmp_path, monkeypatch, capsys):
@@ -322,6 +378,16 @@ def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
     assert dvc_reproduce(project) == set()
     assert dvc_changed(project) == set()
 
+    # The in-training evaluation table is a DVC plot: one line of the headline metric per generator copy.
+    shown = json.loads(sh(project, "dvc", "plots", "show", "--json").stdout)
+    assert "errors" not in shown, shown["errors"]
+    (plot,) = shown["data"]["data/distill/eval.csv"]
+    encoding = plot["content"]["encoding"]
+    assert encoding["x"]["field"] == "step" and encoding["y"]["field"] == "sliced_wasserstein2"
+    values = plot["content"]["data"]["values"]
+    assert {v["copy"] for v in values} == {"raw", "ema_0.99", "ema_0.999"} and len(values) == 15
+    assert shown["data"]["data/finetune/eval.csv"] == [] or not shown["data"]["data/finetune/eval.csv"][0]["content"]["data"]["values"]
+
     # Changing alpha reruns exactly distill and what follows.
     set_alpha(project, 0.9)
     assert dvc_changed(project) == {"distill", "report"}  # the stages that declare alpha
@@ -352,3 +418,53 @@ def test_snakemake_targets_a_stage_by_name(tmp_path):
     sh(project, "snakemake", "train_teacher", "--cores", "2")
     assert (project / "data/train_teacher/teacher.pt").is_file()
     assert not (project / "data/distill").exists()
+
+
+# Keys the toy flow-matching configuration does not use: other families' options and generator
+# placements, a file source's settings, the pairing strength without pairing, the UNet's shape on points,
+# the EMA of an import that is off, the GAN's coefficients with the GAN off.
+UNUSED_ON_TOY_FM = {
+    "family__schedule": "ve", "family__prediction": "x1", "family__interpolant": "trig", "family__sigma": 0.3,
+    "generator__sigma": 1.5, "generator__t": 0.2,
+    "prepare__path": "elsewhere.npz", "prepare__pairing_strength": 0.9, "prepare__normalize": True,
+    "prepare__test_fraction": 0.3, "prepare__download": True,
+    "train_teacher__model__channels": 64, "train_teacher__model__channel_mult": [1, 2, 2],
+    "train_teacher__model__num_res_blocks": 2, "train_teacher__model__attention_resolutions": "4",
+    "train_teacher__model__num_heads": 2, "train_teacher__import_ema": "none",
+    "distill__gan__gen_coef": 1.0, "distill__gan__disc_coef": 3.0,
+}
+TRAINED = ("data/prepare/train.h5", "data/prepare/test.h5", "data/train_teacher/teacher.pt", "data/distill/generator.pt")
+
+
+def digests(project: Path) -> dict:
+    import hashlib
+
+    return {name: hashlib.sha256((project / name).read_bytes()).hexdigest() for name in TRAINED}
+
+
+def state_folders(project: Path) -> list[str]:
+    """The resumable runs on disk: a new one means something trained afresh."""
+    return sorted(p.relative_to(project).as_posix() for p in (project / "state").glob("*/*") if p.is_dir())
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.slow  # four tiny pipeline runs: about three minutes on 2 cores
+def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
+    project = make_project(tmp_path / "project", tiny_params())
+    sh(project, "dvc", "repro")
+    trained, states = digests(project), state_folders(project)
+    assert len(states) == 2  # the teacher's and the distillation's
+
+    write_params(project, tiny_params(**UNUSED_ON_TOY_FM))
+    sh(project, "dvc", "repro")  # the stages that declare these keys rerun, from their finished states
+    assert digests(project) == trained and state_folders(project) == states
+
+    # Snakemake records each rule's params on a run, then reruns the rules whose params changed.
+    sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--forceall", "--quiet")
+    write_params(project, tiny_params())
+    assert "train_teacher" in snakemake_pending(project)
+    sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--quiet")
+    assert digests(project) == trained and state_folders(project) == states

@@ -44,7 +44,6 @@ class FamilyConfig:
     name: str = opt(choices=("fm", "diffusion", "si", "bridge"))
     schedule: str = opt(choices=("vp", "ve"), doc="diffusion: noise schedule")
     prediction: str = opt(choices=("eps", "x1"), doc="diffusion: regression target")
-    generator_sigma: float = opt(gt=0, doc="diffusion: noise level (EDM units) the generator starts from")
     interpolant: str = opt(choices=("linear", "trig"), doc="si: the A(t), B(t) pair")
     sigma: float = opt(ge=0, doc="si: gamma(t) = sigma*sqrt(t(1-t)); bridge: Brownian noise")
 
@@ -52,15 +51,25 @@ class FamilyConfig:
         """Keyword arguments of :func:`realuid.matching.make_family` for this family."""
         by_family = {
             "fm": {},
-            "diffusion": {
-                "schedule": self.schedule,
-                "prediction": self.prediction,
-                "generator_sigma": self.generator_sigma,
-            },
+            "diffusion": {"schedule": self.schedule, "prediction": self.prediction},
             "si": {"interpolant": self.interpolant, "sigma": self.sigma},
             "bridge": {"sigma": self.sigma},
         }
         return by_family[self.name]
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Where the one-step generator reads its input, one block for every family: each family reads its
+    own key and ignores the others, so a key of another family never reruns anything."""
+
+    sigma: float = opt(gt=0, doc="diffusion: noise level (EDM units) the generator starts from")
+    t: float = opt(ge=0, lt=0.5, doc="bridge: time the generator reads the bridge at; > 0 gives it noise, "
+                                     "so it can match p(x1 | x0) (needs family.sigma > 0)")
+
+    def options(self, family: str) -> dict:
+        """Keyword arguments of :func:`realuid.matching.make_family` that place ``family``'s generator."""
+        return {"diffusion": {"generator_sigma": self.sigma}, "bridge": {"generator_t": self.t}}.get(family, {})
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,11 @@ class DistillConfig:
     # A default so code that builds a DistillConfig by hand stays valid; params files still list it.
     gan: GanConfig = opt(GanConfig(enabled=False, gen_coef=5.0, disc_coef=15.0))
     nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size (finetune too)")
-    generator_t: float = opt(0.0, ge=0, lt=0.5, doc="bridge: time the generator reads its input at; > 0 gives it "
-                                                     "noise, so it can match p(x1 | x0) (needs family.sigma > 0)")
+    # In-training quality (defaults so hand-built configs stay valid; params files list them).
+    eval_every_steps: int = opt(0, ge=0, doc="score the raw generator and every EMA copy every this many "
+                                             "generator updates (0 = off; finetune too)")
+    eval_samples: int = opt(1000, ge=2, doc="size of the fixed noise set scored at each evaluation")
+    keep_best: bool = opt(False, doc="keep the best (copy, step) by the in-training metric as generator copy 'best'")
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,7 @@ class SampleConfig:
     batch_size: int = opt(gt=0)
     teacher_nfe: int = opt(gt=0)
     teacher_method: str = opt(choices=("euler", "heun", "sde"))
-    generator_ema: str = opt(doc="'none' for the raw generator, else one of distill.ema_decays")
+    generator_ema: str = opt(doc="'none' for the raw generator, one of distill.ema_decays, or 'best' (keep_best)")
     seed: int = opt(ge=0, doc="sample i uses seed + i")
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
     nproc: int = opt(1, ge=1, doc="processes under torchrun; batches of batch_size samples are dealt round-robin")
@@ -199,6 +211,7 @@ class EvaluateConfig:
     kid_subset_size: int = opt(gt=1)
     batch_size: int = opt(gt=0, doc="images per feature-extractor batch")
     seed: int = opt(ge=0)
+    fid_blocks: int = opt(1, ge=1, doc="images: FID also over K disjoint seed blocks (fid_mean, fid_min, fid_std)")
     device: str = opt("auto", doc="auto | cpu | cuda | cuda:N: where image features are extracted")
     nproc: int = opt(1, ge=1, doc="processes under torchrun; feature batches are dealt round-robin")
 
@@ -208,6 +221,7 @@ class Params:
     alpha: float = opt(gt=0, le=1, doc="RealUID weight of generated samples in the fake model's norm term")
     beta: float = opt(gt=0, le=1, doc="RealUID weight of generated samples in the fake model's cross term")
     family: FamilyConfig = opt()
+    generator: GeneratorConfig = opt()
     prepare: PrepareConfig = opt()
     features: FeaturesConfig = opt()
     train_teacher: TrainTeacherConfig = opt()
@@ -307,6 +321,8 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
     if isinstance(obj, Params):
         decays = {ema_key(d) for d in obj.distill.ema_decays}
         for key, ema in (("sample.generator_ema", obj.sample.generator_ema), ("finetune.from_ema", obj.finetune.from_ema)):
+            if key == "sample.generator_ema" and ema == BEST_COPY:
+                continue  # checked below, with keep_best
             if ema != "none" and _ema_or_none(ema) not in decays:
                 raise ConfigError(f"{key}: {ema!r} is not 'none' nor one of distill.ema_decays {obj.distill.ema_decays}")
         if obj.family.name == "bridge" and obj.prepare.pairing == "none":
@@ -314,11 +330,26 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if obj.family.name == "bridge" and obj.family.sigma > 0 and obj.sample.teacher_method != "sde":
             # A noisy bridge's learned drift is not a probability-flow velocity: only its SDE samples it.
             raise ConfigError("sample.teacher_method: the bridge family with sigma > 0 samples with 'sde'")
-        if obj.distill.generator_t > 0 and (obj.family.name != "bridge" or obj.family.sigma == 0):
-            raise ConfigError("distill.generator_t: only a bridge with family.sigma > 0 has noise to give its "
-                              "generator; keep it 0 otherwise")
+        if obj.family.name == "bridge" and obj.generator.t > 0 and obj.family.sigma == 0:
+            raise ConfigError("generator.t: a bridge with family.sigma = 0 has no noise to give its generator; "
+                              "keep it 0 or set family.sigma > 0")
+        if obj.distill.keep_best and obj.distill.eval_every_steps == 0:
+            raise ConfigError("distill.keep_best: the best copy is chosen by the in-training evaluation; "
+                              "set distill.eval_every_steps > 0")
+        if obj.sample.generator_ema == BEST_COPY and not obj.distill.keep_best:
+            raise ConfigError("sample.generator_ema: 'best' needs distill.keep_best: true (and "
+                              "distill.eval_every_steps > 0)")
+        if obj.sample.n_samples % obj.evaluate.fid_blocks:
+            raise ConfigError(f"evaluate.fid_blocks: {obj.evaluate.fid_blocks} blocks do not split "
+                              f"sample.n_samples {obj.sample.n_samples} evenly")
+        if obj.sample.n_samples // obj.evaluate.fid_blocks < 2:
+            raise ConfigError(f"evaluate.fid_blocks: blocks of {obj.sample.n_samples // obj.evaluate.fid_blocks} "
+                              "sample cannot give a covariance; need at least 2 samples per block")
         if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
             raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
+
+
+BEST_COPY = "best"  # the named generator copy that distill.keep_best keeps, beside the EMA copies
 
 
 def _ema_or_none(value: str) -> str | None:

@@ -82,3 +82,28 @@ def curves(series: dict[str, dict[str, np.ndarray]], path: str | Path, *, title:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def read_table(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV table (an in-training evaluation table: step, copy, metrics); [] when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def quality_curves(tables: dict[str, list[dict[str, str]]], metric: str, path: str | Path, *, title: str) -> None:
+    """One panel per evaluation table ``{panel title: rows}``: ``metric`` against step, one line per copy."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 3.2), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], tables.items()):
+        for copy in dict.fromkeys(r["copy"] for r in rows):  # first-seen order: raw, then the EMA copies
+            mine = [r for r in rows if r["copy"] == copy]
+            ax.plot([int(r["step"]) for r in mine], [float(r[metric]) for r in mine], marker=".", label=copy)
+        ax.set_xlabel("generator updates")
+        ax.set_ylabel(metric)
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -2,6 +2,10 @@
 
 Rows: ``teacher`` (multi-step), ``student`` (one step), every other copy of the generator, and ``real`` —
 held-out real data scored the same way, the floor that finite sample sizes put under every distance.
+A ``protocol`` entry says how the numbers were measured (extractor and the sha256 of its weights,
+reference split and size, number of generated samples, seeds, FID blocks), so ``dvc metrics diff`` shows
+like with like. Images also get ``fid_mean``, ``fid_min`` and ``fid_std`` over ``evaluate.fid_blocks``
+disjoint seed blocks of the samples (RealUID's code reports the mean of 3 x 50k, EDM the min of 3).
 
 With ``evaluate.nproc`` > 1 the stage runs under torchrun: image features (the costly part: 50k Inception
 passes per row for standard FID) are extracted batch by batch across the processes, as ``sample`` deals its
@@ -77,6 +81,9 @@ def _evaluate(args, params, dist: Dist) -> None:
     gen = {who: split.x1 for who, split in drawn.items()}
     timing = json.loads((samples / "timing.json").read_text())
     n = len(gen["student"])
+    if train.kind == "images" and (n % cfg.fid_blocks or n // cfg.fid_blocks < 2):
+        raise common.StageError(f"evaluate.fid_blocks: {n} samples do not split into {cfg.fid_blocks} blocks "
+                                "of at least 2; rerun sample")
     reference, other = (train, test) if cfg.reference == "train" else (test, train)
     floor_rows = _real_floor(other, n, cfg.seed)
     gen["real"] = other.x1[floor_rows]
@@ -108,11 +115,34 @@ def _evaluate(args, params, dist: Dist) -> None:
         if bad:
             raise common.StageError(f"non-finite {who} metrics: {bad}")
 
+    protocol = _protocol(params, train.kind, drawn["student"], reference, len(floor_rows), Path(args.features))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    common.write_json(metrics, args.out)
+    common.write_json({**metrics, "protocol": protocol}, args.out)
     for who in metrics:
         shown = {k: v for k, v in metrics[who].items() if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k}
         print(f"evaluate: {who:18s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+
+
+def _plain(value):
+    """An HDF5 attribute (numpy scalar) as a JSON value; sample i used seed sample_seed + i."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _protocol(params, kind: str, student, reference, floor_size: int, features_dir: Path) -> dict:
+    """How the metrics were measured: what a reader needs to compare two metrics files."""
+    cfg = params.evaluate
+    n = len(student)
+    protocol = {"reference_split": cfg.reference, "reference_size": len(reference), "n_generated": n,
+                "sample_seed": _plain(student.attrs.get("seed")), "evaluate_seed": cfg.seed,
+                "real_floor_split": "train" if cfg.reference == "test" else "test", "real_floor_size": floor_size}
+    if kind == "points":
+        return {**protocol, "extractor": "none (raw coordinates)"}
+    from ..checkpoints import file_digest
+    from .features import reference_weights
+
+    weights = reference_weights(params, features_dir)
+    return {**protocol, "extractor": cfg.feature_extractor, "extractor_weights_sha256": file_digest(weights),
+            "kid_subset_size": cfg.kid_subset_size, "fid_blocks": cfg.fid_blocks, "fid_block_size": n // cfg.fid_blocks}
 
 
 def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist) -> dict | None:
@@ -121,7 +151,7 @@ def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist)
     The reference features come from the features stage's cache (``reference_cache``), which is read,
     never written (it is that stage's output): a miss (other images, other weights) recomputes them here.
     """
-    from ..metrics import image_features, image_metrics_from_features, reference_features
+    from ..metrics import fid_block_statistics, image_features, image_metrics_from_features, reference_features
     from .features import reference_weights
 
     cfg = params.evaluate
@@ -132,9 +162,13 @@ def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist)
     features = {who: image_features(torch.as_tensor(x), **extraction) for who, x in gen.items()}
     if not dist.is_main:
         return None
-    return {who: image_metrics_from_features(feats, real, extractor=cfg.feature_extractor,
-                                             kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
-            for who, feats in features.items()}
+    metrics = {who: image_metrics_from_features(feats, real, extractor=cfg.feature_extractor,
+                                                kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+               for who, feats in features.items()}
+    for who, feats in features.items():
+        if who != "real":  # the floor's size follows the other split, not the seed blocks
+            metrics[who].update(fid_block_statistics(feats, real, blocks=cfg.fid_blocks, extractor=cfg.feature_extractor))
+    return metrics
 
 
 def _class_accuracy(metrics: dict, drawn: dict, params, features_dir: Path) -> None:

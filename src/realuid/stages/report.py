@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..plots import curves, read_curves
+from ..plots import curves, quality_curves, read_curves, read_table
 from . import common
 
 ROWS = (("teacher", "teacher (multi-step)"), ("student", "one-step student"), ("real", "real data (floor)"))
@@ -41,7 +41,12 @@ def main(args, params) -> None:
             panels["fine-tuning"] = read_curves(Path(args.finetune) / "curves.csv")
         curves(panels, tmp / "curves.png", title="training curves")
         t, s = metrics["teacher"], metrics["student"]
-        headline = json.loads((samples / "timing.json").read_text())["student_copy"].removeprefix("student_")
+        timing = json.loads((samples / "timing.json").read_text())
+        headline = timing["student_copy"].removeprefix("student_")
+        tables = {"distillation": read_table(args.distill_eval)}
+        if params.finetune.enabled:
+            tables["fine-tuning"] = read_table(Path(args.finetune) / "eval.csv")
+        quality = quality_section(tables, timing.get("best"), headline, tmp)
         speedup = s["samples_per_second"] / t["samples_per_second"]
         finetuned = ", then fine-tuned (see the curves)" if params.finetune.enabled else ""
         page = f"""# RealUID report
@@ -67,9 +72,40 @@ The one-step student samples {speedup:.0f}x faster than the teacher at NFE {t['n
 ## Training curves
 
 ![curves](curves.png)
-"""
+{quality}"""
         (tmp / "index.md").write_text(page)
     print(f"report: {Path(args.out) / 'index.md'}")
+
+
+def best_row(rows: list[dict[str, str]], metric: str) -> dict[str, str]:
+    """The first row with the lowest ``metric``: the (copy, step) ``distill.keep_best`` keeps."""
+    best = rows[0]
+    for row in rows[1:]:
+        if float(row[metric]) < float(best[metric]):
+            best = row
+    return best
+
+
+def quality_section(tables: dict, best_kept: dict | None, headline: str, out: Path) -> str:
+    """In-training quality: the curves per copy (``quality.png``) and the best (copy, step) of each table."""
+    tables = {name: rows for name, rows in tables.items() if rows}
+    if not tables:
+        return ""
+    metric = list(next(iter(tables.values()))[0])[-1]  # the headline metric is the table's last column
+    quality_curves(tables, metric, out / "quality.png", title=f"in-training {metric} (training split)")
+    lines = []
+    for name, rows in tables.items():
+        best = best_row(rows, metric)
+        lines.append(f"- {name}: best `{best['copy']}` at step {best['step']} ({metric} {float(best[metric]):.4g}); "
+                     f"{len({r['step'] for r in rows})} evaluations of {len({r['copy'] for r in rows})} copies")
+    if headline == "best" and best_kept is not None:
+        lines.append(f"- The one-step student is that kept copy (`{best_kept['copy']}` at step {best_kept['step']}). "
+                     "Picking a checkpoint by the metric you then report is optimistic: the final copies are "
+                     "listed beside it in the table above.")
+    return ("\n## Quality during training\n\n"
+            f"{metric} of each generator copy against the training split, on a fixed noise set "
+            "(`distill.eval_every_steps`, `distill.eval_samples`); lower is better.\n\n"
+            + "\n".join(lines) + "\n\n![quality](quality.png)\n")
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -78,6 +114,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--teacher-curves", required=True)
     p.add_argument("--distill-curves", required=True)
+    p.add_argument("--distill-eval", required=True, help="distill's in-training evaluation table (eval.csv)")
     p.add_argument("--finetune", required=True, help="folder from the finetune stage")
     p.add_argument("--out", required=True, help="output folder: index.md and pictures")
     return common.run(main, p, argv)
