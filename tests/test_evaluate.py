@@ -59,7 +59,11 @@ def test_paired_samples_are_scored_with_the_inputs_they_carry(tmp_path, capsys, 
         return
     assert code == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    joint = {who: row["joint_sliced_wasserstein2"] for who, row in metrics.items()}
+    joint = {who: row["joint_sliced_wasserstein2"] for who, row in metrics.items() if who != "protocol"}
+    # How the numbers were measured travels with them.
+    assert metrics["protocol"] == {"reference_split": "test", "reference_size": 400, "n_generated": 400,
+                                   "sample_seed": None, "evaluate_seed": 0, "real_floor_split": "train",
+                                   "real_floor_size": 400, "extractor": "none (raw coordinates)"}
     assert joint["student"] < 0.03 and joint["student_raw"] > 5 * joint["student"]
     assert metrics["student"]["sliced_wasserstein2"] == metrics["student_raw"]["sliced_wasserstein2"]
 
