@@ -501,6 +501,8 @@ def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, 
     from realuid.stages import evaluate as evaluate_stage
 
     params, argv = evaluate_inputs(tmp_path)
+    params["evaluate"]["fid_blocks"] = 2  # FID also over 2 seed blocks of 50 samples each
+    params["sample"]["n_samples"] = 100
     outputs = {}
     for nproc, features in ((1, "features_cached"), (2, "features_bare")):
         params["evaluate"]["nproc"] = nproc
@@ -515,8 +517,12 @@ def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, 
             assert done.returncode == 0, done.stderr[-3000:]
             assert done.stdout.count("evaluate: student ") == 1  # one report, from rank 0
         outputs[nproc] = json.loads((tmp_path / f"metrics{nproc}.json").read_text())
-    assert set(outputs[1]) == {"teacher", "student", "student_raw", "real"}
-    assert {"fid", "kid_mean", "precision", "recall", "class_accuracy"} <= set(outputs[1]["student"])
+    assert set(outputs[1]) == {"teacher", "student", "student_raw", "real", "protocol"}
+    assert {"fid", "kid_mean", "precision", "recall", "class_accuracy", "fid_mean", "fid_min", "fid_std"} <= set(
+        outputs[1]["student"])
+    assert outputs[1]["student"]["fid_min"] <= outputs[1]["student"]["fid_mean"] and outputs[1]["student"]["fid_std"] > 0
+    assert {k: outputs[1]["protocol"][k] for k in ("fid_blocks", "fid_block_size", "n_generated", "reference_size")} == {
+        "fid_blocks": 2, "fid_block_size": 50, "n_generated": 100, "reference_size": 200}
     assert outputs[1]["teacher"]["fid"] < outputs[1]["student"]["fid"] < outputs[1]["student_raw"]["fid"]
     assert outputs[2] == outputs[1]
     # The features stage's cache is read, never written: the bare folder stays bare.
