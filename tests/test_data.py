@@ -588,3 +588,23 @@ def test_params_dict_accepts_dataclasses_and_mappings():
     fields = {f: getattr(settings, f) for f in settings.__dataclass_fields__}
     assert data.params_dict(settings) == fields
     assert data.params_dict(fields) == fields
+
+
+@pytest.mark.parametrize("base, unused", [
+    (dict(source="toy"), dict(test_fraction=0.5, path="x.npz", normalize=True, pairing_strength=0.9,
+                              download=True)),
+    (dict(source="digits"), dict(toy="moons", n_train=7, n_test=9, path="x.npz", normalize=True, download=True)),
+    (dict(source="toy", pairing="noise"), dict(test_fraction=0.5, download=True)),
+])
+def test_keys_a_source_ignores_leave_the_split_files_byte_identical(tmp_path, base, unused):
+    files = []
+    for name, settings in (("a", base), ("b", {**base, **unused})):
+        train, _ = data.build_splits(prepare_settings(**settings))
+        data.save_split(train, tmp_path / f"{name}.h5")
+        files.append((tmp_path / f"{name}.h5").read_bytes())
+    assert files[0] == files[1]
+    # A key the source reads still changes the file.
+    changed = {"toy": dict(seed=1), "digits": dict(test_fraction=0.5)}[base["source"]]
+    train, _ = data.build_splits(prepare_settings(**{**base, **changed}))
+    data.save_split(train, tmp_path / "c.h5")
+    assert (tmp_path / "c.h5").read_bytes() != files[0]

@@ -603,6 +603,20 @@ def params_dict(params: Any) -> dict:
     return dict(params)
 
 
+def effective_settings(settings: dict) -> dict:
+    """The prepare settings that shape the splits of ``settings``' source; the others are left out of the
+    files' attributes, so changing a key the source ignores (the toy set's name on digits, the pairing
+    strength without pairing, the test fraction of toy data) writes byte-identical files and reruns nothing
+    downstream. ``download`` only allows fetching CIFAR-10 and never changes what is read."""
+    source = settings["source"]
+    keys = {"toy": ["toy", "n_train", "n_test", "seed"], "digits": ["test_fraction", "seed"],
+            "file": ["path", "normalize", "test_fraction", "seed"], "cifar10": ["path"]}[source]
+    keys = ["source", *keys, "pairing"]
+    if settings["pairing"] != "none":
+        keys += ["pairing_strength", "seed"]
+    return {key: settings[key] for key in sorted(set(keys))}
+
+
 def expected_sample_shape(params: Any) -> tuple[int, ...] | None:
     """The per-sample shape a source must produce, or ``None`` when the data decide (user files)."""
     return {"toy": (2,), "digits": (1, 8, 8), "cifar10": (3, 32, 32)}.get(params.source)
@@ -643,7 +657,8 @@ def build_splits(params: Any) -> tuple[Split, Split]:
     # source is the params' word (toy, digits, ...); dataset names the toy set within 'toy'.
     dataset = settings["toy"] if source == "toy" else source
     for split in (train, test):
-        split.attrs.update({"source": source, "dataset": dataset, "params": json.dumps(settings, sort_keys=True)})
+        split.attrs.update({"source": source, "dataset": dataset,
+                            "params": json.dumps(effective_settings(settings), sort_keys=True)})
     return train, test
 
 
