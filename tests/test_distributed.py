@@ -34,7 +34,7 @@ from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
 from realuid.models import OneStepGenerator, build_model
-from realuid.stages import common
+from realuid.stages import runs
 from realuid.stages import sample as sample_stage
 from realuid.training import distill, train_teacher
 from test_training import DISTILL, TEACHER, spec_for, toy_data
@@ -371,8 +371,8 @@ def test_nproc_settings_are_validated_and_leave_the_state_key_alone():
     del params["sample"]["nproc"]
     with pytest.raises(ConfigError, match="missing key sample.nproc"):
         build(Params, {**params, "distill": {**params["distill"], "nproc": 1}})
-    assert common.state_settings(dataclasses.replace(DISTILL, nproc=8)) == common.state_settings(DISTILL)
-    assert "nproc" not in common.state_settings(TEACHER) and "steps" in common.state_settings(TEACHER)
+    assert runs.state_settings(dataclasses.replace(DISTILL, nproc=8)) == runs.state_settings(DISTILL)
+    assert "nproc" not in runs.state_settings(TEACHER) and "steps" in runs.state_settings(TEACHER)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def test_disk_filling_up_during_training_keeps_the_last_checkpoint_and_resumes(p
     # A network large enough that one checkpoint passes the free-space check and a second one (written
     # beside the first before it replaces it) does not: the disk fills up during the run.
     from realuid.preflight import MARGIN
-    from realuid.stages import common
+    from realuid.stages import runs
 
     params = tiny_params(train_teacher__model__hidden_dim=512, train_teacher__model__depth=2,
                          train_teacher__steps=4, train_teacher__checkpoint_every_steps=2,
@@ -238,7 +238,7 @@ def test_disk_filling_up_during_training_keeps_the_last_checkpoint_and_resumes(p
     from realuid.models import model_spec
 
     spec = model_spec(load_params(project / "params.yaml").train_teacher.model, (2,), 0)
-    checkpoint = common.TEACHER_CHECKPOINT_COPIES * common.weight_bytes(spec)
+    checkpoint = runs.TEACHER_CHECKPOINT_COPIES * runs.weight_bytes(spec)
     assert checkpoint > 8 << 20  # the test is about a second checkpoint not fitting
     state = mounts(project / "state2", str(MARGIN + checkpoint + checkpoint // 2))
     args = (*TEACHER_ARGS[:-1], "state2/train_teacher")

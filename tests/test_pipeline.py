@@ -468,3 +468,21 @@ def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
     assert "train_teacher" in snakemake_pending(project)
     sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--quiet")
     assert digests(project) == trained and state_folders(project) == states
+
+
+def test_state_names_hash_only_the_settings_in_effect():
+    from realuid.stages import runs
+
+    params = load_params(ROOT / "params.yaml")
+    d, t = params.distill, params.train_teacher
+    assert not d.gan.enabled
+    same = runs.state_settings
+    assert same(dataclasses.replace(d, gan=dataclasses.replace(d.gan, gen_coef=99.0))) == same(d)
+    on = dataclasses.replace(d, gan=dataclasses.replace(d.gan, enabled=True))
+    assert same(dataclasses.replace(on, gan=dataclasses.replace(on.gan, gen_coef=99.0))) != same(on)
+    off = dataclasses.replace(d, eval_every_steps=0)
+    assert same(dataclasses.replace(off, eval_samples=7)) == same(off)
+    assert same(dataclasses.replace(d, eval_samples=7)) != same(d)
+    # The teacher's network is named by its spec (hashed beside these settings), an import keeps no state.
+    assert same(dataclasses.replace(t, model=dataclasses.replace(t.model, channels=64), import_ema="none")) == same(t)
+    assert same(dataclasses.replace(t, steps=t.steps + 1)) != same(t)

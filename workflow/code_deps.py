@@ -2,7 +2,8 @@
 
 ``dvc.yaml`` lists each stage's code deps by hand; ``tests/test_stage_deps.py`` checks them against
 :func:`closure`, so editing a module a stage runs always reruns it, and editing one it does not never
-does. Run ``python workflow/code_deps.py`` to print the deps each stage should list.
+does. ``python workflow/code_deps.py --write`` rewrites the code deps of every stage in dvc.yaml (the
+other deps and everything else stay as they are); without ``--write`` it prints them.
 
 Rules: every ``import`` counts, at module level or inside a function (a lazy import runs when the stage
 takes that branch), except inside a module-level ``__getattr__``: a package's lazy attributes run only
@@ -78,9 +79,40 @@ def stage_module(cmd: str) -> str:
 
 
 def code_deps(root: Path, cmd: str, src: str = "src") -> list[str]:
-    """The code deps (paths relative to ``root``) a stage with command ``cmd`` should declare."""
+    """The source files (paths relative to ``root``) a stage with command ``cmd`` runs."""
     files = closure(root / src, stage_module(cmd))
     return sorted(p.relative_to(root).as_posix() for p in files)
+
+
+def compact(root: Path, files: list[str]) -> list[str]:
+    """``files`` with each folder whose every ``.py`` file is among them named once, as the folder."""
+    chosen = set(files)
+    for folder in sorted({str(Path(f).parent) for f in files}, key=len):
+        inside = {p.relative_to(root).as_posix() for p in (root / folder).rglob("*.py")}
+        if inside <= chosen and not any(folder.startswith(c + "/") for c in chosen):
+            chosen = (chosen - inside) | {folder}
+    return sorted(chosen)
+
+
+def rewrite_deps(text: str, deps_by_stage: dict[str, list[str]], src: str = "src") -> str:
+    """dvc.yaml's text with each stage's ``src/`` deps replaced by ``deps_by_stage[stage]``.
+
+    Works on the text, so comments and layout survive: a stage is a two-space-indented ``name:`` line,
+    its deps the ``      - path`` lines after its ``    deps:`` line.
+    """
+    out, stage, in_deps = [], None, False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            stage = line.strip()[:-1]
+        if in_deps and not line.startswith("      - "):
+            out.extend(f"      - {dep}\n" for dep in deps_by_stage[stage])
+            in_deps = False
+        if in_deps and line.strip()[2:].startswith(src + "/"):
+            continue
+        out.append(line)
+        if line.rstrip() == "    deps:" and stage in deps_by_stage:
+            in_deps = True
+    return "".join(out)
 
 
 def expand(root: Path, deps: list[str], src: str = "src") -> set[str]:
@@ -100,7 +132,10 @@ if __name__ == "__main__":
     from registry import load_stages
 
     top = Path(__file__).resolve().parents[1]
-    for stage in load_stages(top / "dvc.yaml"):
-        print(f"{stage.name}:")
-        for dep in code_deps(top, stage.cmd):
-            print(f"  - {dep}")
+    wanted = {stage.name: compact(top, code_deps(top, stage.cmd)) for stage in load_stages(top / "dvc.yaml")}
+    if sys.argv[1:] == ["--write"]:
+        registry = top / "dvc.yaml"
+        registry.write_text(rewrite_deps(registry.read_text(), wanted))
+    else:
+        for name, deps in wanted.items():
+            print(f"{name}:", *(f"  - {dep}" for dep in deps), sep="\n")

@@ -1,4 +1,4 @@
-"""What every stage CLI shares: argument parsing, error reporting, atomic outputs, loading inputs."""
+"""What every stage CLI shares: argument parsing, error reporting, atomic outputs, checking folders first."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
-
-import torch
 
 from ..config import ConfigError, Params, load_params
 
@@ -88,27 +86,6 @@ def _rank_prefix() -> str:
     """``"[rank r] "`` inside a multi-process job (every process reports its own error), else ``""``."""
     world = os.environ.get("WORLD_SIZE", "1")
     return f"[rank {os.environ.get('RANK', '?')}] " if world not in ("", "1") else ""
-
-
-def state_settings(cfg) -> dict:
-    """The settings of a training section that name its resumable state: those in effect, less the
-    process count.
-
-    A run's state holds nothing per process, so it resumes with another number of processes. Keys the
-    configuration does not use never start a run afresh: the GAN's coefficients while it is off, and for
-    the teacher the model keys (its spec, hashed beside this, holds those the architecture uses) and the
-    import settings (an imported teacher keeps no state).
-    """
-    from ..config import to_dict
-
-    settings = to_dict(cfg)
-    settings.pop("nproc", None)
-    if "gan" in settings and not settings["gan"]["enabled"]:
-        settings["gan"] = {"enabled": False}
-    if "import_checkpoint" in settings:
-        for key in ("model", "import_checkpoint", "import_ema"):
-            settings.pop(key)
-    return settings
 
 
 @contextmanager
@@ -189,40 +166,6 @@ def write_json(obj, path: str | Path) -> None:
 # Before any work: the folders a stage writes, their free space, and the state folder's lock
 # --------------------------------------------------------------------------------------------------
 
-# How many copies of a network's weights each file holds, for the free-space estimate (float32 weights;
-# Adam keeps two moments per weight). Extras (GAN head, optimizer steps, curves) go into the margin.
-TEACHER_FILE_COPIES = 2  # teacher.pt: weights and EMA
-TEACHER_CHECKPOINT_COPIES = 4  # weights, EMA, Adam's two moments
-DISTILL_EXTRA_CHECKPOINT_COPIES = 5  # beyond the generator file's copies: fake model, two Adams' moments
-
-
-def weight_bytes(spec: dict) -> int:
-    """Bytes of one copy of the weights of the network ``spec`` builds (counted without allocating them)."""
-    from ..models import build_model
-
-    with torch.device("meta"):
-        net = build_model(spec)
-    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
-
-
-def generator_file_copies(cfg) -> int:
-    """Weight copies in a generator file: the raw weights, each EMA decay, and the kept best copy."""
-    return 1 + len(cfg.ema_decays) + (1 if getattr(cfg, "keep_best", False) else 0)
-
-
-def teacher_needs(out: str | Path, state_dir: Path, weights: int) -> dict:
-    """Expected bytes of train_teacher's output folder and state (one checkpoint), for :func:`working_folders`."""
-    return {output_folder(out): TEACHER_FILE_COPIES * weights, state_dir: TEACHER_CHECKPOINT_COPIES * weights}
-
-
-def distill_needs(out: str | Path, state_dir: Path, teacher_file: str | Path, cfg) -> dict:
-    """Expected bytes of a distillation's output folder and state (one checkpoint); the network's size
-    is read off the teacher file, which holds its weights twice (:data:`TEACHER_FILE_COPIES`)."""
-    weights = Path(teacher_file).stat().st_size // TEACHER_FILE_COPIES
-    copies = generator_file_copies(cfg)
-    return {output_folder(out): copies * weights, state_dir: (copies + DISTILL_EXTRA_CHECKPOINT_COPIES) * weights}
-
-
 def split_bytes(split) -> int:
     """Uncompressed bytes of a data split's arrays: an upper bound on its HDF5 file."""
     return sum(a.nbytes for a in (split.x1, split.y, split.x0) if a is not None)
@@ -287,63 +230,3 @@ def working_folders(dist, needs: dict, state_dir: str | Path | None = None) -> I
         lock.release()
 
 
-def check_batch_size(batch_size: int, split, section: str) -> None:
-    """A batch larger than the training set is an error before any folder is made."""
-    if batch_size > len(split):
-        raise StageError(f"{section}.batch_size {batch_size} is larger than the training set ({len(split)} samples)")
-
-
-def make_family(params: Params):
-    """The family of the teacher."""
-    from ..matching import make_family as _make
-
-    return _make(params.family.name, **params.family.options())
-
-
-def generator_family(params: Params):
-    """The family as the one-step generator uses it: placed where the ``generator`` block says."""
-    from ..matching import make_family as _make
-
-    return _make(params.family.name, **params.family.options(), **params.generator.options(params.family.name))
-
-
-def load_split(path: str | Path):
-    from ..data import read_split
-
-    return read_split(path)
-
-
-def train_data(split, device: torch.device):
-    """A data split as :class:`realuid.training.TrainData` on ``device``."""
-    from ..training import TrainData
-
-    as_tensor = lambda a, dtype: None if a is None else torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
-    return TrainData(as_tensor(split.x1, torch.float32), as_tensor(split.y, torch.long), as_tensor(split.x0, torch.float32))
-
-
-def check_family_matches_data(family, split) -> None:
-    if family.paired and split.x0 is None:
-        raise StageError(
-            f"the {family.name} family needs paired data (x0, x1): set prepare.pairing and rerun prepare"
-        )
-
-
-def publish_training(out: str | Path, name: str, result, state_dir: Path) -> None:
-    """Write a finished training run (``name``, e.g. generator.pt, from the
-    :class:`realuid.checkpoints.Checkpoint` ``result``), its curves and, when the run evaluated itself, its
-    evaluation table (``eval.csv``) atomically into ``out``."""
-    from ..checkpoints import save_checkpoint
-
-    with atomic_dir(out) as tmp:
-        save_checkpoint(result, tmp / name)
-        shutil.copyfile(state_dir / "curves.csv", tmp / "curves.csv")
-        if (state_dir / "eval.csv").is_file():
-            shutil.copyfile(state_dir / "eval.csv", tmp / "eval.csv")
-        else:
-            write_empty_eval_table(tmp / "eval.csv")
-
-
-def write_empty_eval_table(path: Path) -> None:
-    """The evaluation table of a stage that did not evaluate: a header, no rows. dvc.yaml declares it as a
-    plot, and DVC draws an empty table without complaint where a missing file is an error."""
-    path.write_text("step,copy\n")

@@ -14,20 +14,23 @@ from ..api import load_teacher
 from ..checkpoints import family_record, file_digest
 from ..distributed import session
 from ..training import distill, resolve_device, state_key
+from ..data import read_split
 from . import common
+from . import families
+from . import runs
 
 
 def main(args, params) -> None:
     cfg = params.distill
-    family = common.generator_family(params)
-    split = common.load_split(args.data)
-    common.check_family_matches_data(family, split)
-    common.check_batch_size(cfg.batch_size, split, "distill")
+    family = families.generator_family(params)
+    split = read_split(args.data)
+    families.check_family_matches_data(family, split)
+    runs.check_batch_size(cfg.batch_size, split, "distill")
     weights, evaluation = evaluation_settings(params, split, args.features)
-    key = state_key("distill", params.alpha, params.beta, family_record(family), common.state_settings(cfg),
+    key = state_key("distill", params.alpha, params.beta, family_record(family), runs.state_settings(cfg),
                     file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key
-    needs = common.distill_needs(args.out, state_dir, args.teacher, cfg)
+    needs = runs.distill_needs(args.out, state_dir, args.teacher, cfg)
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
         teacher = load_teacher(args.teacher, device=device, needed_by="distill", expect_family=params.family.name)
@@ -35,10 +38,10 @@ def main(args, params) -> None:
             print(f"distill: alpha={params.alpha} beta={params.beta}, {device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
         evaluator = build_evaluator(params, cfg, family, split, teacher.spec, weights, args.features, dist)
-        result = distill(family, common.train_data(split, device), teacher.net, teacher.spec, cfg, state_dir,
+        result = distill(family, runs.train_data(split, device), teacher.net, teacher.spec, cfg, state_dir,
                          alpha=params.alpha, beta=params.beta, evaluator=evaluator, dist=dist)
         if dist.is_main:
-            common.publish_training(args.out, "generator.pt", result, state_dir)
+            runs.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
 
 

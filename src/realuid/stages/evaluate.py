@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..distributed import Dist, session
+from ..data import read_split
 from . import common
 
 
@@ -74,7 +75,7 @@ def _evaluate(args, params, dist: Dist) -> None:
     cfg = params.evaluate
     common.check_folders({common.output_folder(args.out): 0}, dist)  # a metrics file: the margin holds it
     samples = Path(args.samples)
-    train, test = common.load_split(args.train), common.load_split(args.test)
+    train, test = read_split(args.train), read_split(args.test)
     # teacher, student (the headline copy) and every copy of the generator (student_raw, student_ema_*)
     names = ["teacher", "student", *sorted(p.stem for p in samples.glob("student_*.h5"))]
     drawn = {who: read_split(samples / f"{who}.h5") for who in names}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import read_split
 from . import common
 
 
@@ -31,7 +32,7 @@ def reference_weights(params, features_dir: Path) -> str:
 
 def main(args, params) -> None:
     cfg = params.features
-    train, test = common.load_split(args.data), common.load_split(args.test)
+    train, test = read_split(args.data), read_split(args.test)
     if train.kind == "images":
         reference_weights(params, Path(args.out))  # a missing Inception file fails here, before any training
     # Images: the extractor and the reference features (no larger than the reference images); points: info.json.

@@ -16,7 +16,9 @@ from ..checkpoints import family_record, file_digest, read_checkpoint
 from ..config import to_dict
 from ..distributed import launched_rank, session
 from ..training import distill, resolve_device, state_key
+from ..data import read_split
 from . import common
+from . import runs
 from .distill import build_evaluator, evaluation_settings
 
 
@@ -29,12 +31,12 @@ def main(args, params) -> None:
         common.check_folders({common.output_folder(args.out): Path(args.generator).stat().st_size})
         with common.atomic_dir(args.out) as tmp:
             shutil.copyfile(args.generator, tmp / "generator.pt")
-            common.write_empty_eval_table(tmp / "eval.csv")  # the plot dvc.yaml declares, with no rows
+            runs.write_empty_eval_table(tmp / "eval.csv")  # the plot dvc.yaml declares, with no rows
         print("finetune: disabled, the distilled generator passes through")
         return
 
-    split = common.load_split(args.data)
-    common.check_batch_size(params.distill.batch_size, split, "distill")
+    split = read_split(args.data)
+    runs.check_batch_size(params.distill.batch_size, split, "distill")
     distilled = read_checkpoint(args.generator, "generator", needed_by="finetune")
     family = family_of(distilled)  # the generator keeps reading its input where it was distilled
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
@@ -44,11 +46,11 @@ def main(args, params) -> None:
         fake_optim=dataclasses.replace(params.distill.fake_optim, lr=cfg.fake_lr),
     )
     weights, evaluation = evaluation_settings(params, split, args.features)
-    key = state_key("finetune", to_dict(cfg), common.state_settings(run_cfg), family_record(family),
+    key = state_key("finetune", to_dict(cfg), runs.state_settings(run_cfg), family_record(family),
                     file_digest(args.data), file_digest(args.teacher), file_digest(args.generator),
                     *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key
-    needs = common.distill_needs(args.out, state_dir, args.teacher, run_cfg)
+    needs = runs.distill_needs(args.out, state_dir, args.teacher, run_cfg)
     with session(resolve_device(params.distill.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
         teacher = load_teacher(args.teacher, device=device, needed_by="finetune", expect_family=params.family.name)
@@ -57,12 +59,12 @@ def main(args, params) -> None:
             print(f"finetune: alpha={cfg.alpha} beta={cfg.beta} from copy {cfg.from_ema}, {device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
         evaluator = build_evaluator(params, run_cfg, family, split, teacher.spec, weights, args.features, dist)
-        result = distill(family, common.train_data(split, device), teacher.net, teacher.spec, run_cfg,
+        result = distill(family, runs.train_data(split, device), teacher.net, teacher.spec, run_cfg,
                          state_dir, alpha=cfg.alpha, beta=cfg.beta, student_init=start, evaluator=evaluator, dist=dist)
         result.meta["finetuned_from"] = {"copy": cfg.from_ema, **{k: distilled.meta[k] for k in ("alpha", "beta", "step")
                                                                    if k in distilled.meta}}
         if dist.is_main:
-            common.publish_training(args.out, "generator.pt", result, state_dir)
+            runs.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
 
 

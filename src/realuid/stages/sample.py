@@ -26,7 +26,9 @@ from ..config import BEST_COPY
 from ..distributed import SINGLE_PROCESS, Dist, session
 from ..plots import image_grid, scatter
 from ..training import resolve_device
+from ..data import read_split
 from . import common
+from . import families
 
 GRID_IMAGES = 100
 
@@ -95,8 +97,8 @@ def _sample(args, params, dist: Dist) -> None:
 
     cfg = params.sample
     device = dist.device
-    split = common.load_split(args.data)
-    common.check_family_matches_data(common.make_family(params), split)
+    split = read_split(args.data)
+    families.check_family_matches_data(families.teacher_family(params), split)
     teacher = load_teacher(args.teacher, device=device, needed_by="sample", expect_family=params.family.name)
     gen_ckpt = read_checkpoint(args.generator, "generator", needed_by="sample")
     # Every copy of the generator is sampled: the raw weights, each EMA decay and the best copy when

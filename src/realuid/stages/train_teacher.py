@@ -10,7 +10,10 @@ from ..distributed import launched_rank, session
 from ..models import model_spec
 from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
 from ..training import resolve_device, state_key, train_teacher
+from ..data import read_split
 from . import common
+from . import families
+from . import runs
 
 
 def imported_teacher(cfg, params, split) -> Checkpoint:
@@ -41,9 +44,9 @@ def imported_teacher(cfg, params, split) -> Checkpoint:
 
 def main(args, params) -> None:
     cfg = params.train_teacher
-    family = common.make_family(params)
-    split = common.load_split(args.data)
-    common.check_family_matches_data(family, split)
+    family = families.teacher_family(params)
+    split = read_split(args.data)
+    families.check_family_matches_data(family, split)
     if cfg.import_checkpoint:
         if launched_rank() != 0:
             return  # started under a torchrun job anyway: one process imports
@@ -55,22 +58,22 @@ def main(args, params) -> None:
             (tmp / "curves.csv").write_text("step,loss,grad_norm,lr\n")
         return
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
-    common.check_batch_size(cfg.batch_size, split, "train_teacher")
+    runs.check_batch_size(cfg.batch_size, split, "train_teacher")
 
     # The state folder is keyed by everything the result depends on, so a changed config starts afresh
     # while the same command after an interruption resumes (with any number of processes).
-    key = state_key("train_teacher", teacher_family_record(params), common.state_settings(cfg), spec,
+    key = state_key("train_teacher", teacher_family_record(params), runs.state_settings(cfg), spec,
                     file_digest(args.data))
     state_dir = Path(args.state) / key
-    needs = common.teacher_needs(args.out, state_dir, common.weight_bytes(spec))
+    needs = runs.teacher_needs(args.out, state_dir, runs.weight_bytes(spec))
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         if dist.is_main:
             print(f"train_teacher: {params.family.name} on {split.sample_shape} x {len(split)}, {dist.device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
-        result = train_teacher(family, common.train_data(split, dist.device), spec, cfg, state_dir, dist=dist)
+        result = train_teacher(family, runs.train_data(split, dist.device), spec, cfg, state_dir, dist=dist)
         result.family = teacher_family_record(params)
         if dist.is_main:
-            common.publish_training(args.out, "teacher.pt", result, state_dir)
+            runs.publish_training(args.out, "teacher.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
 
 
