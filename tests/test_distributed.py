@@ -29,12 +29,11 @@ import yaml
 from realuid import distributed, training
 from realuid.api import one_step_inputs
 from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
-from realuid.config import ConfigError, GanConfig, Params, build
+from realuid.config import ConfigError, GanConfig, Params, build, in_effect
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
 from realuid.models import OneStepGenerator, build_model
-from realuid.stages import runs
 from realuid.stages import sample as sample_stage
 from realuid.training import distill, train_teacher
 from test_training import DISTILL, TEACHER, spec_for, toy_data
@@ -371,8 +370,8 @@ def test_nproc_settings_are_validated_and_leave_the_state_key_alone():
     del params["sample"]["nproc"]
     with pytest.raises(ConfigError, match="missing key sample.nproc"):
         build(Params, {**params, "distill": {**params["distill"], "nproc": 1}})
-    assert runs.state_settings(dataclasses.replace(DISTILL, nproc=8)) == runs.state_settings(DISTILL)
-    assert "nproc" not in runs.state_settings(TEACHER) and "steps" in runs.state_settings(TEACHER)
+    assert in_effect(dataclasses.replace(DISTILL, nproc=8)) == in_effect(DISTILL)
+    assert "nproc" not in in_effect(TEACHER) and "steps" in in_effect(TEACHER)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -471,12 +471,12 @@ def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
 
 
 def test_state_names_hash_only_the_settings_in_effect():
-    from realuid.stages import runs
+    from realuid.config import in_effect
 
     params = load_params(ROOT / "params.yaml")
     d, t = params.distill, params.train_teacher
     assert not d.gan.enabled
-    same = runs.state_settings
+    same = in_effect
     assert same(dataclasses.replace(d, gan=dataclasses.replace(d.gan, gen_coef=99.0))) == same(d)
     on = dataclasses.replace(d, gan=dataclasses.replace(d.gan, enabled=True))
     assert same(dataclasses.replace(on, gan=dataclasses.replace(on.gan, gen_coef=99.0))) != same(on)

@@ -381,3 +381,26 @@ def load_params(path: str | Path) -> Params:
 def to_dict(obj: Any) -> dict:
     """Plain-dict view of a config dataclass (for checkpoints, hashes and logs)."""
     return dataclasses.asdict(obj)
+
+
+def in_effect(cfg) -> dict:
+    """The settings of a training section that shape its result: they name the run's state folder and
+    are recorded in its checkpoint.
+
+    The process count is left out: a run's state holds nothing per process, so it resumes, and writes
+    the same files, with another number of processes. Keys the
+    configuration does not use never start a run afresh: the GAN's coefficients while it is off, the
+    evaluation's sample count while it is off, and for the teacher the model keys (its spec, hashed
+    beside this, holds those the architecture uses) and the import settings (an imported teacher keeps
+    no state).
+    """
+    settings = to_dict(cfg)
+    settings.pop("nproc", None)
+    if "gan" in settings and not settings["gan"]["enabled"]:
+        settings["gan"] = {"enabled": False}
+    if settings.get("eval_every_steps") == 0:
+        settings.pop("eval_samples")
+    if "import_checkpoint" in settings:
+        for key in ("model", "import_checkpoint", "import_ema"):
+            settings.pop(key)
+    return settings

@@ -754,7 +754,10 @@ def distill(
 
 
 def _config_record(cfg) -> dict:
-    """The training section a run used, as plain data for its checkpoint (empty for a non-dataclass)."""
+    """The settings in effect of the training section a run used, as plain data for its checkpoint (empty
+    for a non-dataclass): a key the run ignores does not change the file's bytes."""
     import dataclasses
 
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    from .config import in_effect
+
+    return in_effect(cfg) if dataclasses.is_dataclass(cfg) else {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..api import load_teacher
 from ..checkpoints import family_record, file_digest
+from ..config import in_effect
 from ..distributed import session
 from ..training import distill, resolve_device, state_key
 from ..data import read_split
@@ -27,7 +28,7 @@ def main(args, params) -> None:
     families.check_family_matches_data(family, split)
     runs.check_batch_size(cfg.batch_size, split, "distill")
     weights, evaluation = evaluation_settings(params, split, args.features)
-    key = state_key("distill", params.alpha, params.beta, family_record(family), runs.state_settings(cfg),
+    key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),
                     file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key
     needs = runs.distill_needs(args.out, state_dir, args.teacher, cfg)

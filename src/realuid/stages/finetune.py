@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..api import family_of, load_teacher, network
 from ..checkpoints import family_record, file_digest, read_checkpoint
-from ..config import to_dict
+from ..config import in_effect, to_dict
 from ..distributed import launched_rank, session
 from ..training import distill, resolve_device, state_key
 from ..data import read_split
@@ -46,7 +46,7 @@ def main(args, params) -> None:
         fake_optim=dataclasses.replace(params.distill.fake_optim, lr=cfg.fake_lr),
     )
     weights, evaluation = evaluation_settings(params, split, args.features)
-    key = state_key("finetune", to_dict(cfg), runs.state_settings(run_cfg), family_record(family),
+    key = state_key("finetune", to_dict(cfg), in_effect(run_cfg), family_record(family),
                     file_digest(args.data), file_digest(args.teacher), file_digest(args.generator),
                     *([evaluation] if evaluation else []))
     state_dir = Path(args.state) / key

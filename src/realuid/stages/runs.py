@@ -8,30 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
 from .common import StageError, atomic_dir, output_folder
-
-
-def state_settings(cfg) -> dict:
-    """The settings of a training section that name its resumable state: those in effect, less the
-    process count.
-
-    A run's state holds nothing per process, so it resumes with another number of processes. Keys the
-    configuration does not use never start a run afresh: the GAN's coefficients while it is off, the
-    evaluation's sample count while it is off, and for the teacher the model keys (its spec, hashed
-    beside this, holds those the architecture uses) and the import settings (an imported teacher keeps
-    no state).
-    """
-    settings = to_dict(cfg)
-    settings.pop("nproc", None)
-    if "gan" in settings and not settings["gan"]["enabled"]:
-        settings["gan"] = {"enabled": False}
-    if settings.get("eval_every_steps") == 0:
-        settings.pop("eval_samples")
-    if "import_checkpoint" in settings:
-        for key in ("model", "import_checkpoint", "import_ema"):
-            settings.pop(key)
-    return settings
 
 
 # How many copies of a network's weights each file holds, for the free-space estimate (float32 weights;

@@ -6,6 +6,7 @@ import sys
 
 from pathlib import Path
 
+from ..config import in_effect
 from ..distributed import launched_rank, session
 from ..models import model_spec
 from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
@@ -62,7 +63,7 @@ def main(args, params) -> None:
 
     # The state folder is keyed by everything the result depends on, so a changed config starts afresh
     # while the same command after an interruption resumes (with any number of processes).
-    key = state_key("train_teacher", teacher_family_record(params), runs.state_settings(cfg), spec,
+    key = state_key("train_teacher", teacher_family_record(params), in_effect(cfg), spec,
                     file_digest(args.data))
     state_dir = Path(args.state) / key
     needs = runs.teacher_needs(args.out, state_dir, runs.weight_bytes(spec))
