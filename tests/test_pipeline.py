@@ -486,3 +486,18 @@ def test_state_names_hash_only_the_settings_in_effect():
     # The teacher's network is named by its spec (hashed beside these settings), an import keeps no state.
     assert same(dataclasses.replace(t, model=dataclasses.replace(t.model, channels=64), import_ema="none")) == same(t)
     assert same(dataclasses.replace(t, steps=t.steps + 1)) != same(t)
+
+
+@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
+def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
+    project = make_project(tmp_path / "project", tiny_params())
+    sh(project, "dvc", "repro")
+    teacher_states = sorted((project / "state/train_teacher").iterdir())
+    distill_states = sorted((project / "state/distill").iterdir())
+    with open(project / "src/realuid/quality.py", "a") as fh:  # run by distill and finetune only
+        fh.write("\n# an edit\n")
+    assert dvc_changed(project) == {"distill", "finetune"}
+    sh(project, "dvc", "repro")
+    # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
+    assert sorted((project / "state/train_teacher").iterdir()) == teacher_states
+    assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1

@@ -1,75 +1,20 @@
-"""The project source files a stage's command runs, computed from the sources.
+"""The code deps of each stage in dvc.yaml, computed from the sources.
 
-``dvc.yaml`` lists each stage's code deps by hand; ``tests/test_stage_deps.py`` checks them against
-:func:`closure`, so editing a module a stage runs always reruns it, and editing one it does not never
-does. ``python workflow/code_deps.py --write`` rewrites the code deps of every stage in dvc.yaml (the
-other deps and everything else stay as they are); without ``--write`` it prints them.
-
-Rules: every ``import`` counts, at module level or inside a function (a lazy import runs when the stage
-takes that branch), except inside a module-level ``__getattr__``: a package's lazy attributes run only
-when someone asks for that attribute, and no stage does. Importing ``a.b.c`` runs ``a/__init__.py`` and
-``a/b/__init__.py`` first, so those count too. Modules outside the source root (torch, numpy, ...) are
-the environment's, pinned in requirements.txt, and are not followed.
+``dvc.yaml`` lists each stage's code deps; ``tests/test_stage_deps.py`` checks them against the source
+closure of the stage's command (:func:`realuid.sources.closure`: every import, lazy ones included), so
+editing a module a stage runs always reruns it, and editing one it does not never does.
+``python workflow/code_deps.py --write`` rewrites the code deps of every stage in dvc.yaml (the other
+deps and everything else stay as they are); without ``--write`` it prints them.
 """
 
 from __future__ import annotations
 
-import ast
 import shlex
 import sys
 from pathlib import Path
 
-
-def module_file(src: Path, name: str) -> Path | None:
-    """The file of module ``name`` under the source root ``src`` (a package's ``__init__.py``), or None."""
-    base = src.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _imported_names(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """Dotted names of the modules (or maybe-modules) that ``module``'s source imports."""
-    package = module if is_package else module.rpartition(".")[0]
-    skip = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__"
-            for n in ast.walk(f)}
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                base = f"{base}.{node.module}" if node.module else base
-            else:
-                base = node.module
-            names.add(base)
-            # `from pkg import mod` imports the submodule mod when there is one.
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def closure(src: Path, module: str) -> set[Path]:
-    """Every source file under ``src`` that running ``python -m module`` executes."""
-    seen: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        # Importing a.b.c runs the packages a and a.b first.
-        for i in range(1, len(parts) + 1):
-            path = module_file(src, ".".join(parts[:i]))
-            if path is None or path in seen:
-                continue
-            seen.add(path)
-            sub = ".".join(parts[:i])
-            tree = ast.parse(path.read_text(), filename=str(path))
-            todo.extend(_imported_names(tree, sub, path.name == "__init__.py"))
-    return seen
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from realuid.sources import closure  # noqa: E402
 
 
 def stage_module(cmd: str) -> str:

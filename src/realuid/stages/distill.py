@@ -13,9 +13,10 @@ from pathlib import Path
 from ..api import load_teacher
 from ..checkpoints import family_record, file_digest
 from ..config import in_effect
-from ..distributed import session
-from ..training import distill, resolve_device, state_key
 from ..data import read_split
+from ..distributed import session
+from ..sources import code_digest
+from ..training import distill, resolve_device, state_key
 from . import common
 from . import families
 from . import runs
@@ -29,7 +30,8 @@ def main(args, params) -> None:
     runs.check_batch_size(cfg.batch_size, split, "distill")
     weights, evaluation = evaluation_settings(params, split, args.features)
     key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),
-                    file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []))
+                    file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []),
+                    code_digest("realuid.stages.distill"))
     state_dir = Path(args.state) / key
     needs = runs.distill_needs(args.out, state_dir, args.teacher, cfg)
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distributed import Dist, session
 from ..data import read_split
+from ..distributed import Dist, session
 from . import common
 
 

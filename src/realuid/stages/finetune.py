@@ -14,9 +14,10 @@ from pathlib import Path
 from ..api import family_of, load_teacher, network
 from ..checkpoints import family_record, file_digest, read_checkpoint
 from ..config import in_effect, to_dict
-from ..distributed import launched_rank, session
-from ..training import distill, resolve_device, state_key
 from ..data import read_split
+from ..distributed import launched_rank, session
+from ..sources import code_digest
+from ..training import distill, resolve_device, state_key
 from . import common
 from . import runs
 from .distill import build_evaluator, evaluation_settings
@@ -48,7 +49,7 @@ def main(args, params) -> None:
     weights, evaluation = evaluation_settings(params, split, args.features)
     key = state_key("finetune", to_dict(cfg), in_effect(run_cfg), family_record(family),
                     file_digest(args.data), file_digest(args.teacher), file_digest(args.generator),
-                    *([evaluation] if evaluation else []))
+                    *([evaluation] if evaluation else []), code_digest("realuid.stages.finetune"))
     state_dir = Path(args.state) / key
     needs = runs.distill_needs(args.out, state_dir, args.teacher, run_cfg)
     with session(resolve_device(params.distill.device)) as dist, common.working_folders(dist, needs, state_dir):

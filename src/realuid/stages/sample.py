@@ -23,10 +23,10 @@ import torch
 from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_batch
 from ..checkpoints import read_checkpoint
 from ..config import BEST_COPY
+from ..data import read_split
 from ..distributed import SINGLE_PROCESS, Dist, session
 from ..plots import image_grid, scatter
 from ..training import resolve_device
-from ..data import read_split
 from . import common
 from . import families
 

@@ -6,12 +6,13 @@ import sys
 
 from pathlib import Path
 
+from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
 from ..config import in_effect
+from ..data import read_split
 from ..distributed import launched_rank, session
 from ..models import model_spec
-from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
+from ..sources import code_digest
 from ..training import resolve_device, state_key, train_teacher
-from ..data import read_split
 from . import common
 from . import families
 from . import runs
@@ -61,10 +62,11 @@ def main(args, params) -> None:
     spec = model_spec(cfg.model, split.sample_shape, split.num_classes)
     runs.check_batch_size(cfg.batch_size, split, "train_teacher")
 
-    # The state folder is keyed by everything the result depends on, so a changed config starts afresh
-    # while the same command after an interruption resumes (with any number of processes).
+    # The state folder is keyed by everything the result depends on (the code the stage runs included),
+    # so a changed config or code starts afresh while the same command after an interruption resumes
+    # (with any number of processes).
     key = state_key("train_teacher", teacher_family_record(params), in_effect(cfg), spec,
-                    file_digest(args.data))
+                    file_digest(args.data), code_digest("realuid.stages.train_teacher"))
     state_dir = Path(args.state) / key
     needs = runs.teacher_needs(args.out, state_dir, runs.weight_bytes(spec))
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
