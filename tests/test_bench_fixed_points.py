@@ -29,7 +29,7 @@ def test_tiny_grid_end_to_end(tmp_path):
                               "--json", str(js), "--figures", str(figs)])
     assert code == 0
     text = out.read_text()
-    assert "Command: `bench/fixed_points" in text and "Code version:" in text and "Wall time:" in text
+    assert "Command: `bench/fixed_points" in text and "Code version at the start:" in text and "Wall time:" in text
     assert "| (1, 1) | 0.500 |" in text  # data-free: the theory returns the teacher's weight
     assert "#### two-modes, si" in text  # a theory-only family gets its table too
     results = json.loads(js.read_text())["results"]["two-modes"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -108,18 +109,33 @@ def grid_values(step: float) -> list[float]:
 # ------------------------------------------------------------------------------------------ theory
 
 
-def theory_map(case: Case, family_name: str, values: list[float], extra: list[tuple[float, float]]) -> dict:
-    """Predicted generator weights for every (α, β) of the grid (and the trained points)."""
-    family = make_family(family_name, **FAMILY_OPTIONS[family_name])
-    problem = FixedPointProblem(family, case.mixture(case.teacher_weights), case.mixture(case.data_weights),
-                                quadrature=THEORY_QUADRATURE)
+def theory_cache(work: Path, case: Case, family_name: str) -> Path:
+    key = json.dumps([dataclasses.asdict(case), family_name, FAMILY_OPTIONS[family_name],
+                      dataclasses.asdict(THEORY_QUADRATURE)], sort_keys=True)
+    return work / f"theory-{case.name}-{family_name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+def theory_map(case: Case, family_name: str, values: list[float], extra: list[tuple[float, float]],
+               work: Path | None = None) -> dict:
+    """Predicted generator weights for every (α, β) of the grid (and the trained points); points already
+    solved for the same case, family and quadrature are read from ``work``."""
+    cache = None if work is None else theory_cache(work, case, family_name)
+    out = json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
     points = sorted({(a, b) for a in values for b in values} | set(extra))
-    out = {}
-    for a, b in points:
-        fp = problem.solve(alpha=a, beta=b)
-        out[f"{a:g},{b:g}"] = {"alpha": a, "beta": b, "weights": fp.weights.tolist(), "value": fp.value,
-                               "converged": fp.converged}
-    return out
+    missing = [(a, b) for a, b in points if f"{a:g},{b:g}" not in out]
+    if missing:
+        family = make_family(family_name, **FAMILY_OPTIONS[family_name])
+        problem = FixedPointProblem(family, case.mixture(case.teacher_weights), case.mixture(case.data_weights),
+                                    quadrature=THEORY_QUADRATURE)
+        for a, b in missing:
+            fp = problem.solve(alpha=a, beta=b)
+            out[f"{a:g},{b:g}"] = {"alpha": a, "beta": b, "weights": fp.weights.tolist(), "value": fp.value,
+                                   "converged": fp.converged}
+        if cache is not None:
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(out))
+            os.replace(tmp, cache)
+    return {f"{a:g},{b:g}": out[f"{a:g},{b:g}"] for a, b in points}
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -507,12 +523,13 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     start = time.perf_counter()
+    code_version = _code_version()  # at the start: other commits may land while it runs
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results, times = {}, {}
     for case in cases:
         t0 = time.perf_counter()
-        theory = {f: theory_map(case, f, values, args.trained) for f in args.theory_families}
+        theory = {f: theory_map(case, f, values, args.trained, work) for f in args.theory_families}
         times[f"{case.name} theory"] = time.perf_counter() - t0
         print(f"{case.name}: theory maps ({len(values)}² points × {len(theory)} families) in "
               f"{times[f'{case.name} theory']:.0f} s", flush=True)
@@ -523,12 +540,12 @@ def main(argv=None) -> int:
             times[f"{case.name} {fam} training"] = time.perf_counter() - t0
         for fam in args.families:  # trained families need a theory map for their table
             if fam not in theory:
-                theory[fam] = theory_map(case, fam, values, args.trained)
+                theory[fam] = theory_map(case, fam, values, args.trained, work)
         results[case.name] = {"case": dataclasses.asdict(case), "theory": theory, "train": train}
     wall = time.perf_counter() - start
     command = "bench/fixed_points " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     lines = [f"<!-- written by: {command} -->", "",
-             f"Command: `{command}`  ", f"Code version: {_code_version()}  ",
+             f"Command: `{command}`  ", f"Code version at the start: {code_version}  ",
              f"Seeds: {args.seeds}; {settings.steps} generator updates per run, batch {settings.batch_size}, "
              f"{settings.fake_updates} fake updates per generator update; MLP width {settings.hidden}; "
              f"student start fit for {settings.init_steps} steps.  ",
@@ -556,7 +573,7 @@ def main(argv=None) -> int:
                 tr.pop("pictures", None)
                 for run in tr["runs"].values():
                     run.pop("picture", None)
-        Path(args.json).write_text(json.dumps({"command": command, "code": _code_version(), "wall_seconds": wall,
+        Path(args.json).write_text(json.dumps({"command": command, "code": code_version, "wall_seconds": wall,
                                                "seeds": args.seeds, "settings": dataclasses.asdict(settings),
                                                "trained": args.trained, "theory_step": args.theory_step,
                                                "results": results}, indent=1) + "\n")
