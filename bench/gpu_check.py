@@ -193,10 +193,10 @@ def run_iteration(uid, batch, fake_updates: int, device: torch.device, seed: int
     """One distillation iteration: ``fake_updates`` fake steps, one generator step; losses stay on device."""
     losses = []
     for k in range(fake_updates + 1):
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed * (fake_updates + 1) + k)
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed * (fake_updates + 1) + k)
         step = uid.fake_step if k < fake_updates else uid.generator_step
-        loss, _grad_norm = step(batch, gen)
+        loss, _grad_norm = step(batch, rng)
         losses.append(loss)
     return losses
 

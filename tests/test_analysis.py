@@ -74,12 +74,12 @@ def test_exact_field_is_the_regression_optimum_of_the_path_monte_carlo(key):
     need the log-determinant terms; tolerance 5 standard errors."""
     fam = family(key)
     mixture = three_anisotropic([0.5, 0.3, 0.2])
-    gen = torch.Generator().manual_seed(1)
+    rng = torch.Generator().manual_seed(1)
     n = 200_000
-    x1 = mixture.sample(n, gen)
-    x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64)
-    z = torch.randn(n, 2, generator=gen, dtype=torch.float64) if fam.needs_noise else None
-    t = fam.t_min + (fam.t_max - fam.t_min) * torch.rand(n, generator=gen, dtype=torch.float64)
+    x1 = mixture.sample(n, rng)
+    x0 = torch.randn(n, 2, generator=rng, dtype=torch.float64)
+    z = torch.randn(n, 2, generator=rng, dtype=torch.float64) if fam.needs_noise else None
+    t = fam.t_min + (fam.t_max - fam.t_min) * torch.rand(n, generator=rng, dtype=torch.float64)
     path = fam.path_sample(x0, x1, t, z)
     residual = path.target - exact_field(fam, mixture, t, path.x_t)
     for h in (torch.ones(n, dtype=torch.float64), torch.tanh(2 * path.x_t[:, 0]), torch.tanh(2 * path.x_t[:, 1]),

@@ -43,8 +43,8 @@ def uncond():
 
 @pytest.fixture(scope="module")
 def batch():
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(2, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    rng = torch.Generator().manual_seed(1)
+    return torch.rand(2, generator=rng), torch.randn(2, 3, 32, 32, generator=rng)
 
 
 def test_file_with_the_authors_layout_loads_and_reproduces_outputs(uncond, batch, tmp_path):

@@ -36,11 +36,11 @@ def random_model(arch: str, classes: int = 0):
 
 
 def inputs(arch: str, batch: int = 4, classes: int = 0, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     shape = (MLP_ARGS["dim"],) if arch == "mlp" else tuple(UNET_ARGS["shape"])
-    t = torch.rand(batch, generator=g)
-    x = torch.randn(batch, *shape, generator=g)
-    y = torch.randint(0, classes, (batch,), generator=g) if classes else None
+    t = torch.rand(batch, generator=rng)
+    x = torch.randn(batch, *shape, generator=rng)
+    y = torch.randint(0, classes, (batch,), generator=rng) if classes else None
     return t, x, y
 
 
@@ -68,8 +68,8 @@ def test_generator_gan_loss_hand_written_values():
 
 def test_losses_are_negative_log_likelihoods_of_the_right_labels():
     """Identity on random logits: the losses are binary cross-entropies with real -> 1, generated -> 0."""
-    g = torch.Generator().manual_seed(3)
-    real, fake = 4 * torch.randn(64, generator=g), 4 * torch.randn(64, generator=g)
+    rng = torch.Generator().manual_seed(3)
+    real, fake = 4 * torch.randn(64, generator=rng), 4 * torch.randn(64, generator=rng)
     bce = lambda z, label: F.binary_cross_entropy_with_logits(z, torch.full_like(z, label), reduction="none")  # noqa: E731
     torch.testing.assert_close(discriminator_loss(real, fake), bce(real, 1.0) + bce(fake, 0.0))
     torch.testing.assert_close(generator_gan_loss(fake), bce(fake, 1.0))
@@ -187,9 +187,9 @@ def test_features_refuse_bad_inputs():
 def test_head_maps_features_to_one_logit_each_and_learns():
     torch.manual_seed(0)
     head = DiscriminatorHead(8, hidden_dim=16)
-    g = torch.Generator().manual_seed(0)
-    real = torch.randn(64, 8, generator=g) + 1.0
-    fake = torch.randn(64, 8, generator=g) - 1.0
+    rng = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 8, generator=rng) + 1.0
+    fake = torch.randn(64, 8, generator=rng) - 1.0
     assert head(real).shape == (64,)
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     before = discriminator_loss(head(real), head(fake)).mean().item()
@@ -236,7 +236,7 @@ def test_gan_times_are_valid_path_times_of_every_family(name, options):
     t = gan_time_sample(512, torch.Generator().manual_seed(1), t_max=family.t_max)
     assert (t <= family.t_max + 1e-6).all() and (t > 0.8).all()
     x0, x1 = torch.randn(512, 2), torch.randn(512, 2)
-    noise = family.sample_noise(x0, generator=torch.Generator().manual_seed(2))
+    noise = family.sample_noise(x0, rng=torch.Generator().manual_seed(2))
     assert torch.isfinite(family.path_sample(x0, x1, t, noise).x_t).all()
 
 

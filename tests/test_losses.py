@@ -12,8 +12,8 @@ COEFFICIENTS = [(1.0, 1.0), (1.0, 0.9), (0.92, 0.94), (0.9, 1.0), (0.5, 0.3), (0
 
 
 def tensors(shape, count, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(count)]
+    rng = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=rng, dtype=torch.float64, requires_grad=True) for _ in range(count)]
 
 
 def random_weight(batch, seed=1):

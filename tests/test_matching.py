@@ -30,14 +30,14 @@ CASE_IDS = [name + "-" + "-".join(str(v) for v in opts.values()) for name, opts 
 
 
 def endpoints(shape, seed=0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    x0, x1, z = (torch.randn(shape, generator=gen, dtype=dtype) for _ in range(3))
+    rng = torch.Generator().manual_seed(seed)
+    x0, x1, z = (torch.randn(shape, generator=rng, dtype=dtype) for _ in range(3))
     return x0, x1, z
 
 
 def random_times(family, batch, seed=1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    return family.t_min + (family.t_max - family.t_min) * torch.rand(batch, generator=gen, dtype=dtype)
+    rng = torch.Generator().manual_seed(seed)
+    return family.t_min + (family.t_max - family.t_min) * torch.rand(batch, generator=rng, dtype=dtype)
 
 
 def col(t, like):
@@ -215,11 +215,11 @@ def test_si_predict_x1_recovers_a_point_mass(interpolant, sigma, shape):
 def test_si_predict_x1_matches_regression_of_the_target():
     """Monte-Carlo check of the SI inversion: regress g on x_t for a point mass x1 = mu (1-D)."""
     family = make_family("si", interpolant="trig", sigma=0.8)
-    gen = torch.Generator().manual_seed(3)
+    rng = torch.Generator().manual_seed(3)
     n, mu = 200_000, 1.5
     for t_value in (0.1, 0.5, 0.9):
-        x0 = torch.randn(n, 1, generator=gen, dtype=torch.float64)
-        z = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+        x0 = torch.randn(n, 1, generator=rng, dtype=torch.float64)
+        z = torch.randn(n, 1, generator=rng, dtype=torch.float64)
         t = torch.full((n,), t_value, dtype=torch.float64)
         sample = family.path_sample(x0, torch.full_like(x0, mu), t, z)
         design = torch.cat([sample.x_t, torch.ones_like(sample.x_t)], dim=1)
@@ -372,11 +372,11 @@ def test_source_noise_only_where_the_path_has_noise():
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
 def test_sample_time_range_and_reproducibility(name, opts):
     family = make_family(name, **opts)
-    t = family.sample_time(10_000, generator=torch.Generator().manual_seed(0))
+    t = family.sample_time(10_000, rng=torch.Generator().manual_seed(0))
     assert t.shape == (10_000,) and t.dtype == torch.float32
     assert t.min() >= family.t_min and t.max() < torch.tensor(family.t_max, dtype=torch.float32)
     assert abs(t.mean().item() - 0.5 * (family.t_min + family.t_max)) < 0.02
-    again = family.sample_time(10_000, generator=torch.Generator().manual_seed(0))
+    again = family.sample_time(10_000, rng=torch.Generator().manual_seed(0))
     torch.testing.assert_close(t, again)
     # Sampled times are always accepted by path_sample (float32 rounding included).
     x = torch.randn(10_000, 1)
@@ -385,8 +385,8 @@ def test_sample_time_range_and_reproducibility(name, opts):
 
 def test_sample_time_is_half_open_even_when_rounding_hits_t_max():
     family = make_family("fm")
-    gen = torch.Generator().manual_seed(0)
-    assert (family.sample_time(100_000, generator=gen) < 1.0).all()
+    rng = torch.Generator().manual_seed(0)
+    assert (family.sample_time(100_000, rng=rng) < 1.0).all()
     with pytest.raises(ValueError, match="non-negative int"):
         family.sample_time(-1)
 
@@ -395,21 +395,21 @@ def test_sample_time_is_half_open_even_when_rounding_hits_t_max():
 def test_sample_source_and_noise(shape):
     like = torch.empty(shape, dtype=torch.float64)
     fm = make_family("fm")
-    x0 = fm.sample_source(like, generator=torch.Generator().manual_seed(5))
+    x0 = fm.sample_source(like, rng=torch.Generator().manual_seed(5))
     assert x0.shape == shape and x0.dtype == torch.float64
-    torch.testing.assert_close(x0, fm.sample_source(like, generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(x0, fm.sample_source(like, rng=torch.Generator().manual_seed(5)))
     assert fm.sample_noise(like) is None
     assert make_family("si").sample_noise(like).shape == shape
     with pytest.raises(ValueError, match="paired"):
         make_family("bridge").sample_source(like)
 
 
-def test_path_sample_draws_missing_noise_from_the_generator():
+def test_path_sample_draws_missing_noise_from_the_rng():
     family = make_family("si")
     x0, x1, _ = endpoints((4, 2))
     t = torch.full((4,), 0.5, dtype=x0.dtype)
-    first = family.path_sample(x0, x1, t, generator=torch.Generator().manual_seed(9))
-    second = family.path_sample(x0, x1, t, generator=torch.Generator().manual_seed(9))
+    first = family.path_sample(x0, x1, t, rng=torch.Generator().manual_seed(9))
+    second = family.path_sample(x0, x1, t, rng=torch.Generator().manual_seed(9))
     torch.testing.assert_close(first.x_t, second.x_t)
     z = torch.randn(4, 2, generator=torch.Generator().manual_seed(9), dtype=x0.dtype)
     torch.testing.assert_close(first.x_t, family.path_sample(x0, x1, t, z).x_t)

@@ -33,8 +33,8 @@ def build(shape, classes=0, **changes):
 
 
 def inputs(shape, batch=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, generator=g), torch.randn(batch, *shape, generator=g)
+    rng = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, generator=rng), torch.randn(batch, *shape, generator=rng)
 
 
 @pytest.mark.parametrize("shape, arch", [(POINT_SHAPE, "mlp"), ((5,), "mlp"), (IMAGE_SHAPE, "unet")])

@@ -146,7 +146,7 @@ def test_samplers_call_the_model_exactly_nfe_times(name, opts, method, nfe):
     model = CallCounter(scaled_identity)
     x0 = torch.randn(4, 1, 3, 3, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(4)
-    out = sample_teacher(family, model, x0, nfe=nfe, method=method, y=labels, generator=torch.Generator().manual_seed(1))
+    out = sample_teacher(family, model, x0, nfe=nfe, method=method, y=labels, rng=torch.Generator().manual_seed(1))
     assert model.calls == nfe
     assert out.shape == x0.shape and torch.isfinite(out).all()
     assert all(y is labels for y in model.labels)
@@ -246,7 +246,7 @@ def test_diffusion_sde_with_the_exact_teacher_reproduces_gaussian_data(schedule,
     family = make_family("diffusion", schedule=schedule, prediction=prediction)
     mu, v = 0.7, 0.3**2
     x0 = seeded_noise(range(8000), (1,), dtype=torch.float64)
-    out = sample_sde(family, GaussianTeacher(family, mu, v), x0, nfe=200, generator=torch.Generator().manual_seed(0))
+    out = sample_sde(family, GaussianTeacher(family, mu, v), x0, nfe=200, rng=torch.Generator().manual_seed(0))
     assert abs(out.mean().item() - mu) < 0.02
     assert abs(out.var().item() / v - 1) < 0.08
 
@@ -265,7 +265,7 @@ def test_bridge_sde_with_the_exact_drift_reproduces_the_data():
         return (x1_hat - x) / (1 - tc)
 
     x0 = torch.full((8000, 1), c, dtype=torch.float64)
-    out = sample_sde(family, drift, x0, nfe=200, generator=torch.Generator().manual_seed(0))
+    out = sample_sde(family, drift, x0, nfe=200, rng=torch.Generator().manual_seed(0))
     assert abs(out.mean().item() - mu) < 0.02
     assert abs(out.var().item() / v - 1) < 0.08
 
@@ -273,9 +273,9 @@ def test_bridge_sde_with_the_exact_drift_reproduces_the_data():
 def test_sde_noise_comes_from_the_generator():
     family = make_family("bridge", sigma=0.5)
     x0 = torch.randn(5, 2)
-    first = sample_sde(family, scaled_identity, x0, nfe=10, generator=torch.Generator().manual_seed(4))
-    second = sample_sde(family, scaled_identity, x0, nfe=10, generator=torch.Generator().manual_seed(4))
-    third = sample_sde(family, scaled_identity, x0, nfe=10, generator=torch.Generator().manual_seed(5))
+    first = sample_sde(family, scaled_identity, x0, nfe=10, rng=torch.Generator().manual_seed(4))
+    second = sample_sde(family, scaled_identity, x0, nfe=10, rng=torch.Generator().manual_seed(4))
+    third = sample_sde(family, scaled_identity, x0, nfe=10, rng=torch.Generator().manual_seed(5))
     assert torch.equal(first, second) and not torch.equal(first, third)
 
 

@@ -27,10 +27,10 @@ DISTILL = DistillConfig(steps=6, fake_updates_per_generator_update=2, batch_size
 
 
 def toy_data(family, n=256, shape=(2,), classes=0):
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.rand(n, *shape, generator=g) * 2 - 1
-    y = torch.randint(0, classes, (n,), generator=g) if classes else None
-    x0 = (x1 + 0.3 * torch.randn(x1.shape, generator=g)).clamp(-1, 1) if family.paired else None
+    rng = torch.Generator().manual_seed(0)
+    x1 = torch.rand(n, *shape, generator=rng) * 2 - 1
+    y = torch.randint(0, classes, (n,), generator=rng) if classes else None
+    x0 = (x1 + 0.3 * torch.randn(x1.shape, generator=rng)).clamp(-1, 1) if family.paired else None
     return TrainData(x1, y, x0)
 
 
@@ -122,17 +122,17 @@ def test_each_phase_touches_only_its_own_network(family_name):
     torch.manual_seed(1)
     teacher = build_model(spec)
     uid = RealUID(family, teacher, spec, DISTILL, alpha=0.9, beta=0.95, device=torch.device("cpu"))
-    batch, gen = TrainData(data.x1[:32], None, None if data.x0 is None else data.x0[:32]), torch.Generator().manual_seed(0)
+    batch, rng = TrainData(data.x1[:32], None, None if data.x0 is None else data.x0[:32]), torch.Generator().manual_seed(0)
     t0, g0, f0 = snapshot(uid.teacher), snapshot(uid.generator.net), snapshot(uid.fake)
 
-    uid.fake_step(batch, gen)
+    uid.fake_step(batch, rng)
     assert same_weights(snapshot(uid.teacher), t0) and same_weights(snapshot(uid.generator.net), g0)
     assert not same_weights(snapshot(uid.fake), f0)
     assert all(p.grad is None for p in uid.generator.parameters())
     assert all(p.grad is None for p in uid.teacher.parameters())
 
     f1, fake_grads = snapshot(uid.fake), grads(uid.fake)
-    uid.generator_step(batch, gen)
+    uid.generator_step(batch, rng)
     assert same_weights(snapshot(uid.teacher), t0) and same_weights(snapshot(uid.fake), f1)
     assert not same_weights(snapshot(uid.generator.net), g0)
     assert all(torch.equal(a, b) for a, b in zip(fake_grads, grads(uid.fake)))
@@ -174,8 +174,8 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
     """A rough teacher used as a one-step generator is poor; a short RealUID run improves it."""
     torch.manual_seed(0)
     family, mixture = make_family("fm"), gmm8()
-    g = torch.Generator().manual_seed(0)
-    data, test = TrainData(mixture.sample(4096, generator=g)), mixture.sample(2000, generator=g)
+    rng = torch.Generator().manual_seed(0)
+    data, test = TrainData(mixture.sample(4096, rng=rng)), mixture.sample(2000, rng=rng)
     model = dataclasses.replace(MODEL, hidden_dim=64, depth=2)
     spec = model_spec(model, (2,), 0)
     tcfg = dataclasses.replace(TEACHER, model=model, steps=400, batch_size=256, checkpoint_every_steps=400,
@@ -186,7 +186,7 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
                                checkpoint_every_steps=150, log_every_steps=50,
                                generator_optim=dataclasses.replace(DISTILL.generator_optim, lr=1e-3, warmup_steps=20),
                                fake_optim=dataclasses.replace(DISTILL.fake_optim, lr=1e-3, warmup_steps=20))
-    z = torch.randn(2000, 2, generator=g)
+    z = torch.randn(2000, 2, generator=rng)
     from realuid.models import OneStepGenerator
 
     with torch.no_grad():

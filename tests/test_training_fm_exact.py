@@ -20,10 +20,10 @@ TEACHER = TrainTeacherConfig(model=MODEL, optim=OptimConfig(lr=3e-3, betas=[0.9,
 
 def field_error(model, mixture, n=4000, seed=1) -> float:
     """Mean squared error ``E ||f(t, x_t) - v*(t, x_t)||^2`` on fresh path samples, t ~ U[0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    x1 = mixture.sample(n, generator=g)
-    x0 = torch.randn(n, 2, generator=g)
-    t = torch.rand(n, generator=g)
+    rng = torch.Generator().manual_seed(seed)
+    x1 = mixture.sample(n, rng=rng)
+    x0 = torch.randn(n, 2, generator=rng)
+    t = torch.rand(n, generator=rng)
     x_t = t[:, None] * x1 + (1 - t[:, None]) * x0
     with torch.no_grad():
         return float(((model(t, x_t) - exact_fm_velocity(mixture, t, x_t)) ** 2).sum(1).mean())
@@ -31,7 +31,7 @@ def field_error(model, mixture, n=4000, seed=1) -> float:
 
 def test_teacher_approaches_the_exact_velocity(tmp_path):
     mixture, family = gmm8(), make_family("fm")
-    data = TrainData(mixture.sample(8192, generator=torch.Generator().manual_seed(0)))
+    data = TrainData(mixture.sample(8192, rng=torch.Generator().manual_seed(0)))
     spec = model_spec(MODEL, (2,), 0)
     torch.manual_seed(TEACHER.seed)  # train_teacher starts from these same weights
     untrained = build_model(spec)

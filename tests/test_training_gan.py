@@ -29,10 +29,10 @@ def setup(family_name="fm", shape=(2,), classes=0, gan=ON, precision="fp32", alp
         for p in teacher.parameters():
             if not p.any():
                 p.normal_(0.0, 0.1)
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.rand(64, *shape, generator=g) * 2 - 1
-    y = torch.randint(0, classes, (64,), generator=g) if classes else None
-    x0 = (x1 + 0.3 * torch.randn(x1.shape, generator=g)) if family.paired else None
+    rng = torch.Generator().manual_seed(0)
+    x1 = torch.rand(64, *shape, generator=rng) * 2 - 1
+    y = torch.randint(0, classes, (64,), generator=rng) if classes else None
+    x0 = (x1 + 0.3 * torch.randn(x1.shape, generator=rng)) if family.paired else None
     data = TrainData(x1, y, x0)
     cfg = dataclasses.replace(DISTILL, gan=gan, precision=precision)
     uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=torch.device("cpu"))

@@ -64,7 +64,7 @@ def run(strength: float, generator_ts: list[float], steps: int, seeds: list[int]
     result = train_teacher(family, train, spec, teacher_cfg, work / f"teacher-{strength:g}-{teacher_steps}", progress=False)
     teacher = load_teacher(result).net
     with torch.no_grad():
-        drawn = sample_teacher(family, teacher, x0_test, nfe=99, method="sde", generator=torch.Generator().manual_seed(1))
+        drawn = sample_teacher(family, teacher, x0_test, nfe=99, method="sde", rng=torch.Generator().manual_seed(1))
     rows = {"teacher (SDE, NFE 99)": [score(drawn.numpy())]}
     for generator_t in generator_ts:
         generator_family = make_family("bridge", sigma=SIGMA, generator_t=generator_t)

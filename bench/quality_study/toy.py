@@ -134,7 +134,7 @@ def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
     samples = {
         "floor": task.floor,
         "teacher_nfe99": sample_teacher(family, teacher, z, nfe=toy.teacher_nfe, method=TEACHER_METHOD[job.family],
-                                        generator=torch.Generator().manual_seed(job.seed)).numpy(),
+                                        rng=torch.Generator().manual_seed(job.seed)).numpy(),
         # Read once at the generator's source time, the teacher is the students' starting point...
         "teacher_nfe1": _one_step(family, teacher, z),
     }

@@ -90,14 +90,14 @@ class GaussianMixture:
             return lam, eye.expand(self.num_components, self.dim, self.dim)
         return torch.linalg.eigh(self.covariances)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples ``[n, D]``, drawn on the generator's device (CPU by default), then moved to the means'."""
+    def sample(self, n: int, rng: torch.Generator | None = None) -> Tensor:
+        """``n`` samples ``[n, D]``, drawn on the device of ``rng`` (CPU by default), then moved to the means'."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
-        draw_device = generator.device if generator is not None else torch.device("cpu")
+        draw_device = rng.device if rng is not None else torch.device("cpu")
         weights = self.weights.to(draw_device)
-        components = torch.multinomial(weights, n, replacement=True, generator=generator) if n else weights.new_zeros(0).long()
-        noise = torch.randn(n, self.dim, generator=generator, device=draw_device, dtype=self.means.dtype)
+        components = torch.multinomial(weights, n, replacement=True, generator=rng) if n else weights.new_zeros(0).long()
+        noise = torch.randn(n, self.dim, generator=rng, device=draw_device, dtype=self.means.dtype)
         centres = self.means.to(draw_device)[components].to(self.means.device)
         if self.covariances is None:
             return centres + self.std * noise.to(self.means.device)

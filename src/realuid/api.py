@@ -123,7 +123,7 @@ def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int,
     from .sampling import sample_teacher
 
     rng = torch.Generator(device=x0.device).manual_seed(seed + start)
-    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, generator=rng)
+    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -190,9 +190,9 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None, *, step
         torch.manual_seed(seed)
         net = FeatureNet(in_channels, image_size, num_classes, width=width, task=task)
     net.to(device).train()
-    # Batches and rotations come from a private generator on the CPU, so the draws (and hence the
+    # Batches and rotations come from a private RNG on the CPU, so the draws (and hence the
     # result on CPU) do not depend on the device or on other code using the global RNG.
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     # Cosine decay to 10% of lr: a short fixed budget converges more reliably than a constant rate.
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -203,12 +203,12 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None, *, step
         from tqdm import tqdm
         iterator = tqdm(iterator, desc=f"feature net ({task})", leave=False)
     for _ in iterator:
-        index = torch.randint(0, n_images, (min(batch_size, n_images),), generator=generator)
+        index = torch.randint(0, n_images, (min(batch_size, n_images),), generator=rng)
         batch = images[index]
         if task == "classification":
             target = labels[index]
         else:
-            target = torch.randint(0, ROTATION_CLASSES, (batch.shape[0],), generator=generator)
+            target = torch.randint(0, ROTATION_CLASSES, (batch.shape[0],), generator=rng)
             batch = rotate_batch(batch, target)
         loss = F.cross_entropy(net(batch.to(device)), target.to(device))
         optimizer.zero_grad(set_to_none=True)

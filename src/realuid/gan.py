@@ -230,7 +230,7 @@ def generator_gan_loss(logits_fake: Tensor) -> Tensor:
 
 def gan_time_sample(
     n: int,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
     t_min: float = 0.8,
     t_max: float = 1.0,
     *,
@@ -240,7 +240,7 @@ def gan_time_sample(
 
     Near the data end the path is mostly data, so the head judges samples, not noise. ``t_max`` is the
     family's ``t_max`` (1 for fm and diffusion; just below 1 where the target diverges at 1). Drawn on
-    ``generator``'s device (then moved to ``device`` when given), like the family's training times.
+    ``rng``'s device (then moved to ``device`` when given), like the family's training times.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
@@ -249,8 +249,8 @@ def gan_time_sample(
             raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    draw_device = generator.device if generator is not None else device
-    u = torch.rand(n, generator=generator, device=draw_device)
+    draw_device = rng.device if rng is not None else device
+    u = torch.rand(n, generator=rng, device=draw_device)
     # u in [0, 1) maps to (t_min, t_max]: t_max is reachable, t_min is not.
     t = t_max - (t_max - t_min) * u
     t = t.clamp(min=torch.nextafter(torch.tensor(float(t_min)), torch.tensor(math.inf)).item())

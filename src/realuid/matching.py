@@ -149,15 +149,15 @@ def _check_t_eps(value: Any) -> float:
     return value
 
 
-def _randn_like(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``like``, drawn on the generator's device, then moved.
+def _randn_like(like: Tensor, rng: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the device of ``rng``, then moved.
 
-    Drawing where the generator lives makes the noise depend only on the generator state, not on the
+    Drawing where ``rng`` lives makes the noise depend only on its state, not on the
     device of the data.
     """
-    if generator is None:
+    if rng is None:
         return torch.randn_like(like)
-    noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
+    noise = torch.randn(like.shape, generator=rng, device=rng.device, dtype=like.dtype)
     return noise.to(like.device)
 
 
@@ -239,30 +239,30 @@ class Family:
 
     # -- sampling of t, x0 and z
     def sample_time(
-        self, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
+        self, n: int, *, rng: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
         """``n`` training times ``~ U[t_min, t_max)``; returns a float32 ``[n]`` tensor on ``device``."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be a non-negative int, got {n!r}")
-        draw_device = generator.device if generator is not None else device
-        u = torch.rand(n, generator=generator, device=draw_device)
+        draw_device = rng.device if rng is not None else device
+        u = torch.rand(n, generator=rng, device=draw_device)
         t = self.t_min + (self.t_max - self.t_min) * u
         # Rounding of t_min + span*u can land exactly on t_max; keep the documented half-open range.
         t_max = torch.tensor(self.t_max, dtype=t.dtype)
         t = t.clamp(max=torch.nextafter(t_max, torch.tensor(-math.inf, dtype=t.dtype)).item())
         return t.to(device) if device is not None else t
 
-    def sample_source(self, like: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def sample_source(self, like: Tensor, *, rng: torch.Generator | None = None) -> Tensor:
         """``x0 ~ N(0, I)`` shaped like ``like`` (``[B, ...]``). Paired families raise ValueError."""
         if self.paired:
             raise ValueError(f"family {self.name!r} is paired: x0 comes with the data and cannot be sampled")
         _check_batch(like, "like")
-        return _randn_like(like, generator)
+        return _randn_like(like, rng)
 
-    def sample_noise(self, like: Tensor, *, generator: torch.Generator | None = None) -> Tensor | None:
+    def sample_noise(self, like: Tensor, *, rng: torch.Generator | None = None) -> Tensor | None:
         """The extra path noise ``z ~ N(0, I)`` shaped like ``like``, or None when the path has none."""
         _check_batch(like, "like")
-        return _randn_like(like, generator) if self.needs_noise else None
+        return _randn_like(like, rng) if self.needs_noise else None
 
     # -- the path
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
@@ -280,13 +280,13 @@ class Family:
         t: Tensor,
         noise: Tensor | None = None,
         *,
-        generator: torch.Generator | None = None,
+        rng: torch.Generator | None = None,
     ) -> PathSample:
         """Point ``x_t`` on the path, target ``g`` and weight ``w(t)``.
 
         x0, x1: ``[B, ...]`` source and data endpoints.  t: ``[B]`` in ``[t_min, t_max]``.
         noise: ``[B, ...]`` the extra path noise z, only for families with ``needs_noise``; when it is
-        None there, it is drawn from ``generator`` (pass it explicitly to share it between samples).
+        None there, it is drawn from ``rng`` (pass it explicitly to share it between samples).
         """
         _check_batch(x0, "x0")
         _check_batch(x1, "x1")
@@ -298,7 +298,7 @@ class Family:
             _check_batch(noise, "noise")
             _check_same_shape(noise, x0, "noise", "x0")
         elif self.needs_noise:
-            noise = _randn_like(x0, generator)
+            noise = _randn_like(x0, rng)
         coefficients = self._coefficients_for(t, x0)
         x_t, g = build_path(coefficients, x0, x1, noise)
         weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.A.dtype)).to(x0.dtype)

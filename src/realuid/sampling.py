@@ -65,8 +65,8 @@ def seeded_noise(
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
             raise ValueError(f"every seed must be an int in [0, 2**63), got {seed!r}")
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        rows.append(torch.randn(shape, generator=generator, dtype=dtype))
+        rng = torch.Generator(device="cpu").manual_seed(seed)
+        rows.append(torch.randn(shape, generator=rng, dtype=dtype))
     noise = torch.stack(rows) if rows else torch.empty((0, *shape), dtype=dtype)
     return noise.to(device) if device is not None else noise
 
@@ -190,14 +190,14 @@ def sample_sde(
     *,
     nfe: int,
     y: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> Tensor:
     """Euler–Maruyama for the family's SDE ``dx = family.sde_drift dt + family.sde_diffusion dW``.
 
     Bridge: ``dx = f dt + sigma dW`` from the corrupted ``x0``. Diffusion: the reverse of the noising
     SDE, drift ``v + g^2/2 * score``. x0: ``[B, ...]``; start state ``family.source_state(x0, 0)``.
     The ``nfe`` calls are ``nfe - 1`` Euler–Maruyama steps on an equal grid from 0 to ``t_end`` and one
-    final denoise. Brownian increments are drawn from ``generator`` (on its device, then moved).
+    final denoise. Brownian increments are drawn from ``rng`` (on its device, then moved).
     Returns the ``[B, ...]`` data estimate.
     """
     nfe = _check_nfe(nfe)
@@ -212,15 +212,15 @@ def sample_sde(
         t_batch = _times(x, t_now)
         drift = family.sde_drift(t_batch, x, model(t_batch, x, y))
         diffusion = family.sde_diffusion(t_batch).reshape(x.shape[0], *([1] * (x.dim() - 1)))
-        x = x + h * drift + diffusion * math.sqrt(h) * _standard_normal(x, generator)
+        x = x + h * drift + diffusion * math.sqrt(h) * _standard_normal(x, rng)
     t_final = family.t_end if integration_calls else 0.0
     return _final_state(family, model, x, t_final, y)
 
 
-def _standard_normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
-    if generator is None:
+def _standard_normal(like: Tensor, rng: torch.Generator | None) -> Tensor:
+    if rng is None:
         return torch.randn_like(like)
-    return torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
+    return torch.randn(like.shape, generator=rng, device=rng.device, dtype=like.dtype).to(like.device)
 
 
 # ---------------------------------------------------------------------------------------- dispatch
@@ -234,15 +234,15 @@ def sample_teacher(
     nfe: int,
     method: str,
     y: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    rng: torch.Generator | None = None,
 ) -> Tensor:
     """Multi-step teacher sampling: ``method`` 'euler' | 'heun' (ODE) or 'sde' (Euler–Maruyama).
 
     x0: ``[B, ...]`` source endpoint (noise, or the corrupted input of a bridge). Returns ``[B, ...]``.
-    ``generator`` drives the SDE's Brownian increments and is unused by the ODE methods.
+    ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods.
     """
     if method not in SAMPLER_METHODS:
         raise ValueError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
     if method == "sde":
-        return sample_sde(family, model, x0, nfe=nfe, y=y, generator=generator)
+        return sample_sde(family, model, x0, nfe=nfe, y=y, rng=rng)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)

@@ -1,6 +1,6 @@
 """Training loops: the teacher's matching regression and RealUID distillation, both resumable.
 
-Resuming: every random draw of step ``k`` comes from a generator seeded by ``(seed, k, phase)`` and the
+Resuming: every random draw of step ``k`` comes from an RNG seeded by ``(seed, k, phase)`` and the
 data order of epoch ``e`` from one seeded by ``(seed, e)``, so the loop's randomness is a pure function of
 the step counter. A checkpoint therefore only needs weights, optimizer, scheduler and EMA state plus the
 step; a run killed at any point and started again ends with bit-identical weights on CPU (tested).
@@ -86,9 +86,9 @@ def _seed_value(seed: int, *counters: int) -> int:
 
 
 def _seeded(seed: int, *counters: int, device: torch.device) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(_seed_value(seed, *counters))
-    return gen
+    rng = torch.Generator(device=device)
+    rng.manual_seed(_seed_value(seed, *counters))
+    return rng
 
 
 def _seed_dropout(seed: int, step: int, rank: int) -> None:
@@ -134,8 +134,8 @@ class BatchStream:
     def __call__(self, k: int) -> TrainData:
         epoch, pos = divmod(k, self.per_epoch)
         if epoch != self._epoch:
-            gen = _seeded(self.seed, epoch, device=torch.device("cpu"))
-            self._perm = torch.randperm(len(self.data), generator=gen).to(self.data.x1.device)
+            rng = _seeded(self.seed, epoch, device=torch.device("cpu"))
+            self._perm = torch.randperm(len(self.data), generator=rng).to(self.data.x1.device)
             self._epoch = epoch
         idx = self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
@@ -316,12 +316,12 @@ def _boundaries(done: int, cfg, stop_after: int | None) -> tuple[bool, bool]:
             done % cfg.checkpoint_every_steps == 0 or last or done == stop_after)
 
 
-def _draw(family, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _draw(family, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Source endpoint, time and extra path noise for one batch: (x0, t, noise)."""
     x1 = batch.x1
-    x0 = batch.x0 if family.paired else family.sample_source(x1, generator=gen)
-    t = family.sample_time(x1.shape[0], generator=gen, device=x1.device)
-    noise = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype) if family.needs_noise else None
+    x0 = batch.x0 if family.paired else family.sample_source(x1, rng=rng)
+    t = family.sample_time(x1.shape[0], rng=rng, device=x1.device)
+    noise = torch.randn(x1.shape, generator=rng, device=x1.device, dtype=x1.dtype) if family.needs_noise else None
     return x0, t, noise
 
 
@@ -422,11 +422,11 @@ def train_teacher(
     model.train()
     bar = _progress(cfg.steps, start, "teacher", progress and dist.is_main)
     for step in range(start, cfg.steps):
-        gen = _seeded(cfg.seed, step, 0, device=device)
+        rng = _seeded(cfg.seed, step, 0, device=device)
         _seed_dropout(cfg.seed, step, dist.rank)
         # Draws for the whole global batch on every process, then this process's rows of everything.
         batch = stream(step)
-        x0, t, noise = _draw(family, batch, gen)
+        x0, t, noise = _draw(family, batch, rng)
         batch, (x0, t, noise) = _local_batch(batch, rows), _take(rows, x0, t, noise)
         path = family.path_sample(x0, batch.x1, t, noise)
         with autocast(device, cfg.precision):
@@ -560,7 +560,7 @@ class RealUID:
         self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
-    def _draws(self, batch: TrainData, gen: torch.Generator) -> StepDraws:
+    def _draws(self, batch: TrainData, rng: torch.Generator) -> StepDraws:
         """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
 
         Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`_draw`), then the GAN
@@ -570,13 +570,13 @@ class RealUID:
         total = batch.x1.shape[0]
         rows = self.dist.rows(total)
         y = batch.y if self.labels else None
-        z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, generator=gen)
-        z_noise = self.family.sample_noise(z, generator=gen) if self.family.generator_noise else None
-        x0, t, noise = _draw(self.family, batch, gen)
+        z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, rng=rng)
+        z_noise = self.family.sample_noise(z, rng=rng) if self.family.generator_noise else None
+        x0, t, noise = _draw(self.family, batch, rng)
         gan_t = gan_noise = None
         if self.gan is not None:
-            gan_t = gan_time_sample(total, gen, t_max=self.family.t_max, device=batch.x1.device)
-            gan_noise = self.family.sample_noise(batch.x1, generator=gen)
+            gan_t = gan_time_sample(total, rng, t_max=self.family.t_max, device=batch.x1.device)
+            gan_noise = self.family.sample_noise(batch.x1, rng=rng)
         return StepDraws(*_take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise))
 
     def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
@@ -595,9 +595,9 @@ class RealUID:
         with autocast(self.device, self.cfg.precision):
             return self.disc_head(encoder_features(self.fake, t, x_t, repeat(y))).float()
 
-    def fake_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def fake_step(self, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the fake model ``f`` on the global ``batch``; returns (loss, gradient norm) on the device."""
-        d = self._draws(batch, gen)
+        d = self._draws(batch, rng)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
             x1_gen = self.generator(d.z, y, d.z_noise).float()
@@ -622,9 +622,9 @@ class RealUID:
                               self.dist)
         return loss.detach(), norm
 
-    def generator_step(self, batch: TrainData, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def generator_step(self, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One update of the generator through ``x1_gen`` on the global ``batch``; returns (loss, gradient norm)."""
-        d = self._draws(batch, gen)
+        d = self._draws(batch, rng)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
         if self.gan is not None:
