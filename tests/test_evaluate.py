@@ -94,3 +94,50 @@ def test_points_get_knn_precision_recall_and_on_gmm8_the_mass_per_mode(tmp_path,
         assert metrics["student"]["mode_mass_tv"] > 0.1 > metrics["teacher"]["mode_mass_tv"]
     else:  # the modes of other data sets are not known
         assert "mode_mass_tv" not in metrics["student"]
+
+
+def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, monkeypatch):
+    # sample writes `student` as the very samples of the copy it headlines: extracting and scoring them
+    # again would cost a whole row (150k Inception passes and K + 1 FIDs at paper scale) for equal numbers.
+    import torch
+
+    from realuid import metrics as metrics_module
+    from realuid.features import FeatureNet, save_feature_net
+
+    rng = np.random.default_rng(4)
+    images = lambda n: rng.uniform(-1, 1, size=(n, 1, 8, 8)).astype(np.float32)  # noqa: E731
+    for name in ("train", "test"):
+        write_split(tmp_path / f"{name}.h5", images(40), attrs={"source": name})
+    samples = tmp_path / "samples"
+    headline, other = images(20), images(20)
+    for who, x in (("teacher", images(20)), ("student", headline), ("student_ema_0_999", headline),
+                   ("student_raw", other)):
+        write_split(samples / f"{who}.h5", x, attrs={"source": who})
+    timing = {"nfe": 1, "samples_per_second": 1.0}
+    (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing,
+                                                     "student_copy": "student_ema_0_999"}))
+    torch.manual_seed(0)
+    save_feature_net(tmp_path / "extractor.pt", FeatureNet(1, 8, 4, width=4, task="rotation"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"].update(kid_subset_size=10, batch_size=20, fid_blocks=2, device="cpu")
+    params["sample"]["n_samples"] = 20
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    extracted = []
+    real_image_features = metrics_module.image_features
+    monkeypatch.setattr(metrics_module, "image_features",
+                        lambda images, **kw: extracted.append(len(images)) or real_image_features(images, **kw))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
+            "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
+    assert evaluate_stage.cli(argv) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    # reference + teacher + student_ema_0_999 + student_raw + real: no extraction for `student`
+    assert len(extracted) == 5
+    shared = {k: v for k, v in metrics["student"].items() if k not in timing}
+    assert shared == metrics["student_ema_0_999"] and "fid_mean" in shared
+    assert metrics["student_raw"]["fid"] != shared["fid"]
+    # Samples that merely share a name are scored on their own.
+    write_split(samples / "student.h5", other, attrs={"source": "student"})
+    extracted.clear()
+    assert evaluate_stage.cli(argv) == 0
+    assert len(extracted) == 6
+    assert json.loads((tmp_path / "m.json").read_text())["student"]["fid"] == metrics["student_raw"]["fid"]

@@ -105,7 +105,7 @@ def _evaluate(args, params, dist: Dist) -> None:
             sources = {who: split.x0 for who, split in drawn.items()}
             _joint_metrics(metrics, gen, {**sources, "real": other.x0[floor_rows]}, reference, cfg.seed)
     else:
-        metrics = _image_metrics(gen, reference, params, Path(args.features), dist)
+        metrics = _image_metrics(gen, reference, params, Path(args.features), dist, same=_headline_row(gen, timing))
         if metrics is None:
             return
         _class_accuracy(metrics, drawn, params, Path(args.features))
@@ -146,8 +146,22 @@ def _protocol(params, kind: str, student, reference, floor_size: int, features_d
             "kid_subset_size": cfg.kid_subset_size, "fid_blocks": cfg.fid_blocks, "fid_block_size": n // cfg.fid_blocks}
 
 
-def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist) -> dict | None:
+def _headline_row(gen: dict, timing: dict) -> dict[str, str]:
+    """``{"student": <its copy>}`` when ``student`` holds exactly the samples of the copy it headlines
+    (as the sample stage writes it), else ``{}``: that row then needs no extraction or FID of its own."""
+    copy = timing.get("student_copy")
+    if copy in gen and copy != "student" and np.array_equal(gen["student"], gen[copy]):
+        return {"student": copy}
+    return {}
+
+
+def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist,
+                   same: dict[str, str] | None = None) -> dict | None:
     """FID, KID and precision/recall of every row; features are extracted by all processes, scored on rank 0.
+
+    ``same`` maps a row to another row with identical samples (the headline ``student`` and its copy):
+    it gets that row's numbers, as computing them again would (at paper scale: 150k Inception passes
+    and K + 1 FIDs saved).
 
     The reference features come from the features stage's cache (``reference_cache``), which is read,
     never written (it is that stage's output): a miss (other images, other weights) recomputes them here.
@@ -160,7 +174,8 @@ def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist)
                       batch_size=cfg.batch_size, device=dist.device.type, dist=dist)
     real = reference_features(torch.as_tensor(reference.x1), cache_root=features_dir / "reference_cache",
                               write_cache=False, **extraction)
-    features = {who: image_features(torch.as_tensor(x), **extraction) for who, x in gen.items()}
+    same = same or {}
+    features = {who: image_features(torch.as_tensor(x), **extraction) for who, x in gen.items() if who not in same}
     if not dist.is_main:
         return None
     metrics = {who: image_metrics_from_features(feats, real, extractor=cfg.feature_extractor,
@@ -169,7 +184,8 @@ def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist)
     for who, feats in features.items():
         if who != "real":  # the floor's size follows the other split, not the seed blocks
             metrics[who].update(fid_block_statistics(feats, real, blocks=cfg.fid_blocks, extractor=cfg.feature_extractor))
-    return metrics
+    metrics.update({who: dict(metrics[copy]) for who, copy in same.items()})
+    return {who: metrics[who] for who in gen}  # the rows in the order of gen, as before
 
 
 def _class_accuracy(metrics: dict, drawn: dict, params, features_dir: Path) -> None:
