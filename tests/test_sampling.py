@@ -78,7 +78,7 @@ def exact_ode_result(family, mu, v, x0):
     x_end = mT + torch.sqrt(VT / V0) * (start - m0)
     if not family.needs_final_denoise:
         return x_end
-    B_end = family.path_coefficients(t_end).B
+    B_end = family.path_coefficients(t_end).path_x1
     return mu + B_end * v / VT * (x_end - mT)
 
 

@@ -5,8 +5,12 @@ source endpoint (Gaussian noise, or the corrupted input of a bridge), ``x1`` the
 
 Every family here has an *affine* path and target::
 
-    x_t = A(t) x0 + B(t) x1 + C(t) z          (z ~ N(0, I), only where ``needs_noise``)
-    g   = P(t) x0 + Q(t) x1 + R(t) z
+    x_t = path_x0(t) x0   + path_x1(t) x1   + path_z(t) z     (z ~ N(0, I), only where ``needs_noise``)
+    g   = target_x0(t) x0 + target_x1(t) x1 + target_z(t) z
+
+The maths elsewhere (:mod:`realuid.analytic`, the tests) writes them ``A, B, C`` and ``P, Q, R``, as
+DESIGN.md writes the interpolant's ``A(t), B(t)``; the code spells them out so that no coefficient
+reads like the batch size ``B`` of the shapes below.
 
 A family only says what the six coefficients are (:meth:`Family.path_coefficients`); the single
 function :func:`build_path` turns coefficients and endpoints into ``x_t`` and ``g``. Nothing else in
@@ -70,14 +74,15 @@ class PathSample(NamedTuple):
 
 
 class PathCoefficients(NamedTuple):
-    """Coefficients of ``x_t = A x0 + B x1 + C z`` and ``g = P x0 + Q x1 + R z``; each is ``[B]``."""
+    """Coefficients of ``x_t = path_x0 x0 + path_x1 x1 + path_z z`` and
+    ``g = target_x0 x0 + target_x1 x1 + target_z z``; each is ``[B]`` (one per sample)."""
 
-    A: Tensor
-    B: Tensor
-    C: Tensor
-    P: Tensor
-    Q: Tensor
-    R: Tensor
+    path_x0: Tensor
+    path_x1: Tensor
+    path_z: Tensor
+    target_x0: Tensor
+    target_x1: Tensor
+    target_z: Tensor
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -164,15 +169,15 @@ def _randn_like(like: Tensor, rng: torch.Generator | None) -> Tensor:
 def build_path(coefficients: PathCoefficients, x0: Tensor, x1: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
     """The one place where ``x_t`` and the target ``g`` are built from endpoints and coefficients.
 
-    coefficients: each ``[B]``.  x0, x1, noise: ``[B, ...]`` (noise may be None when C = R = 0).
+    coefficients: each ``[B]``.  x0, x1, noise: ``[B, ...]`` (noise may be None when path_z = target_z = 0).
     Returns ``(x_t, g)``, both ``[B, ...]``.
     """
-    A, B, C, P, Q, R = (_as_column(c, x0) for c in coefficients)
-    x_t = A * x0 + B * x1
-    g = P * x0 + Q * x1
+    c = PathCoefficients(*(_as_column(coef, x0) for coef in coefficients))
+    x_t = c.path_x0 * x0 + c.path_x1 * x1
+    g = c.target_x0 * x0 + c.target_x1 * x1
     if noise is not None:
-        x_t = x_t + C * noise
-        g = g + R * noise
+        x_t = x_t + c.path_z * noise
+        g = g + c.target_z * noise
     return x_t.to(x0.dtype), g.to(x0.dtype)
 
 
@@ -266,7 +271,7 @@ class Family:
 
     # -- the path
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
-        """Coefficients ``A, B, C, P, Q, R`` (each ``[B]``) at times ``t`` (``[B]``)."""
+        """The six :class:`PathCoefficients` (each ``[B]``) at times ``t`` (``[B]``)."""
         raise NotImplementedError
 
     def time_weight(self, t: Tensor) -> Tensor:
@@ -301,11 +306,11 @@ class Family:
             noise = _randn_like(x0, rng)
         coefficients = self._coefficients_for(t, x0)
         x_t, g = build_path(coefficients, x0, x1, noise)
-        weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.A.dtype)).to(x0.dtype)
+        weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.path_x0.dtype)).to(x0.dtype)
         return PathSample(x_t=x_t, target=g, weight=weight)
 
     def source_state(self, x0: Tensor, t: float | Tensor, noise: Tensor | None = None) -> Tensor:
-        """The path at time ``t`` with the data part set to zero: ``A(t) x0 (+ C(t) noise)``.
+        """The path at time ``t`` with the data part set to zero: ``path_x0(t) x0 (+ path_z(t) noise)``.
 
         It is the start state of the teacher samplers and the input of the one-step generator
         (at ``t_src``). x0: ``[B, ...]``; t: a float or a ``[B]`` tensor in ``[0, t_end]``; noise: the
@@ -320,7 +325,7 @@ class Family:
             if not self.needs_noise:
                 raise ValueError(f"family {self.name!r} has no extra path noise; pass noise=None")
             _check_same_shape(noise, x0, "noise", "x0")
-            state = state + _as_column(self.path_coefficients(t).C, x0) * noise
+            state = state + _as_column(self.path_coefficients(t).path_z, x0) * noise
         return state.to(x0.dtype)
 
     # -- conversions of a model output
@@ -355,7 +360,7 @@ class Family:
         return self.path_coefficients(t.to(device=like.device, dtype=_coef_dtype(like.dtype)))
 
     def _source_coefficient(self, t: Tensor) -> Tensor:
-        return self.path_coefficients(t).A
+        return self.path_coefficients(t).path_x0
 
     @staticmethod
     def _time_tensor(t: float | Tensor, like: Tensor) -> Tensor:
@@ -404,7 +409,7 @@ class FlowMatching(Family):
 
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
         one, zero = torch.ones_like(t), torch.zeros_like(t)
-        return PathCoefficients(A=1 - t, B=t, C=zero, P=-one, Q=one, R=zero)
+        return PathCoefficients(path_x0=1 - t, path_x1=t, path_z=zero, target_x0=-one, target_x1=one, target_z=zero)
 
     def _predict_x1(self, t, x_t, output):
         return x_t + _as_column(1 - t, x_t) * output
@@ -493,8 +498,8 @@ class Diffusion(Family):
         a, s = self.signal_noise(t)
         one, zero = torch.ones_like(t), torch.zeros_like(t)
         if self.prediction == "eps":
-            return PathCoefficients(A=s, B=a, C=zero, P=one, Q=zero, R=zero)
-        return PathCoefficients(A=s, B=a, C=zero, P=zero, Q=one, R=zero)
+            return PathCoefficients(path_x0=s, path_x1=a, path_z=zero, target_x0=one, target_x1=zero, target_z=zero)
+        return PathCoefficients(path_x0=s, path_x1=a, path_z=zero, target_x0=zero, target_x1=one, target_z=zero)
 
     def _source_coefficient(self, t):
         return self.signal_noise(t)[1]
@@ -546,10 +551,11 @@ class Diffusion(Family):
 
 @dataclass(frozen=True)
 class StochasticInterpolant(Family):
-    """Stochastic interpolant ``x_t = A x0 + B x1 + gamma z`` with ``gamma = sigma sqrt(t(1-t))``.
+    """Stochastic interpolant ``x_t = coef_x0 x0 + coef_x1 x1 + gamma z`` with ``gamma = sigma sqrt(t(1-t))``.
 
-    interpolant: 'linear' (A = 1-t, B = t) or 'trig' (A = cos(pi t/2), B = sin(pi t/2)).
-    Target ``g = A' x0 + B' x1 + gamma' z`` (the time derivative of the path); ``gamma'`` diverges at
+    ``coef_x0``, ``coef_x1`` are DESIGN.md's ``A(t)``, ``B(t)``. interpolant: 'linear' (coef_x0 = 1-t,
+    coef_x1 = t) or 'trig' (coef_x0 = cos(pi t/2), coef_x1 = sin(pi t/2)).
+    Target ``g = coef_x0' x0 + coef_x1' x1 + gamma' z`` (the time derivative of the path); ``gamma'`` diverges at
     both ends, so training times are clipped to ``[t_eps, 1 - t_eps]``. The model output is the
     velocity; :meth:`predict_x1` inverts it exactly for ``x0 ~ N(0, I)`` independent of ``z``.
     """
@@ -578,7 +584,7 @@ class StochasticInterpolant(Family):
         return self.sigma > 0
 
     def _endpoint_coefficients(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(A, B, A', B')`` shaped like ``t``."""
+        """``(coef_x0, coef_x1, coef_x0', coef_x1')`` shaped like ``t``."""
         if self.interpolant == "linear":
             return 1 - t, t, -torch.ones_like(t), torch.ones_like(t)
         half_pi = 0.5 * math.pi
@@ -586,21 +592,23 @@ class StochasticInterpolant(Family):
         return c, s, -half_pi * s, half_pi * c
 
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
-        A, B, dA, dB = self._endpoint_coefficients(t)
+        coef_x0, coef_x1, dcoef_x0, dcoef_x1 = self._endpoint_coefficients(t)
         root = torch.sqrt(t * (1 - t))
         gamma = self.sigma * root
         dgamma = self.sigma * (1 - 2 * t) / (2 * root)
-        return PathCoefficients(A=A, B=B, C=gamma, P=dA, Q=dB, R=dgamma)
+        return PathCoefficients(path_x0=coef_x0, path_x1=coef_x1, path_z=gamma,
+                                target_x0=dcoef_x0, target_x1=dcoef_x1, target_z=dgamma)
 
     def _predict_x1(self, t, x_t, output):
-        # With n = A x0 + gamma z ~ N(0, (A^2 + gamma^2) I) independent of x1 and x_t = B x1 + n,
-        # E[A' x0 + gamma' z | n] = c n, c = (A'A + gamma' gamma)/(A^2 + gamma^2), so the exact velocity
-        # is b = c x + (B' - c B) E[x1 | x]. gamma' gamma = sigma^2 (1 - 2t)/2 is finite at t = 0.
-        A, B, dA, dB = self._endpoint_coefficients(t)
+        # With n = coef_x0 x0 + gamma z ~ N(0, (coef_x0^2 + gamma^2) I) independent of x1 and
+        # x_t = coef_x1 x1 + n, E[coef_x0' x0 + gamma' z | n] = c n with
+        # c = (coef_x0' coef_x0 + gamma' gamma)/(coef_x0^2 + gamma^2), so the exact velocity is
+        # b = c x + (coef_x1' - c coef_x1) E[x1 | x]. gamma' gamma = sigma^2 (1 - 2t)/2 is finite at t = 0.
+        coef_x0, coef_x1, dcoef_x0, dcoef_x1 = self._endpoint_coefficients(t)
         gamma_sq = self.sigma**2 * t * (1 - t)
         gamma_dgamma = 0.5 * self.sigma**2 * (1 - 2 * t)
-        c = (dA * A + gamma_dgamma) / (A**2 + gamma_sq)
-        c_col, denom = _as_column(c, x_t), _as_column(dB - c * B, x_t)
+        c = (dcoef_x0 * coef_x0 + gamma_dgamma) / (coef_x0**2 + gamma_sq)
+        c_col, denom = _as_column(c, x_t), _as_column(dcoef_x1 - c * coef_x1, x_t)
         return (output - c_col * x_t) / denom
 
     def _velocity(self, t, x_t, output):
@@ -662,12 +670,12 @@ class BridgeMatching(Family):
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
         one = torch.ones_like(t)
         return PathCoefficients(
-            A=1 - t,
-            B=t,
-            C=self.sigma * torch.sqrt(t * (1 - t)),
-            P=-one,
-            Q=one,
-            R=-self.sigma * torch.sqrt(t / (1 - t)),
+            path_x0=1 - t,
+            path_x1=t,
+            path_z=self.sigma * torch.sqrt(t * (1 - t)),
+            target_x0=-one,
+            target_x1=one,
+            target_z=-self.sigma * torch.sqrt(t / (1 - t)),
         )
 
     def _predict_x1(self, t, x_t, output):
