@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .tensors import check_batch, check_same_shape
+
 __all__ = ["matching_loss", "fake_loss", "generator_loss"]
 
 
@@ -37,19 +39,10 @@ def _inner(a: Tensor, b: Tensor) -> Tensor:
     return _sum_non_batch(a * b)
 
 
-def _check_tensor(x: Any, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape [B, ...] with at least one non-batch dim, got {tuple(x.shape)}")
-    return x
-
-
 def _check_pair(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    _check_tensor(a, name_a)
-    _check_tensor(b, name_b)
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}")
+    check_batch(a, name_a)
+    check_batch(b, name_b)
+    check_same_shape(a, b, name_a, name_b)
 
 
 def _check_coefficient(value: Any, name: str) -> float:

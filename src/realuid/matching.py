@@ -34,6 +34,8 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from .tensors import check_batch, check_same_shape, standard_normal_like
+
 __all__ = [
     "FAMILIES",
     "PathCoefficients",
@@ -99,20 +101,6 @@ def _as_column(coef: Tensor, like: Tensor) -> Tensor:
     return coef.reshape(coef.shape[0], *([1] * (like.dim() - 1)))
 
 
-def _check_batch(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape [B, ...] with at least one non-batch dim, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-
-
-def _check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has shape {tuple(b.shape)}")
-
-
 def _check_time(t: Tensor, batch: int, lo: float, hi: float, what: str) -> None:
     if not isinstance(t, Tensor):
         raise ValueError(f"t must be a torch.Tensor of shape [{batch}], got {type(t).__name__}")
@@ -152,18 +140,6 @@ def _check_t_eps(value: Any) -> float:
     if value >= 0.5:
         raise ValueError(f"t_eps must be in (0, 0.5), got {value}")
     return value
-
-
-def _randn_like(like: Tensor, rng: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like ``like``, drawn on the device of ``rng``, then moved.
-
-    Drawing where ``rng`` lives makes the noise depend only on its state, not on the
-    device of the data.
-    """
-    if rng is None:
-        return torch.randn_like(like)
-    noise = torch.randn(like.shape, generator=rng, device=rng.device, dtype=like.dtype)
-    return noise.to(like.device)
 
 
 def build_path(coefficients: PathCoefficients, x0: Tensor, x1: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -261,13 +237,13 @@ class Family:
         """``x0 ~ N(0, I)`` shaped like ``like`` (``[B, ...]``). Paired families raise ValueError."""
         if self.paired:
             raise ValueError(f"family {self.name!r} is paired: x0 comes with the data and cannot be sampled")
-        _check_batch(like, "like")
-        return _randn_like(like, rng)
+        check_batch(like, "like", floating=True)
+        return standard_normal_like(like, rng)
 
     def sample_noise(self, like: Tensor, *, rng: torch.Generator | None = None) -> Tensor | None:
         """The extra path noise ``z ~ N(0, I)`` shaped like ``like``, or None when the path has none."""
-        _check_batch(like, "like")
-        return _randn_like(like, rng) if self.needs_noise else None
+        check_batch(like, "like", floating=True)
+        return standard_normal_like(like, rng) if self.needs_noise else None
 
     # -- the path
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
@@ -293,17 +269,17 @@ class Family:
         noise: ``[B, ...]`` the extra path noise z, only for families with ``needs_noise``; when it is
         None there, it is drawn from ``rng`` (pass it explicitly to share it between samples).
         """
-        _check_batch(x0, "x0")
-        _check_batch(x1, "x1")
-        _check_same_shape(x0, x1, "x0", "x1")
+        check_batch(x0, "x0", floating=True)
+        check_batch(x1, "x1", floating=True)
+        check_same_shape(x0, x1, "x0", "x1")
         _check_time(t, x0.shape[0], self.t_min, self.t_max, f"the {self.name!r} path (training range)")
         if noise is not None:
             if not self.needs_noise:
                 raise ValueError(f"family {self.name!r} has no extra path noise; pass noise=None")
-            _check_batch(noise, "noise")
-            _check_same_shape(noise, x0, "noise", "x0")
+            check_batch(noise, "noise", floating=True)
+            check_same_shape(noise, x0, "noise", "x0")
         elif self.needs_noise:
-            noise = _randn_like(x0, rng)
+            noise = standard_normal_like(x0, rng)
         coefficients = self._coefficients_for(t, x0)
         x_t, g = build_path(coefficients, x0, x1, noise)
         weight = self.time_weight(t.to(device=x0.device, dtype=coefficients.path_x0.dtype)).to(x0.dtype)
@@ -316,7 +292,7 @@ class Family:
         (at ``t_src``). x0: ``[B, ...]``; t: a float or a ``[B]`` tensor in ``[0, t_end]``; noise: the
         path's extra noise ``[B, ...]``, given only to a generator that takes noise (``generator_noise``).
         """
-        _check_batch(x0, "x0")
+        check_batch(x0, "x0", floating=True)
         t = self._time_tensor(t, x0)
         _check_time(t, x0.shape[0], 0.0, self.t_end, f"the {self.name!r} source state")
         t = t.to(device=x0.device, dtype=_coef_dtype(x0.dtype))
@@ -324,7 +300,7 @@ class Family:
         if noise is not None:
             if not self.needs_noise:
                 raise ValueError(f"family {self.name!r} has no extra path noise; pass noise=None")
-            _check_same_shape(noise, x0, "noise", "x0")
+            check_same_shape(noise, x0, "noise", "x0")
             state = state + _as_column(self.path_coefficients(t).path_z, x0) * noise
         return state.to(x0.dtype)
 
@@ -371,9 +347,9 @@ class Family:
         return torch.full((like.shape[0],), float(t), dtype=_coef_dtype(like.dtype), device=like.device)
 
     def _check_conversion(self, t: Tensor, x_t: Tensor, output: Tensor) -> Tensor:
-        _check_batch(x_t, "x_t")
-        _check_batch(output, "output")
-        _check_same_shape(output, x_t, "output", "x_t")
+        check_batch(x_t, "x_t", floating=True)
+        check_batch(output, "output", floating=True)
+        check_same_shape(output, x_t, "output", "x_t")
         _check_time(t, x_t.shape[0], 0.0, self.t_end, f"{self.name!r} conversions")
         return t.to(device=x_t.device, dtype=_coef_dtype(x_t.dtype))
 

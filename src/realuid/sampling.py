@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .matching import Family
+from .tensors import check_batch, standard_normal_like
 # The one-step generator's forward pass belongs to the model that owns it; exported here with the samplers.
 from .models.generator import generate_one_step
 
@@ -89,8 +90,7 @@ def _check_nfe(nfe) -> int:
 
 
 def _check_start(family: Family, x0: Tensor, t_start) -> float:
-    if not isinstance(x0, Tensor) or x0.dim() < 2:
-        raise ValueError(f"x0 must be a [B, ...] tensor with at least one non-batch dim, got {x0!r}")
+    check_batch(x0, "x0")
     if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not 0.0 <= t_start < family.t_end:
         raise ValueError(f"t_start must be a float in [0, {family.t_end}), got {t_start!r}")
     return float(t_start)
@@ -212,15 +212,9 @@ def sample_sde(
         t_batch = _times(x, t_now)
         drift = family.sde_drift(t_batch, x, model(t_batch, x, y))
         diffusion = family.sde_diffusion(t_batch).reshape(x.shape[0], *([1] * (x.dim() - 1)))
-        x = x + h * drift + diffusion * math.sqrt(h) * _standard_normal(x, rng)
+        x = x + h * drift + diffusion * math.sqrt(h) * standard_normal_like(x, rng)
     t_final = family.t_end if integration_calls else 0.0
     return _final_state(family, model, x, t_final, y)
-
-
-def _standard_normal(like: Tensor, rng: torch.Generator | None) -> Tensor:
-    if rng is None:
-        return torch.randn_like(like)
-    return torch.randn(like.shape, generator=rng, device=rng.device, dtype=like.dtype).to(like.device)
 
 
 # ---------------------------------------------------------------------------------------- dispatch

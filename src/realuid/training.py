@@ -321,7 +321,7 @@ def _draw(family, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor,
     x1 = batch.x1
     x0 = batch.x0 if family.paired else family.sample_source(x1, rng=rng)
     t = family.sample_time(x1.shape[0], rng=rng, device=x1.device)
-    noise = torch.randn(x1.shape, generator=rng, device=x1.device, dtype=x1.dtype) if family.needs_noise else None
+    noise = family.sample_noise(x1, rng=rng)
     return x0, t, noise
 
 
