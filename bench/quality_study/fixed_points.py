@@ -351,7 +351,7 @@ def heatmap(case: Case, theory: dict[str, dict], train: dict[str, dict | None], 
         fig.colorbar(mesh, ax=ax, label="weight of mode 1")
     fig.suptitle(f"{case.name}: predicted weight of mode 1 (data {w_d[0]:.2f}, teacher {w_t[0]:.2f})\n"
                  f"dashed: as far from the data weights (TV) as the teacher; dots: trained students, mean of "
-                 f"{len(seeds)} seeds", fontsize=8)
+                 f"{len(seeds)} seeds", fontsize=8, y=1.06)
     _save(fig, path)
 
 
