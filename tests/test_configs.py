@@ -20,7 +20,9 @@ def test_there_are_paper_configs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_plans_every_stage_under_dvc_and_snakemake(tmp_path, path):
     params = load_params(path)
-    assert params.evaluate.feature_extractor == "inception-v3-compat" and params.sample.n_samples == 50000
+    assert params.evaluate.feature_extractor == "inception-v3-compat"
+    # The authors' protocol: FID-50k, the mean over 3 disjoint seed blocks of 50k images each.
+    assert params.evaluate.fid_blocks == 3 and params.sample.n_samples == 3 * 50000
     assert params.evaluate.reference == "train"
     project = make_project(tmp_path, yaml.safe_load(path.read_text()))
     # DVC: every stage is pending and reads its declared keys from this params file.
