@@ -147,7 +147,7 @@ def _eval_table(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# Three full pipeline runs with Inception features: 8 min wall (5.6 min CPU) on 2 cores shared with other
+# Three full pipeline runs with Inception features: 5.8-8 min wall (5.5 min CPU) on 2 cores shared with other
 # jobs, OMP_NUM_THREADS=1; a third of it is 2048-d FIDs (29 per config), a fifth the start of 24 stage processes.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(PAPER))
