@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -463,6 +464,9 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "[rank 1] error: batch_size 63 is not divisible by the 2 processes" in done.stderr
+    # The last line is a worker's error line, not torchrun's report of the failed workers.
+    assert "ChildFailedError" not in done.stderr
+    assert re.match(r"\[rank \d\] error: ", done.stderr.strip().splitlines()[-1]), done.stderr[-2000:]
     assert not (tmp_path / "out_bad").exists()
 
 

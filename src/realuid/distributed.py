@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,15 +256,45 @@ def launch_if_needed(nproc: int, module: str, argv: Sequence[str]) -> int | None
     # The workers import this very package, wherever it was imported from here.
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    launcher = subprocess.Popen(launch_command(nproc, module, argv), env=env)
+    launcher = subprocess.Popen(launch_command(nproc, module, argv), env=env, stderr=subprocess.PIPE)
+    relay = threading.Thread(target=_relay_stderr, args=(launcher.stderr, sys.stderr), daemon=True)
+    relay.start()
     with _forwarding_signals(launcher):
         try:
-            return launcher.wait()
+            code = launcher.wait()
         except KeyboardInterrupt:
             # torchrun passes the interrupt on to its workers and waits for them: never leave orphans.
             launcher.send_signal(signal.SIGINT)
             launcher.wait()
             raise
+        finally:
+            relay.join()
+    return code
+
+
+_TORCHRUN_LOG = re.compile(rb"[DIWEF]\d{4} \d\d:\d\d:\d\d")  # torch's own log lines: level, date, time
+
+
+def _relay_stderr(source, sink) -> None:
+    """Copy the workers' stderr (progress bars included) to ``sink`` as it comes, until a worker has
+    printed its ``error:`` line; after that, drop torchrun's own report of the failed workers (its
+    ``E1201 12:00:00 ... failed (exitcode: 1)`` log lines and a ``ChildFailedError`` traceback), so the
+    user's last lines are the workers' error lines. ``REALUID_TRACEBACK=1`` keeps everything."""
+    keep_all = bool(os.environ.get("REALUID_TRACEBACK"))
+    failed, dropping, pending = False, False, b""
+    out = getattr(sink, "buffer", sink)
+    for chunk in iter(lambda: source.read1(1 << 16), b""):
+        if not failed and not keep_all:
+            out.write(chunk)
+            out.flush()
+            pending = (pending + chunk)[-4096:]
+            failed = b"error: " in pending
+            continue
+        for line in chunk.splitlines(keepends=True):
+            dropping = dropping or (not keep_all and line.startswith(b"Traceback (most recent call last)"))
+            if not (dropping or (not keep_all and _TORCHRUN_LOG.match(line))):
+                out.write(line)
+        out.flush()
 
 
 @contextmanager
