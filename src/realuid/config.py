@@ -117,12 +117,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Adam with linear warm-up and global-norm clipping."""
+    """Adam with linear warm-up, an optional cosine decay and global-norm clipping."""
 
     lr: float = opt(gt=0)
     betas: list[float] = opt()
     warmup_steps: int = opt(ge=0)
     grad_clip: float = opt(ge=0, doc="0 disables clipping")
+    # A default so configs written before the key existed keep their meaning (a constant rate).
+    decay: str = opt("constant", choices=("constant", "cosine"),
+                     doc="cosine: after the warm-up, the rate falls to 0 at the run's last update")
 
 
 @dataclass(frozen=True)
@@ -345,8 +348,26 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if obj.sample.n_samples // obj.evaluate.fid_blocks < 2:
             raise ConfigError(f"evaluate.fid_blocks: blocks of {obj.sample.n_samples // obj.evaluate.fid_blocks} "
                               "sample cannot give a covariance; need at least 2 samples per block")
+        _check_backbone(obj)
         if obj.sample.teacher_method == "sde" and obj.family.name not in ("diffusion", "bridge"):
             raise ConfigError("sample.teacher_method: 'sde' is available for the diffusion and bridge families")
+
+
+# What each built-in source yields (a user file's kind is known once it is read: the teacher stage checks it).
+SOURCE_KINDS = {"toy": "points", "digits": "images", "cifar10": "images"}
+BACKBONE_KINDS = {"mlp": "points", "unet": "images"}
+
+
+def _check_backbone(params: "Params") -> None:
+    """A points-only backbone on images, or the reverse, stops the first stage instead of the teacher's."""
+    model, source = params.train_teacher.model, params.prepare.source
+    if params.train_teacher.import_checkpoint or model.arch == "auto" or source not in SOURCE_KINDS:
+        return
+    data, backbone = SOURCE_KINDS[source], BACKBONE_KINDS[model.arch]
+    if data != backbone:
+        fit = next(arch for arch, kind in BACKBONE_KINDS.items() if kind == data)
+        raise ConfigError(f"train_teacher.model.arch: {model.arch!r} is a backbone for {backbone}, but "
+                          f"prepare.source {source!r} gives {data}; use {fit!r} (or 'auto')")
 
 
 BEST_COPY = "best"  # the named generator copy that distill.keep_best keeps, beside the EMA copies

@@ -182,11 +182,25 @@ class EMA:
                 self.shadows[d][name].copy_(value)
 
 
-def make_optimizer(params, optim_cfg) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam with a linear learning-rate warm-up over ``warmup_steps`` optimizer steps."""
-    opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+def lr_factor(step: int, optim_cfg, total_steps: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based) in a run of ``total_steps``.
+
+    Linear warm-up over ``warmup_steps``; then 1 (``decay: constant``) or a half cosine that reaches 0
+    after step ``total_steps`` (``decay: cosine``), which removes the step noise a constant rate keeps.
+    """
     warmup = optim_cfg.warmup_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if getattr(optim_cfg, "decay", "constant") == "constant":
+        return 1.0
+    done = min(1.0, (step + 1 - warmup) / max(1, total_steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def make_optimizer(params, optim_cfg, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam under :func:`lr_factor`'s schedule for a run of ``total_steps`` optimizer steps."""
+    opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim_cfg, total_steps))
     return opt, sched
 
 
@@ -398,7 +412,7 @@ def train_teacher(
     model = build_model(spec).to(device)
     dist.broadcast_module_(model)  # seeded construction already agrees; this makes sure of it
     ema = EMA(model, [cfg.ema_decay])
-    opt, sched = make_optimizer(model.parameters(), cfg.optim)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.steps)
     log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     labels = spec["args"].get("num_classes", 0) > 0
@@ -556,8 +570,9 @@ class RealUID:
         for net in (self.generator, self.fake, *([self.disc_head] if self.gan else [])):
             dist.broadcast_module_(net)  # identical starting weights on every process (before the EMA copies)
         self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
-        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim)
-        self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim)
+        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim, cfg.steps)
+        self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim,
+                                                        cfg.steps * cfg.fake_updates_per_generator_update)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
     def _draws(self, batch: TrainData, rng: torch.Generator) -> StepDraws:

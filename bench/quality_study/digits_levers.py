@@ -1,0 +1,288 @@
+"""Which distillation settings make the one-step digits student match its teacher? One lever at a time.
+
+Everything is chosen on a **validation split carved out of the pipeline's training digits** (prepare's
+split, ``test_fraction 0.2``, seed 0; then 20% of the training digits per class, seed 1): the feature
+extractor and the teacher train on the rest (``fit``), every score is FID against the validation digits.
+The test split that the pipeline reports is never read.
+
+A base setting comes from a params file (``--params``, default ``params.yaml``: its ``train_teacher`` and
+``distill`` blocks, with ``--base key=value`` overrides). Each lever is the base with one group of keys
+changed; every run scores the raw generator and each EMA copy every ``--eval-every`` updates on one fixed
+noise set, and the teacher at NFE 99 on the same noise set is the yardstick (``ratio = FID / teacher FID``).
+Runs execute in ``--workers`` processes with one torch thread each, so the seconds per update of two
+runs are measured side by side under the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from realuid import config as config_module
+from realuid.data import build_splits, split_indices, take
+from realuid.matching import make_family
+from realuid.models import build_model, model_spec
+from realuid.training import TrainData
+
+ROOT = Path(__file__).resolve().parents[2]
+VALIDATION_FRACTION = 0.2
+KID_SUBSET = 200  # <= the validation split's 287 images
+
+# name -> overrides of the distill block (dotted keys), each group changed alone against the base.
+LEVERS: dict[str, dict] = {
+    "base": {},
+    "lr 2e-4": {"generator_optim.lr": 2e-4, "fake_optim.lr": 2e-4},
+    "lr 1e-3": {"generator_optim.lr": 1e-3, "fake_optim.lr": 1e-3},
+    "constant lr": {"generator_optim.decay": "constant", "fake_optim.decay": "constant"},
+    "warm-up 200": {"generator_optim.warmup_steps": 200, "fake_optim.warmup_steps": 200},
+    "batch 128": {"batch_size": 128},
+    "batch 32": {"batch_size": 32},
+    "fake lr x2": {"fake_optim.lr": "2x"},
+    "fake updates 2": {"fake_updates_per_generator_update": 2},
+    "fake updates 5": {"fake_updates_per_generator_update": 5},
+    "fake init random": {"fake_init": "random"},
+    "generator betas (0.9, 0.999)": {"generator_optim.betas": [0.9, 0.999], "fake_optim.betas": [0.9, 0.999]},
+    "data-free": {"alpha": 1.0, "beta": 1.0},
+    "beta 1 (alpha 0.94)": {"beta": 1.0},
+}
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    if isinstance(value, str) and value.endswith("x") and isinstance(tree[leaf], (int, float)):
+        value = float(value[:-1]) * tree[leaf]  # "2x": a multiple of the base's value
+    tree[leaf] = value
+
+
+def _parse_value(text: str):
+    return yaml.safe_load(text)
+
+
+def load_base(params_path: Path, overrides: list[str]) -> dict:
+    """{"alpha", "beta", "train_teacher", "distill"} from a params file, with ``key=value`` overrides."""
+    params = yaml.safe_load(params_path.read_text())
+    base = {"alpha": params["alpha"], "beta": params["beta"], "train_teacher": params["train_teacher"],
+            "distill": params["distill"], "features": params["features"], "prepare": params["prepare"]}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        _set(base, key, _parse_value(value))
+    return base
+
+
+def splits(prepare: dict):
+    """(fit, validation) of the pipeline's training digits; the test split is dropped unread."""
+    prepare = {**prepare, "source": "digits"}
+    train, _ = build_splits(config_module.build(config_module.PrepareConfig, prepare, "prepare."))
+    fit_rows, val_rows = split_indices(len(train), VALIDATION_FRACTION, np.random.default_rng(1), train.y)
+    return take(train, fit_rows), take(train, val_rows)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prepare_shared(base: dict, work: Path) -> dict:
+    """Feature extractor and teacher on the fit split (cached in ``work`` by their settings)."""
+    from realuid.api import load_teacher
+    from realuid.checkpoints import save_checkpoint
+    from realuid.features import save_feature_net, train_feature_net
+    from realuid.training import train_teacher
+
+    fit, val = splits(base["prepare"])
+    feat_cfg = base["features"]
+    feat_path = work / f"features-{_digest(feat_cfg)}.pt"
+    out = {"n_fit": len(fit), "n_val": len(val)}
+    if not feat_path.exists():
+        start = time.perf_counter()
+        net = train_feature_net(torch.as_tensor(fit.x1), torch.as_tensor(fit.y), steps=feat_cfg["steps"],
+                                batch_size=feat_cfg["batch_size"], lr=feat_cfg["lr"], seed=feat_cfg["seed"],
+                                progress=False)
+        save_feature_net(feat_path, net, {"source": "digits", "split": "fit"})
+        out["features_seconds"] = time.perf_counter() - start
+    teacher_cfg = config_module.build(config_module.TrainTeacherConfig, base["train_teacher"], "train_teacher.")
+    spec = model_spec(teacher_cfg.model, fit.sample_shape, 0)
+    teacher_path = work / f"teacher-{_digest([base['train_teacher'], spec])}.pt"
+    if not teacher_path.exists():
+        start = time.perf_counter()
+        result = train_teacher(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), spec, teacher_cfg,
+                               work / f"teacher-state-{teacher_path.stem}", progress=False)
+        save_checkpoint(result, teacher_path)
+        out["teacher_seconds"] = time.perf_counter() - start
+    load_teacher(teacher_path)  # fails here, once, if the file is unreadable
+    out.update(features=str(feat_path), teacher=str(teacher_path), spec=spec,
+               teacher_parameters=sum(p.numel() for p in build_model(spec).parameters()))
+    return out
+
+
+def _evaluator(shared: dict, distill_cfg, val):
+    from realuid import quality
+
+    evaluate_cfg = argparse.Namespace(feature_extractor="realuid-features", kid_subset_size=KID_SUBSET)
+    return quality.image_evaluator(make_family("fm"), val, distill_cfg, evaluate_cfg,
+                                   weights_path=shared["features"], cache_root=None, num_classes=0,
+                                   device=torch.device("cpu"))
+
+
+def score_teacher(shared: dict, base: dict, eval_samples: int, nfe: int) -> dict:
+    """The teacher's FID at ``nfe`` Euler steps (and at 1) on the noise set every student is scored on."""
+    from realuid.api import load_teacher
+    from realuid.models import OneStepGenerator
+    from realuid.sampling import sample_teacher
+
+    torch.set_num_threads(1)
+    _, val = splits(base["prepare"])
+    cfg = _distill_cfg(base["distill"], eval_every=1, eval_samples=eval_samples)
+    evaluator = _evaluator(shared, cfg, val)
+    net, family = load_teacher(shared["teacher"]).net, make_family("fm")
+    start = time.perf_counter()
+    with torch.no_grad():
+        x = torch.cat([sample_teacher(family, net, z, nfe=nfe, method="euler")
+                       for z in evaluator.inputs.x0.split(500)])
+        one = OneStepGenerator(family, net)(evaluator.inputs.x0)
+    return {f"nfe{nfe}": evaluator.score(x), "nfe1": evaluator.score(one),
+            "sample_seconds": time.perf_counter() - start}
+
+
+def _distill_cfg(distill: dict, *, eval_every: int, eval_samples: int, steps: int | None = None, seed: int | None = None):
+    tree = json.loads(json.dumps(distill))
+    tree.update(eval_every_steps=eval_every, eval_samples=eval_samples, keep_best=False, device="cpu", nproc=1)
+    if steps is not None:
+        tree["steps"] = steps
+    if seed is not None:
+        tree["seed"] = seed
+    tree["checkpoint_every_steps"] = tree["steps"]
+    return config_module.build(config_module.DistillConfig, tree, "distill.")
+
+
+def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, work: Path) -> dict:
+    """Distil one student under ``LEVERS[lever]`` applied to the base and return its curve."""
+    from realuid.api import load_teacher
+    from realuid.training import distill
+
+    torch.set_num_threads(1)
+    setting = json.loads(json.dumps({"alpha": base["alpha"], "beta": base["beta"], "distill": base["distill"]}))
+    for key, value in LEVERS[lever].items():
+        _set(setting if key in ("alpha", "beta") else setting["distill"], key, value)
+    fit, val = splits(base["prepare"])
+    cfg = _distill_cfg(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
+                       steps=args["steps"], seed=seed)
+    state = work / f"run-{_digest([setting, shared['teacher'], args, seed])}"
+    start = time.perf_counter()
+    distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
+            shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
+            evaluator=_evaluator(shared, cfg, val))
+    seconds = time.perf_counter() - start
+    with open(state / "eval.csv") as f:
+        rows = [line.strip().split(",") for line in f]
+    header, rows = rows[0], rows[1:]
+    curve = [dict(zip(header, r)) for r in rows]
+    for row in curve:
+        for k in row:
+            row[k] = row[k] if k == "copy" else float(row[k])
+    return {"lever": lever, "seed": seed, "overrides": LEVERS[lever], "alpha": setting["alpha"],
+            "beta": setting["beta"], "curve": curve, "seconds": seconds,
+            "seconds_per_update": seconds / cfg.steps}
+
+
+def summarize(run: dict, teacher_fid: float, copy: str) -> dict:
+    rows = [r for r in run["curve"] if r["copy"] == copy]
+    last = rows[-1]
+    best = min(rows, key=lambda r: r["fid"])
+    return {"final_fid": last["fid"], "final_ratio": last["fid"] / teacher_fid, "best_fid": best["fid"],
+            "best_step": int(best["step"]), "seconds_per_update": run["seconds_per_update"]}
+
+
+def _code_version() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    t = result["teacher"]
+    lines = [f"## Levers, one at a time ({result['command']})", "",
+             f"Code {result['code']}; {result['n_fit']} fit / {result['n_val']} validation digits; "
+             f"{result['eval_samples']} samples per score; {result['steps']} generator updates; seeds "
+             f"{result['seeds']}; one torch thread per run, {result['workers']} runs at a time; wall "
+             f"{result['wall_seconds'] / 60:.1f} min.", "",
+             f"Teacher ({result['teacher_parameters']} parameters): NFE {result['nfe']} FID "
+             f"{t['nfe' + str(result['nfe'])]['fid']:.3f}, NFE 1 FID {t['nfe1']['fid']:.3f} "
+             f"(validation digits vs themselves would be 0).", "",
+             f"| lever | FID of `{result['copy']}` at the end | / teacher | best FID (step) | s / update |",
+             "|---|---|---|---|---|"]
+    for lever, rows in result["summary"].items():
+        fid = np.array([r["final_fid"] for r in rows])
+        ratio = np.array([r["final_ratio"] for r in rows])
+        spread = lambda a: f"{a.mean():.3f}" + (f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else "")  # noqa: E731
+        best = min(rows, key=lambda r: r["best_fid"])
+        lines.append(f"| {lever} | {spread(fid)} | {spread(ratio)} | {best['best_fid']:.3f} ({best['best_step']}) | "
+                     f"{np.mean([r['seconds_per_update'] for r in rows]):.3f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/digits_levers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override the params file (e.g. distill.steps=1500 train_teacher.steps=3000)")
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=None, help="generator updates (default: the base's)")
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-samples", type=int, default=1000)
+    parser.add_argument("--copy", default="ema_0.999", help="the copy the table reports")
+    parser.add_argument("--nfe", type=int, default=99)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "digits_levers")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    base = load_base(args.params, args.base)
+    steps = args.steps or base["distill"]["steps"]
+    args.work.mkdir(parents=True, exist_ok=True)
+    shared = prepare_shared(base, args.work)
+    run_args = {"steps": steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
+    jobs = [(lever, seed) for lever in args.levers for seed in args.seeds]
+    with futures.ProcessPoolExecutor(args.workers) as pool:
+        teacher_job = pool.submit(score_teacher, shared, base, args.eval_samples, args.nfe)
+        runs = {job: pool.submit(run_student, *job, shared, base, run_args, args.work) for job in jobs}
+        teacher = teacher_job.result()
+        done = {}
+        for job, fut in runs.items():
+            done[job] = fut.result()
+            s = summarize(done[job], teacher[f"nfe{args.nfe}"]["fid"], args.copy)
+            print(f"{job[0]:>30} seed {job[1]}: FID {s['final_fid']:.3f} ({s['final_ratio']:.2f}x teacher), "
+                  f"best {s['best_fid']:.3f} at {s['best_step']}, {s['seconds_per_update']:.3f} s/update", flush=True)
+    teacher_fid = teacher[f"nfe{args.nfe}"]["fid"]
+    result = {
+        "command": "bench/digits_levers " + " ".join(os.sys.argv[1:] if argv is None else argv),
+        "code": _code_version(), "base": base, "steps": steps, "seeds": args.seeds, "copy": args.copy,
+        "nfe": args.nfe, "eval_samples": args.eval_samples, "workers": args.workers, "teacher": teacher,
+        "n_fit": shared["n_fit"], "n_val": shared["n_val"], "teacher_parameters": shared["teacher_parameters"],
+        "summary": {lever: [summarize(done[(lever, s)], teacher_fid, args.copy) for s in args.seeds]
+                    for lever in args.levers},
+        "runs": list(done.values()), "wall_seconds": time.perf_counter() - start,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    write_markdown(result, args.out)
+    print(args.out.read_text())
