@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run paper test test-slow clean-state
+.PHONY: install run config paper test test-slow clean-state
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,11 @@ install: $(STAMP)
 run: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 
-# A paper configuration (configs/$(CONFIG).yaml) becomes params.yaml, then the pipeline runs: do it on
-# a branch of its own, e.g. `git checkout -b cifar10-uncond && make paper CONFIG=cifar10-uncond`.
-paper: $(STAMP)
-	@test -n "$(CONFIG)" -a -f "configs/$(CONFIG).yaml" || { echo "usage: make paper CONFIG=<name of a file in configs/>"; exit 2; }
+# A configuration (configs/$(CONFIG).yaml) becomes params.yaml, then the pipeline runs: `make config
+# CONFIG=toy` is the 2-D toy run; for a paper configuration do it on a branch of its own, e.g.
+# `git checkout -b cifar10-uncond && make config CONFIG=cifar10-uncond`. `make paper` is the same target.
+config paper: $(STAMP)
+	@test -n "$(CONFIG)" -a -f "configs/$(CONFIG).yaml" || { echo "usage: make $@ CONFIG=<name of a file in configs/>"; exit 2; }
 	cp "configs/$(CONFIG).yaml" params.yaml
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
 

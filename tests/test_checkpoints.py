@@ -246,11 +246,11 @@ def test_api_refuses_what_it_cannot_sample(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A tiny fm project run through every stage up to sample, fine-tuning on (in-process CLIs)."""
-    from test_pipeline import make_project, run_stage, stage_named, tiny_params
+    """A tiny 2-D fm project run through every stage up to sample, fine-tuning on (in-process CLIs)."""
+    from test_pipeline import TOY, make_project, run_stage, stage_named, tiny_params
 
-    project = make_project(tmp_path_factory.mktemp("ckpt"), tiny_params(finetune__enabled=True, finetune__steps=2),
-                           git=False)
+    project = make_project(tmp_path_factory.mktemp("ckpt"),
+                           tiny_params(TOY, finetune__enabled=True, finetune__steps=2), git=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(project)
         for name in ("prepare", "features", "train_teacher", "distill", "finetune", "sample"):

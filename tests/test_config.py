@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from realuid.config import ConfigError, ema_key, load_params
+from realuid.config import ConfigError, OptimConfig, ema_key, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -113,8 +113,9 @@ def test_ema_key_is_canonical():
     ({"distill__eval_every_steps": -1}, "distill.eval_every_steps: must be >= 0"),
     ({"distill__eval_samples": 1}, "distill.eval_samples: must be >= 2"),
     ({"evaluate__fid_blocks": 0}, "evaluate.fid_blocks: must be >= 1"),
-    ({"evaluate__fid_blocks": 3}, "evaluate.fid_blocks: 3 blocks do not split sample.n_samples 5000"),
-    ({"evaluate__fid_blocks": 5000}, "need at least 2 samples per block"),
+    ({"evaluate__fid_blocks": 3, "sample__n_samples": 5000},
+     "evaluate.fid_blocks: 3 blocks do not split sample.n_samples 5000"),
+    ({"evaluate__fid_blocks": BASE["sample"]["n_samples"]}, "need at least 2 samples per block"),
     ({"distill__keep_best": True, "distill__eval_every_steps": 0}, "distill.keep_best: the best copy is chosen"),
     ({"sample__generator_ema": "best"}, "sample.generator_ema: 'best' needs distill.keep_best"),
     ({"sample__generator_ema": "best", "distill__eval_every_steps": 0}, "'best' needs distill.keep_best"),
@@ -127,3 +128,62 @@ def test_in_training_evaluation_and_fid_block_settings_are_checked(tmp_path, cha
 def test_best_copy_is_accepted_with_keep_best(tmp_path):
     params = load_params(write(tmp_path, edited(sample__generator_ema="best", distill__keep_best=True)))
     assert params.sample.generator_ema == "best" and params.distill.eval_every_steps > 0
+
+
+
+OPTIM_BLOCKS = ["train_teacher.optim", "distill.generator_optim", "distill.fake_optim"]
+
+
+def loaded_block(params, dotted: str):
+    for part in dotted.split("."):
+        params = getattr(params, part)
+    return params
+
+
+@pytest.mark.parametrize("where", OPTIM_BLOCKS)
+def test_optimizer_decay_is_read_and_checked(tmp_path, where):
+    key = where.replace(".", "__") + "__decay"
+    written = BASE
+    for part in where.split("."):
+        written = written[part]
+    assert loaded_block(load_params(ROOT / "params.yaml"), where).decay == written["decay"]  # as the file says
+    for value in ("constant", "cosine"):
+        assert loaded_block(load_params(write(tmp_path, edited(**{key: value}))), where).decay == value
+    # Params files list every key, this one too; an optimizer config built in code defaults to constant.
+    with pytest.raises(ConfigError, match=f"missing key {where}.decay"):
+        load_params(write(tmp_path, edited(**{key: KeyError})))
+    assert OptimConfig(lr=1e-3, betas=[0.9, 0.999], warmup_steps=0, grad_clip=0.0).decay == "constant"
+    with pytest.raises(ConfigError, match=rf"{where.replace('.', '[.]')}[.]decay: 'linear' is not one of"):
+        load_params(write(tmp_path, edited(**{key: "linear"})))
+
+
+@pytest.mark.parametrize("source, arch, fit", [
+    ("digits", "mlp", "unet"), ("cifar10", "mlp", "unet"), ("toy", "unet", "mlp"),
+])
+def test_a_backbone_for_the_other_kind_of_data_is_a_config_error(tmp_path, source, arch, fit):
+    with pytest.raises(ConfigError, match=rf"^train_teacher[.]model[.]arch: '{arch}' is a backbone .* "
+                                          rf"prepare[.]source '{source}' .*; use '{fit}' \(or 'auto'\)$"):
+        load_params(write(tmp_path, edited(prepare__source=source, train_teacher__model__arch=arch)))
+
+
+@pytest.mark.parametrize("changes", [
+    {"prepare__source": "digits", "train_teacher__model__arch": "auto"},
+    {"prepare__source": "toy", "train_teacher__model__arch": "auto"},
+    {"prepare__source": "digits", "train_teacher__model__arch": "unet"},
+    {"prepare__source": "toy", "train_teacher__model__arch": "mlp"},
+    # A user file's kind is known once it is read: the teacher stage checks it.
+    {"prepare__source": "file", "prepare__path": "x.npz", "train_teacher__model__arch": "mlp"},
+    {"prepare__source": "file", "prepare__path": "x.npz", "train_teacher__model__arch": "unet"},
+    # An imported teacher brings its own network.
+    {"prepare__source": "toy", "train_teacher__model__arch": "unet", "train_teacher__import_checkpoint": "a.pt"},
+], ids=["digits-auto", "toy-auto", "digits-unet", "toy-mlp", "file-mlp", "file-unet", "imported"])
+def test_backbones_that_fit_or_cannot_be_judged_pass_the_config_check(tmp_path, changes):
+    params = load_params(write(tmp_path, edited(**changes)))
+    assert params.train_teacher.model.arch == changes["train_teacher__model__arch"]
+
+
+def test_the_toy_config_is_the_former_default_on_points():
+    toy = load_params(ROOT / "configs/toy.yaml")
+    assert toy.prepare.source == "toy" and toy.train_teacher.model.arch in ("auto", "mlp")
+    default = load_params(ROOT / "params.yaml")
+    assert default.prepare.source in ("digits", "cifar10") and default.train_teacher.model.arch in ("auto", "unet")

@@ -394,7 +394,7 @@ def stage_inputs(folder: Path, nproc: int) -> list[str]:
                                {"ema_0.99": teacher.state_dict(), "ema_0.999": student.state_dict()},
                                {"step": 1, "alpha": 0.9, "beta": 0.9}), folder / "generator.pt")
     write_split(folder / "test.h5", toy_data(family, n=64).x1.numpy(), attrs={"source": "toy"})
-    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("configs/toy.yaml").read_text())  # points
     params["sample"].update(n_samples=60, batch_size=16, teacher_nfe=5, device="cpu", nproc=nproc)
     (folder / f"params{nproc}.yaml").write_text(yaml.safe_dump(params))
     return ["--params", str(folder / f"params{nproc}.yaml"), "--teacher", str(folder / "teacher.pt"),
@@ -430,7 +430,7 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
     save_checkpoint(Checkpoint("teacher", spec, {"name": "fm", "options": {}}, teacher.state_dict(),
                                {"ema_0.999": teacher.state_dict()}, {"step": 1}), tmp_path / "teacher.pt")
     write_split(tmp_path / "train.h5", toy_data(family, n=512).x1.numpy(), attrs={"source": "toy"})
-    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
+    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("configs/toy.yaml").read_text())  # points
     # In-training evaluation on, keeping the best copy: rank 0 alone evaluates and writes the table.
     params["distill"].update(steps=8, batch_size=64, checkpoint_every_steps=4, log_every_steps=2, device="cpu",
                              eval_every_steps=4, eval_samples=64, keep_best=True)

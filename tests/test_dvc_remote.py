@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import yaml
-from test_pipeline import dvc_changed, dvc_reproduce, make_project, sh, tiny_params
+from test_pipeline import TOY, dvc_changed, dvc_reproduce, make_project, sh, tiny_params
 
 pytestmark = pytest.mark.slow  # a full tiny pipeline run: about a minute on 2 cores
 
@@ -27,7 +27,7 @@ def cached_outputs(project) -> list[str]:
 
 
 def test_push_delete_pull_restores_the_pipeline_exactly(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     remote = tmp_path / "remote"
     sh(project, "dvc", "remote", "add", "--default", "shared", str(remote))
     sh(project, "dvc", "repro")
@@ -57,7 +57,7 @@ def test_push_delete_pull_restores_the_pipeline_exactly(tmp_path):
 
 
 def test_pull_from_an_empty_remote_fails_clearly(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     sh(project, "dvc", "remote", "add", "--default", "shared", str(tmp_path / "empty-remote"))
     sh(project, "dvc", "repro", "prepare")
     shutil.rmtree(project / ".dvc" / "cache")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import tiny_params
+from test_pipeline import TOY, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -105,9 +105,9 @@ def write_params(project: Path, params: dict) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A project folder with prepare and train_teacher done (copied by each test that changes it)."""
+    """A 2-D project folder with prepare and train_teacher done (copied by each test that changes it)."""
     project = tmp_path_factory.mktemp("trained")
-    write_params(project, tiny_params())
+    write_params(project, tiny_params(TOY))
     for name, args in (("prepare", ("--out", "data/prepare")), ("train_teacher", TEACHER_ARGS)):
         done = stage(project, name, *args)
         assert done.returncode == 0, done.stderr
@@ -230,7 +230,7 @@ def test_disk_filling_up_during_training_keeps_the_last_checkpoint_and_resumes(p
     from realuid.preflight import MARGIN
     from realuid.stages import runs
 
-    params = tiny_params(train_teacher__model__hidden_dim=512, train_teacher__model__depth=2,
+    params = tiny_params(TOY, train_teacher__model__hidden_dim=512, train_teacher__model__depth=2,
                          train_teacher__steps=4, train_teacher__checkpoint_every_steps=2,
                          train_teacher__log_every_steps=2, train_teacher__batch_size=64)
     write_params(project, params)
@@ -428,6 +428,43 @@ def test_lock_held_by_a_live_process_stops_the_stage_and_is_taken_over_once_it_i
     rerun = stage(project, "train_teacher", *TEACHER_ARGS)
     assert rerun.returncode == 0, rerun.stderr
     assert not (state_dir / "run.lock").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. A backbone for the other kind of data stops the first stage that can tell
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base, arch, message", [
+    ("params.yaml", "mlp", "'mlp' is a backbone for points, but prepare.source 'digits' gives images; use 'unet'"),
+    ("configs/toy.yaml", "unet", "'unet' is a backbone for images, but prepare.source 'toy' gives points; use 'mlp'"),
+], ids=["digits-mlp", "toy-unet"])
+def test_a_backbone_for_the_other_kind_of_data_stops_prepare_with_one_error_line(tmp_path, base, arch, message):
+    write_params(tmp_path, tiny_params(ROOT / base, train_teacher__model__arch=arch))
+    before = snapshot(tmp_path)
+    result = stage(tmp_path, "prepare", "--out", "data/prepare")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [f"error: train_teacher.model.arch: {message} (or 'auto')"], result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists() and snapshot(tmp_path) == before
+
+
+def test_an_mlp_on_a_file_of_images_stops_train_teacher_before_training(tmp_path):
+    # A file's kind is known only once it is read: prepare publishes it, the teacher stage refuses it.
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=pixels)
+    write_params(tmp_path, tiny_params(prepare__source="file", prepare__path="images.npz",
+                                       train_teacher__model__arch="mlp"))
+    assert stage(tmp_path, "prepare", "--out", "data/prepare").returncode == 0
+    before = snapshot(tmp_path)
+    result = stage(tmp_path, "train_teacher", *TEACHER_ARGS)
+    assert result.returncode == 1, result.stderr
+    # The one line and nothing else: no training bar was drawn.
+    assert result.stderr.splitlines() == [
+        "error: the mlp backbone needs points of shape [D], the data has shape [1, 8, 8]"], result.stderr
+    assert snapshot(tmp_path) == before and not (tmp_path / "state").exists()
 
 
 # --------------------------------------------------------------------------------------------------

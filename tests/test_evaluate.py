@@ -14,6 +14,7 @@ from realuid.stages import evaluate as evaluate_stage
 from realuid.stages.evaluate import _joint_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "configs/toy.yaml"  # the 2-D configuration; params.yaml is the digits default
 
 
 def test_joint_score_catches_a_student_that_ignores_its_input():
@@ -48,7 +49,7 @@ def test_paired_samples_are_scored_with_the_inputs_they_carry(tmp_path, capsys, 
         write_split(samples / f"{who}.h5", out, x0=x0 if store_inputs else None, attrs={"source": who})
     timing = {"nfe": 1, "samples_per_second": 1.0}
     (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing}))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(TOY.read_text())  # points: the 2-D configuration
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
             "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
@@ -81,7 +82,7 @@ def test_points_get_knn_precision_recall_and_on_gmm8_the_mass_per_mode(tmp_path,
     write_split(samples / "student.h5", dropped.astype(np.float32), attrs={"source": "student"})  # mode 7 is missing
     timing = {"nfe": 1, "samples_per_second": 1.0}
     (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing}))
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(TOY.read_text())
     argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
             "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
     assert evaluate_stage.cli(argv) == 0

@@ -33,16 +33,25 @@ STAGES = load_stages(ROOT / "dvc.yaml")
 DOWNSTREAM_OF_ALPHA = {"distill", "finetune", "sample", "evaluate", "report"}
 
 
-def tiny_params(**sections) -> dict:
-    """The committed params.yaml shrunk to seconds of work; ``sections`` override whole keys."""
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+TOY = ROOT / "configs/toy.yaml"  # the 2-D default (`make config CONFIG=toy`)
+DEFAULT = ROOT / "params.yaml"  # the committed default: the 8x8 digits with a UNet teacher
+
+
+def tiny_params(base: Path = DEFAULT, **sections) -> dict:
+    """A params file (the committed params.yaml unless ``base``) shrunk to seconds of work.
+
+    Only sizes shrink (steps, batches, sample counts; batch sizes never grow): the layout, such as the
+    UNet's ``channel_mult``, stays the file's. ``sections`` override whole keys (``distill__steps=3``).
+    """
+    p = yaml.safe_load(Path(base).read_text())
     p["prepare"].update(n_train=1000, n_test=300)
     p["features"].update(steps=40, batch_size=64)
-    p["train_teacher"]["model"].update(hidden_dim=32, depth=1, time_embed_dim=16, channels=32, channel_mult=[1, 2])
-    p["train_teacher"].update(steps=30, batch_size=128, checkpoint_every_steps=30, log_every_steps=10)
+    p["train_teacher"]["model"].update(hidden_dim=32, depth=1, time_embed_dim=16, channels=32)
+    p["train_teacher"].update(steps=30, batch_size=min(128, p["train_teacher"]["batch_size"]),
+                              checkpoint_every_steps=30, log_every_steps=10)
     # 5 in-training evaluations of every copy (steps 2, 4, ..., 10), as the embedded default does every 50.
-    p["distill"].update(steps=10, batch_size=128, checkpoint_every_steps=4, log_every_steps=2, eval_every_steps=2,
-                        eval_samples=200)
+    p["distill"].update(steps=10, batch_size=min(128, p["distill"]["batch_size"]), checkpoint_every_steps=4,
+                        log_every_steps=2, eval_every_steps=2, eval_samples=200)
     p["sample"].update(n_samples=300, batch_size=150, teacher_nfe=8)
     p["evaluate"].update(kid_subset_size=100, batch_size=100)
     for key, value in sections.items():
@@ -148,19 +157,21 @@ def covers(declared: list[str], key: str) -> bool:
 
 
 CONFIGS = {
-    "toy-fm": tiny_params(),
-    "digits-fm-conditional": tiny_params(prepare__source="digits", train_teacher__model__class_cond=True,
+    "digits-default": tiny_params(),  # the committed default as it stands, in sizes only smaller
+    "toy-fm": tiny_params(TOY),
+    "digits-fm-conditional": tiny_params(TOY, prepare__source="digits", train_teacher__model__class_cond=True,
                                          evaluate__reference="train", distill__gan__enabled=True,
                                          sample__n_samples=200, evaluate__kid_subset_size=50,
                                          finetune__enabled=True, finetune__steps=2),  # image evaluation in finetune
-    "toy-bridge-finetuned": tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde",
-                                        generator__t=0.1, finetune__enabled=True, finetune__steps=2,
-                                        distill__keep_best=True, sample__generator_ema="best"),
+    "toy-bridge-finetuned": tiny_params(TOY, family__name="bridge", prepare__pairing="noise",
+                                        sample__teacher_method="sde", generator__t=0.1, finetune__enabled=True,
+                                        finetune__steps=2, distill__keep_best=True, sample__generator_ema="best"),
 }
 
 
 def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, monkeypatch):
-    """Points, images and a paired family through every stage CLI, as dvc.yaml invokes them.
+    """The committed default (images), points, images with classes and a paired family through every
+    stage CLI, as dvc.yaml invokes them.
 
     A stage may skip a declared key on some data (``features`` on points), so "declared and never
     read" is checked over all configurations together; "read but not declared" on each run.
@@ -181,10 +192,14 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
             assert metrics[who] and all(math.isfinite(v) for v in metrics[who].values()), (label, who)
         assert metrics["student"]["nfe"] == 1 and metrics["teacher"]["nfe"] == params["sample"]["teacher_nfe"]
         if label.startswith("digits"):
-            assert {"fid", "kid_mean", "precision", "recall", "class_accuracy"} <= set(metrics["student"])
-            assert {f"class_accuracy_{c}" for c in range(10)} <= set(metrics["teacher"])
+            assert {"fid", "kid_mean", "precision", "recall"} <= set(metrics["student"])
+            conditional = params["train_teacher"]["model"]["class_cond"]  # a classifier scores the asked-for classes
+            assert ("class_accuracy" in metrics["student"]) == conditional
+            assert ({f"class_accuracy_{c}" for c in range(10)} <= set(metrics["teacher"])) == conditional
             assert (project / "data/features/extractor.pt").is_file()
             assert any((project / "data/features/reference_cache").iterdir())
+        if label == "digits-default":  # the file's own backbone, not the toy file's `auto`
+            check_default_teacher(project, params)
         page = (project / "data/report/index.md").read_text()
         assert "one-step student" in page and "![student](student.png)" in page
         assert not list(project.glob("data/.*")), f"{label}: a temporary file or folder was left behind"
@@ -199,6 +214,16 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
     for stage in STAGES:
         unread = sorted(d for d in stage.params if not any(covers([d], k) for k in read_by_stage[stage.name]))
         assert not unread, f"{stage.name} declares params it never reads: {unread}"
+
+
+def check_default_teacher(project: Path, params: dict) -> None:
+    from realuid.checkpoints import read_checkpoint
+
+    model = params["train_teacher"]["model"]
+    teacher = read_checkpoint(project / "data/train_teacher/teacher.pt", "teacher", needed_by="the test")
+    assert model["arch"] == teacher.spec["arch"] == "unet"
+    assert teacher.spec["args"]["channel_mult"] == model["channel_mult"]
+    assert teacher.meta["step"] == params["train_teacher"]["steps"]
 
 
 def eval_table(path: Path) -> list[dict]:
@@ -284,7 +309,7 @@ def test_unknown_param_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
 
 
 def test_corrupted_hdf5_is_a_clear_error_without_output(tmp_path, monkeypatch, capsys):
-    project = make_project(tmp_path, tiny_params(), git=False)
+    project = make_project(tmp_path, tiny_params(TOY), git=False)
     monkeypatch.chdir(project)
     run_stage(stage_named("prepare"), monkeypatch)
     path = project / "data/prepare/train.h5"
@@ -300,10 +325,10 @@ def test_corrupted_hdf5_is_a_clear_error_without_output(tmp_path, monkeypatch, c
 
 
 def test_in_training_evaluation_the_data_cannot_score_stops_before_any_work(tmp_path, monkeypatch, capsys):
-    project = make_project(tmp_path, tiny_params(), git=False)
+    project = make_project(tmp_path, tiny_params(TOY), git=False)
     monkeypatch.chdir(project)
     run_stage(stage_named("prepare"), monkeypatch)
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(distill__eval_samples=1001)))  # 1000 points
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(TOY, distill__eval_samples=1001)))  # 1000 points
     assert importlib.import_module("realuid.stages.distill").cli(stage_argv(stage_named("distill"))) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: distill.eval_samples 1001 exceeds the 1000 training points") and err.count("\n") == 1
@@ -311,10 +336,10 @@ def test_in_training_evaluation_the_data_cannot_score_stops_before_any_work(tmp_
 
 
 def test_bridge_on_unpaired_data_is_refused(tmp_path, monkeypatch, capsys):
-    project = make_project(tmp_path, tiny_params(), git=False)
+    project = make_project(tmp_path, tiny_params(TOY), git=False)
     monkeypatch.chdir(project)
     run_stage(stage_named("prepare"), monkeypatch)
-    params = tiny_params(family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
+    params = tiny_params(TOY, family__name="bridge", prepare__pairing="noise", sample__teacher_method="sde")
     (project / "params.yaml").write_text(yaml.safe_dump(params))  # data still unpaired: prepare not rerun
     argv = stage_argv(stage_named("train_teacher"))
     assert importlib.import_module("realuid.stages.train_teacher").cli(argv) == 1
@@ -364,7 +389,7 @@ def set_alpha(project, value):
 
 
 def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
 
     # One registry, one graph.
     expected = {(s.name, t.name) for t in STAGES for s in STAGES if any(o in t.deps for o in s.outs)}
@@ -392,7 +417,7 @@ def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
     set_alpha(project, 0.9)
     assert dvc_changed(project) == {"distill", "report"}  # the stages that declare alpha
     assert dvc_reproduce(project) == DOWNSTREAM_OF_ALPHA
-    set_alpha(project, tiny_params()["alpha"])
+    set_alpha(project, tiny_params(TOY)["alpha"])
     assert dvc_reproduce(project) == DOWNSTREAM_OF_ALPHA  # back to the first results (DVC's run cache)
     assert dvc_reproduce(project) == set()
 
@@ -403,7 +428,7 @@ def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
     assert snakemake_pending(project) == set()
     set_alpha(project, 0.9)
     assert snakemake_pending(project) == DOWNSTREAM_OF_ALPHA
-    set_alpha(project, tiny_params()["alpha"])
+    set_alpha(project, tiny_params(TOY)["alpha"])
     assert snakemake_pending(project) == set()
     sh(project, "dvc", "commit", "--force")
     assert dvc_changed(project) == set()
@@ -414,10 +439,40 @@ def test_dvc_and_snakemake_share_one_dag_and_rerun_the_same_stages(tmp_path):
 
 
 def test_snakemake_targets_a_stage_by_name(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     sh(project, "snakemake", "train_teacher", "--cores", "2")
     assert (project / "data/train_teacher/teacher.pt").is_file()
     assert not (project / "data/distill").exists()
+
+
+def test_dvc_repro_runs_the_committed_default_on_images(tmp_path):
+    """The committed params.yaml (digits, UNet teacher), in sizes only smaller, under ``dvc repro``."""
+    from PIL import Image
+
+    from realuid.data import read_split
+    from realuid.stages.sample import GRID_IMAGES
+
+    params = tiny_params(features__steps=5, train_teacher__steps=4, train_teacher__checkpoint_every_steps=4,
+                         distill__steps=2, distill__eval_samples=50, sample__n_samples=100, sample__batch_size=100,
+                         sample__teacher_nfe=2, evaluate__kid_subset_size=50)
+    assert params["prepare"]["source"] == "digits" and params["train_teacher"]["model"]["arch"] == "unet"
+    project = make_project(tmp_path / "project", params)
+    assert dvc_reproduce(project) == {s.name for s in STAGES}
+    assert dvc_changed(project) == set()
+    metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
+    for who in ("teacher", "student"):
+        assert math.isfinite(metrics[who]["fid"]) and metrics[who]["fid"] >= 0, who
+    assert metrics["student"]["nfe"] == 1 and metrics["protocol"]["extractor"] == "realuid-features"
+    check_default_teacher(project, params)
+    # The report shows grids of sample images (100 digits, 10 to a row, each pixel 4 x 4), not scatter plots.
+    page = (project / "data/report/index.md").read_text()
+    assert "![teacher](teacher.png)" in page and "![student](student.png)" in page
+    channels, height, width = read_split(project / "data/prepare/test.h5").sample_shape
+    rows = -(-min(GRID_IMAGES, params["sample"]["n_samples"]) // 10)
+    for who in ("teacher", "student"):
+        with Image.open(project / f"data/report/{who}.png") as picture:
+            assert picture.mode == ("L" if channels == 1 else "RGB"), who
+            assert picture.size == (4 * (10 * (width + 1) + 1), 4 * (rows * (height + 1) + 1)), who
 
 
 # Keys the toy flow-matching configuration does not use: other families' options and generator
@@ -453,18 +508,18 @@ def write_params(project: Path, params: dict) -> None:
 
 @pytest.mark.slow  # four tiny pipeline runs: about three minutes on 2 cores
 def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     sh(project, "dvc", "repro")
     trained, states = digests(project), state_folders(project)
     assert len(states) == 2  # the teacher's and the distillation's
 
-    write_params(project, tiny_params(**UNUSED_ON_TOY_FM))
+    write_params(project, tiny_params(TOY, **UNUSED_ON_TOY_FM))
     sh(project, "dvc", "repro")  # the stages that declare these keys rerun, from their finished states
     assert digests(project) == trained and state_folders(project) == states
 
     # Snakemake records each rule's params on a run, then reruns the rules whose params changed.
     sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--forceall", "--quiet")
-    write_params(project, tiny_params())
+    write_params(project, tiny_params(TOY))
     assert "train_teacher" in snakemake_pending(project)
     sh(project, "snakemake", "--cores", "2", "--max-threads", "1", "--quiet")
     assert digests(project) == trained and state_folders(project) == states
@@ -490,7 +545,7 @@ def test_state_names_hash_only_the_settings_in_effect():
 
 @pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
 def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     sh(project, "dvc", "repro")
     teacher_states = sorted((project / "state/train_teacher").iterdir())
     distill_states = sorted((project / "state/distill").iterdir())

@@ -32,8 +32,10 @@ def gx_ready():
 
 
 def write_params(folder: Path, **prepare_overrides) -> Path:
-    """The project's params.yaml with the prepare section changed."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The project's params.yaml with the prepare section changed; for toy sources configs/toy.yaml,
+    the 2-D configuration (the committed default's UNet is refused on points)."""
+    base = "configs/toy.yaml" if prepare_overrides.get("source") == "toy" else "params.yaml"
+    params = yaml.safe_load((REPO / base).read_text())
     params["prepare"].update(prepare_overrides)
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))

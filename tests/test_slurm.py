@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import dvc_changed, make_project, sh, snakemake_pending, tiny_params
+from test_pipeline import TOY, dvc_changed, make_project, sh, snakemake_pending, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
@@ -193,7 +193,7 @@ def dry_run_requests(project, *extra: str) -> dict:
 
 
 def test_dry_run_shows_per_stage_requests_and_cluster_gpus_only_with_the_flag(tmp_path):
-    params = tiny_params()
+    params = tiny_params(TOY)
     params["distill"]["nproc"] = 2
     project = make_project(tmp_path / "project", params, git=False)
     set_slurm_blocks(project, distill={"partition": "gpu", "runtime": 90, "mem_mb": 8000, "cpus": 2})
@@ -274,7 +274,7 @@ def slurm_accounts_of(job_ids) -> dict:
 
 @pytest.mark.slow  # about three minutes: the plugin polls squeue at growing intervals
 def test_pipeline_runs_as_slurm_jobs_and_dvc_adopts_the_results(local_slurm, tmp_path):
-    project = make_project(tmp_path / "project", tiny_params())
+    project = make_project(tmp_path / "project", tiny_params(TOY))
     distill_cpus = min(2, os.cpu_count() or 1)
     set_slurm_blocks(project, distill={"cpus": distill_cpus, "runtime": 7})
 

@@ -285,3 +285,74 @@ def test_distillation_runs_without_dropout_whatever_the_teacher_trained_with(tmp
     assert same_weights(with_p.weights, without.weights)
     assert all(same_weights(with_p.copies[k], without.copies[k]) for k in without.copies)
     assert not same_weights(without.weights, weights if not finetune else student.state_dict())  # it trained
+
+
+# --------------------------------------------------------------------------------------------------
+# The learning-rate schedule: linear warm-up, then constant or a half cosine to 0 at the last update
+# --------------------------------------------------------------------------------------------------
+
+
+def test_lr_factor_warms_up_linearly_then_stays_constant_or_falls_by_a_half_cosine():
+    import math
+
+    from realuid.training import lr_factor
+
+    warmup, total = 10, 110  # a decay of 100 updates after the warm-up
+    constant, cosine = (dataclasses.replace(OPTIM, warmup_steps=warmup, decay=d) for d in ("constant", "cosine"))
+    for cfg in (constant, cosine):  # the warm-up is the same line whatever the decay
+        warming = [lr_factor(s, cfg, total) for s in range(warmup)]
+        assert warming == pytest.approx([(s + 1) / warmup for s in range(warmup)])
+    assert all(lr_factor(s, constant, total) == 1.0 for s in range(warmup - 1, total + 5))
+
+    factors = [lr_factor(s, cosine, total) for s in range(total)]
+    assert factors[warmup - 1] == 1.0 and factors[warmup] > 0.999  # 1 at the end of the warm-up, no jump after
+    assert factors[-1] == pytest.approx(0.0, abs=1e-3)  # ~0 at the run's last update
+    assert all(a < b for a, b in zip(factors[: warmup - 1], factors[1:warmup]))  # rising in the warm-up
+    assert all(b <= a for a, b in zip(factors[warmup - 1 :], factors[warmup:]))  # then never rising
+    assert factors[warmup] > factors[-1] and len(set(factors[warmup:])) == total - warmup  # strictly falling
+    # Closed form: after k updates, 0.5 * (1 + cos(pi * (k - warmup) / (total - warmup))); 0.5 halfway.
+    halfway = warmup + (total - warmup) // 2
+    assert lr_factor(halfway - 1, cosine, total) == pytest.approx(0.5, abs=1e-12)
+    for k in (warmup + 1, warmup + 25, warmup + 75, total):
+        expected = 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
+        assert lr_factor(k - 1, cosine, total) == pytest.approx(expected)
+    # Without a warm-up the cosine starts at the first update.
+    bare = dataclasses.replace(cosine, warmup_steps=0)
+    assert lr_factor(0, bare, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4))) and lr_factor(3, bare, 4) == 0.0
+
+
+def test_optimizers_follow_the_schedule_over_the_steps_of_their_own_run(tmp_path):
+    from realuid.training import lr_factor, make_optimizer
+
+    cosine = dataclasses.replace(OPTIM, lr=0.01, warmup_steps=3, decay="cosine")
+    weight = torch.nn.Parameter(torch.zeros(2))
+    opt, sched = make_optimizer([weight], cosine, 20)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])  # the rate this update uses
+        weight.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.01 * lr_factor(s, cosine, 20) for s in range(20)], rel=1e-12, abs=1e-15)
+
+    # distill: the generator's schedule spans distill.steps, the fake model's every one of its updates.
+    family = make_family("fm")
+    spec = spec_for()
+    cfg = dataclasses.replace(DISTILL, generator_optim=dataclasses.replace(DISTILL.generator_optim, decay="cosine"),
+                              fake_optim=dataclasses.replace(DISTILL.fake_optim, decay="cosine"))
+    uid = RealUID(family, build_model(spec), spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+    fake_total = cfg.steps * cfg.fake_updates_per_generator_update
+    assert fake_total > cfg.steps
+    for sched, optim_cfg, total in ((uid.gen_sched, cfg.generator_optim, cfg.steps),
+                                    (uid.fake_sched, cfg.fake_optim, fake_total)):
+        assert [sched.lr_lambdas[0](s) for s in range(total)] == [lr_factor(s, optim_cfg, total) for s in range(total)]
+
+    # train_teacher logs the rate in its curves: it ends at 0 after the last update under a cosine.
+    tcfg = dataclasses.replace(TEACHER, optim=dataclasses.replace(OPTIM, decay="cosine"), log_every_steps=1)
+    train_teacher(family, toy_data(family), spec, tcfg, tmp_path / "t", progress=False)
+    import csv
+
+    with open(tmp_path / "t" / "curves.csv", newline="") as fh:
+        logged = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(fh)}  # the rate after `step` updates
+    assert logged[tcfg.steps] == 0.0 and logged[tcfg.optim.warmup_steps - 1] == OPTIM.lr
+    assert logged == pytest.approx({k: OPTIM.lr * lr_factor(k, tcfg.optim, tcfg.steps) for k in logged})
