@@ -8,6 +8,7 @@ import torch
 
 from realuid import features
 from realuid.features import (
+    class_masses,
     FeatureNet,
     classifier_accuracy,
     load_feature_net,
@@ -98,6 +99,26 @@ def test_classifier_accuracy_closed_form_on_a_rigged_net():
     result = classifier_accuracy(net, torch.zeros(8, 1, 8, 8), labels)
     assert result["accuracy"] == pytest.approx(3 / 8)
     assert result["per_class_accuracy"] == {0: 1.0, 1: 0.0, 2: 0.0}
+
+
+def test_class_masses_closed_form_on_a_rigged_net():
+    # A head that always answers class 0 puts all the mass there.
+    net = FeatureNet(1, 8, 3, width=4).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([1.0, 0.0, 0.5]))
+    assert class_masses(net, torch.zeros(5, 1, 8, 8)).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_class_masses_of_real_digits_follow_their_labels(digits, digits_net):
+    _, _, test_x, test_y = digits
+    masses = class_masses(digits_net, test_x)
+    assert masses.shape == (10,) and masses.sum() == pytest.approx(1.0)
+    truth = np.bincount(test_y.numpy(), minlength=10) / len(test_y)
+    # An accurate classifier's histogram is the label histogram up to its errors.
+    assert 0.5 * np.abs(masses - truth).sum() < 0.1
+    only_threes = class_masses(digits_net, test_x[test_y == 3])
+    assert only_threes[3] > 0.8 and only_threes.argmax() == 3
 
 
 def test_classifier_accuracy_rejects_bad_labels(digits_net):

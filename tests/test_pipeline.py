@@ -196,6 +196,9 @@ def test_every_stage_cli_runs_and_reads_exactly_its_declared_params(tmp_path, mo
             conditional = params["train_teacher"]["model"]["class_cond"]  # a classifier scores the asked-for classes
             assert ("class_accuracy" in metrics["student"]) == conditional
             assert ({f"class_accuracy_{c}" for c in range(10)} <= set(metrics["teacher"])) == conditional
+            for who in ("teacher", "student", "real"):  # the classifier's histogram of every model
+                masses = [metrics[who][f"class_mass_{c}"] for c in range(10)]
+                assert sum(masses) == pytest.approx(1.0) and 0 <= metrics[who]["class_tv"] <= 1
             assert (project / "data/features/extractor.pt").is_file()
             assert any((project / "data/features/reference_cache").iterdir())
         if label == "digits-default":  # the file's own backbone, not the toy file's `auto`

@@ -171,6 +171,17 @@ def _distill_cfg(distill: dict, *, eval_every: int, eval_samples: int, steps: in
     return config_module.build(config_module.DistillConfig, tree, "distill.")
 
 
+# Keys the study sets itself (per run or for all runs), whatever the params file says.
+_SET_BY_STUDY = ("steps", "seed", "eval_every_steps", "eval_samples", "keep_best", "device", "nproc",
+                 "checkpoint_every_steps", "log_every_steps")
+
+
+def run_digest(setting: dict, teacher: str, args: dict, seed: int) -> str:
+    """The name of a run's folder: what shapes the run, so the same run is found again from any command."""
+    distill = {k: v for k, v in setting["distill"].items() if k not in _SET_BY_STUDY}
+    return _digest([{**setting, "distill": distill}, Path(teacher).name, args, seed])
+
+
 def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, work: Path) -> dict:
     """Distil one student under ``LEVERS[lever]`` applied to the base and return its curve."""
     from realuid.api import load_teacher
@@ -183,12 +194,19 @@ def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, wor
     fit, val = splits(base["prepare"])
     cfg = _distill_cfg(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
                        steps=args["steps"], seed=seed)
-    state = work / f"run-{_digest([setting, shared['teacher'], args, seed])}"
+    state = work / f"run-{run_digest(setting, shared['teacher'], args, seed)}"
+    # A resumed run adds this session's seconds and updates to those of the sessions before it.
+    timing_path = state / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seconds": 0.0, "updates": 0}
+    done_before = _last_step(state / "eval.csv")
     start = time.perf_counter()
     distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
             shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
             evaluator=_evaluator(shared, cfg, val))
-    seconds = time.perf_counter() - start
+    if cfg.steps > done_before:
+        timing = {"seconds": timing["seconds"] + time.perf_counter() - start,
+                  "updates": timing["updates"] + cfg.steps - done_before}
+        timing_path.write_text(json.dumps(timing))
     with open(state / "eval.csv") as f:
         rows = [line.strip().split(",") for line in f]
     header, rows = rows[0], rows[1:]
@@ -197,8 +215,16 @@ def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, wor
         for k in row:
             row[k] = row[k] if k == "copy" else float(row[k])
     return {"lever": lever, "seed": seed, "overrides": LEVERS[lever], "alpha": setting["alpha"],
-            "beta": setting["beta"], "curve": curve, "seconds": seconds,
-            "seconds_per_update": seconds / cfg.steps}
+            "beta": setting["beta"], "curve": curve, "seconds": timing["seconds"],
+            "seconds_per_update": timing["seconds"] / max(1, timing["updates"])}
+
+
+def _last_step(eval_csv: Path) -> int:
+    """The last evaluated (and checkpointed) update of a run folder, 0 for a new run."""
+    if not eval_csv.exists():
+        return 0
+    lines = eval_csv.read_text().split("\n")[1:]
+    return max((int(float(line.split(",")[0])) for line in lines if line.strip()), default=0)
 
 
 def summarize(run: dict, teacher_fid: float, copy: str) -> dict:

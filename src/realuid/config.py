@@ -123,7 +123,7 @@ class OptimConfig:
     betas: list[float] = opt()
     warmup_steps: int = opt(ge=0)
     grad_clip: float = opt(ge=0, doc="0 disables clipping")
-    # A default so configs written before the key existed keep their meaning (a constant rate).
+    # A default so code that builds an OptimConfig by hand stays valid; params files still list it.
     decay: str = opt("constant", choices=("constant", "cosine"),
                      doc="cosine: after the warm-up, the rate falls to 0 at the run's last update")
 

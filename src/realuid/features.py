@@ -16,6 +16,7 @@ import math
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -253,6 +254,15 @@ def classifier_accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Ten
         per_class[int(cls)] = float(correct[chosen].double().mean())
     return {"accuracy": float(correct.double().mean()), "per_class_accuracy": per_class,
             "num_samples": int(labels.shape[0])}
+
+
+def class_masses(net: FeatureNet, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Fraction of images [N, C, H, W] in [-1, 1] a classification FeatureNet assigns to each class: [num_classes]."""
+    if net.task != "classification":
+        raise ValueError(f"class_masses needs a classification net, this one was trained for {net.task!r}")
+    _check_images(images)
+    predicted = predict_logits(net, images, batch_size).argmax(dim=1)
+    return np.bincount(predicted.numpy(), minlength=net.num_classes) / max(1, images.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -109,6 +109,7 @@ def _evaluate(args, params, dist: Dist) -> None:
         if metrics is None:
             return
         _class_accuracy(metrics, drawn, params, Path(args.features))
+        _class_masses(metrics, gen, reference.x1, params, Path(args.features))
     for who in ("teacher", "student"):
         metrics[who].update(timing[who])
     for who, row in metrics.items():
@@ -120,7 +121,8 @@ def _evaluate(args, params, dist: Dist) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     common.write_json({**metrics, "protocol": protocol}, args.out)
     for who in metrics:
-        shown = {k: v for k, v in metrics[who].items() if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k}
+        shown = {k: v for k, v in metrics[who].items() if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k
+                 and not k.startswith("class_mass_")}
         print(f"evaluate: {who:18s} " + "  ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
 
@@ -201,6 +203,24 @@ def _class_accuracy(metrics: dict, drawn: dict, params, features_dir: Path) -> N
         acc = classifier_accuracy(net, torch.as_tensor(split.x1).clamp(-1, 1), torch.as_tensor(split.y))
         metrics[who]["class_accuracy"] = acc["accuracy"]
         metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
+
+
+def _class_masses(metrics: dict, gen: dict, reference: np.ndarray, params, features_dir: Path) -> None:
+    """Does each model draw the classes as often as the reference does? The pipeline's classifier labels
+    every sample; ``class_mass_<c>`` is the fraction labelled c and ``class_tv`` the total variation
+    distance of those fractions to the reference's own (0: the same histogram)."""
+    if params.evaluate.feature_extractor != "realuid-features":
+        return
+    from ..features import class_masses, load_feature_net
+
+    net = load_feature_net(features_dir / "extractor.pt")
+    if net.task != "classification":
+        return
+    target = class_masses(net, torch.as_tensor(reference))
+    for who, x in gen.items():
+        masses = class_masses(net, torch.as_tensor(x).clamp(-1, 1))
+        metrics[who]["class_tv"] = float(0.5 * np.abs(masses - target).sum())
+        metrics[who].update({f"class_mass_{c}": float(m) for c, m in enumerate(masses)})
 
 
 def cli(argv: list[str] | None = None) -> int:
