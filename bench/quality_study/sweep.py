@@ -25,7 +25,8 @@ from typing import Any, Iterator
 ALPHAS = (0.86, 0.90, 0.94)
 RATIOS = (0.94, 0.98, 1.0, 1.02, 1.06)
 METRICS_FILE = "data/evaluate/metrics.json"
-DEFAULT_METRIC = "student.sliced_wasserstein2"
+# The headline distance of the data params.yaml distils: FID for images, sliced W2 for points.
+DEFAULT_METRICS = ("student.fid", "student.sliced_wasserstein2")
 
 
 def grid(alphas=ALPHAS, ratios=RATIOS) -> list[tuple[float, float]]:
@@ -72,7 +73,7 @@ def _lookup(data: dict, dotted: str | list[str]) -> Any:
     return data
 
 
-def collect(exp_show: Any, metric: str = DEFAULT_METRIC, metrics_file: str = METRICS_FILE) -> dict:
+def collect(exp_show: Any, metric: str = DEFAULT_METRICS[1], metrics_file: str = METRICS_FILE) -> dict:
     """{(alpha, beta): {distill seed: metric value}} from parsed ``dvc exp show --json``.
 
     The last entry per point and seed wins (the workspace and the baseline commit count as runs too).
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
     p.add_argument("--ratios", type=float, nargs="+", default=RATIOS,
                    help=f"queue: beta/alpha ratios (default {RATIOS})")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="queue: distill.seed values (default 0)")
-    p.add_argument("--metric", default=DEFAULT_METRIC, help=f"collect: dotted key in {METRICS_FILE}")
+    p.add_argument("--metric", default=None, help=f"collect: dotted key in {METRICS_FILE} (default: "
+                   f"the first of {', '.join(DEFAULT_METRICS)} the experiments report)")
     p.add_argument("--from-json", help="collect: read a saved `dvc exp show --json` instead of running it")
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "sweep_heatmap.png"))
     p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "RESULTS-sweep.md"),
@@ -189,6 +191,8 @@ def main(argv=None) -> int:
             print(done.stderr, file=sys.stderr)
             return done.returncode
         shown = json.loads(done.stdout)
+    if args.metric is None:
+        args.metric = next((m for m in DEFAULT_METRICS if collect(shown, m)), DEFAULT_METRICS[0])
     values = collect(shown, args.metric)
     if not values:
         print(f"no finished experiment reports {args.metric} yet (dvc queue status shows progress)", file=sys.stderr)
