@@ -33,6 +33,7 @@ def _configs(params_path: Path):
 
 def time_updates(params, *, threads: int, updates: int, warmup: int, alpha: float, beta: float,
                  fake_updates: int | None = None, batch_size: int | None = None, channels: int | None = None,
+                 channel_mult: list[int] | None = None,
                  channels_last: bool = False, compile_nets: bool = False) -> dict:
     """Mean seconds per generator update (with its fake updates) for one setting."""
     torch.set_num_threads(threads)
@@ -40,6 +41,8 @@ def time_updates(params, *, threads: int, updates: int, warmup: int, alpha: floa
     model_cfg = params.train_teacher.model
     if channels is not None:
         model_cfg = dataclasses.replace(model_cfg, channels=channels)
+    if channel_mult is not None:
+        model_cfg = dataclasses.replace(model_cfg, channel_mult=channel_mult)
     spec = model_spec(model_cfg, train.sample_shape, 0)
     torch.manual_seed(0)
     teacher = build_model(spec)
@@ -85,6 +88,7 @@ VARIANTS = {
     "batch 128": {"batch_size": 128},
     "channels_last": {"channels_last": True},
     "64 channels": {"channels": 64},
+    "one level (channel_mult [1])": {"channel_mult": [1]},
     "torch.compile": {"compile_nets": True},
 }
 
