@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import dataclasses
 import hashlib
 import json
 import os
@@ -68,10 +67,6 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[leaf] = value
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)
-
-
 def load_base(params_path: Path, overrides: list[str]) -> dict:
     """{"alpha", "beta", "train_teacher", "distill"} from a params file, with ``key=value`` overrides."""
     params = yaml.safe_load(params_path.read_text())
@@ -79,7 +74,7 @@ def load_base(params_path: Path, overrides: list[str]) -> dict:
             "distill": params["distill"], "features": params["features"], "prepare": params["prepare"]}
     for item in overrides:
         key, _, value = item.partition("=")
-        _set(base, key, _parse_value(value))
+        _set(base, key, yaml.safe_load(value))
     return base
 
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from realuid import config as config_module
 from realuid.data import build_splits
@@ -24,11 +23,6 @@ from realuid.models import build_model, model_spec
 from realuid.training import BatchStream, RealUID, TrainData, _seeded
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _configs(params_path: Path):
-    params = config_module.load_params(params_path)
-    return params
 
 
 def time_updates(params, *, threads: int, updates: int, warmup: int, alpha: float, beta: float,
@@ -101,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    params = _configs(args.params)
+    params = config_module.load_params(args.params)
     rows = {}
     for name in args.variants:
         setting = {"threads": 1, "alpha": params.alpha, "beta": params.beta, **VARIANTS[name]}
