@@ -373,6 +373,47 @@ def test_digits_levers_scores_students_against_the_validation_teacher_and_resume
     assert "| base |" in (tmp_path / "r.md").read_text()
 
 
+def test_digits_imbalance_measures_class_masses_of_an_imbalanced_teacher_and_its_students(tmp_path):
+    from quality_study import digits_imbalance, digits_levers
+
+    fit, _ = digits_levers.splits(digits_levers.load_base(ROOT / "params.yaml", [])["prepare"])
+    heavy = [0, 1, 2, 3, 4]
+    teacher_set = digits_imbalance.imbalanced(fit, heavy, 3)
+    counts, before = np.bincount(teacher_set.y, minlength=10), np.bincount(fit.y, minlength=10)
+    assert counts[heavy].tolist() == (3 * before[heavy]).tolist() and counts[5:].tolist() == before[5:].tolist()
+    first = np.flatnonzero(fit.y == 0)[0]  # an image's copies are the image itself
+    assert (teacher_set.x1[np.flatnonzero(teacher_set.y == 0)[:3]] == fit.x1[first]).all()
+
+    argv = ["--params", str(_tiny_digits_params(tmp_path)), "--settings", "1,1", "0.5,1", "--seeds", "0",
+            "--steps", "4", "--eval-every", "2", "--eval-samples", "250", "--samples", "200", "--workers", "1",
+            "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "r.md"),
+            "--figure", str(tmp_path / "masses.png")]
+    digits_imbalance.main(argv)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["teacher_train_counts"] == counts.tolist()
+    assert result["teacher_train_heavy"] == pytest.approx(0.75, abs=0.01)
+    scored = [result["teacher"], result["real"], *result["runs"]]
+    for row in scored:
+        masses = np.array(row["class_masses"])
+        assert masses.sum() == pytest.approx(1.0) and 0 <= row["heavy_mass"] <= 1
+        assert row["heavy_mass"] == pytest.approx(masses[heavy].sum())
+        assert 0 <= row["class_tv"] <= 1 and np.isfinite(row["fid"])
+    runs = {(r["alpha"], r["beta"]): r for r in result["runs"]}
+    assert set(runs) == {(1.0, 1.0), (0.5, 1.0)} and runs[(1.0, 1.0)]["copy"] == "ema_0.999"
+    assert [r["step"] for r in runs[(0.5, 1.0)]["curve"] if r["copy"] == "raw"] == [2.0, 4.0]
+    # The 2-D analogue's data-free fixed point is the teacher itself.
+    assert result["theory"]["heavy_weight"]["1,1"] == pytest.approx(result["teacher"]["heavy_mass"], abs=1e-3)
+    assert 0 <= result["theory"]["heavy_weight"]["0.5,1"] <= 1
+    text = (tmp_path / "r.md").read_text()
+    assert "| data-free (1, 1) |" in text and "| RealUID (0.5, 1) |" in text and "2-D analogue" in text
+    assert (tmp_path / "masses.png").stat().st_size > 1000
+    # A second call finds the teacher and the finished runs and reports the same numbers.
+    digits_imbalance.main(argv)
+    again = json.loads((tmp_path / "r.json").read_text())
+    assert again["runs"] == result["runs"] and again["teacher"]["class_masses"] == result["teacher"]["class_masses"]
+    assert again["trained_now_seconds"] == {} and "teacher_seconds" in result["trained_now_seconds"]
+
+
 def test_digits_speed_times_the_library_updates(tmp_path, capsys):
     from quality_study import digits_speed
 

@@ -90,8 +90,14 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare_shared(base: dict, work: Path) -> dict:
-    """Feature extractor and teacher on the fit split (cached in ``work`` by their settings)."""
+def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None = None,
+                   teacher_tag: dict | None = None) -> dict:
+    """Feature extractor and teacher on the fit split (cached in ``work`` by their settings).
+
+    ``teacher_images`` (with ``teacher_tag``, what makes them differ from the fit split, for the cache name)
+    trains the teacher on other images; the feature extractor always trains on the fit split."""
+    if (teacher_images is None) != (teacher_tag is None):
+        raise ValueError("teacher_images and teacher_tag go together")
     from realuid.api import load_teacher
     from realuid.checkpoints import save_checkpoint
     from realuid.features import save_feature_net, train_feature_net
@@ -110,10 +116,12 @@ def prepare_shared(base: dict, work: Path) -> dict:
         out["features_seconds"] = time.perf_counter() - start
     teacher_cfg = config_module.build(config_module.TrainTeacherConfig, base["train_teacher"], "train_teacher.")
     spec = model_spec(teacher_cfg.model, fit.sample_shape, 0)
-    teacher_path = work / f"teacher-{_digest([base['train_teacher'], spec])}.pt"
+    key = [base["train_teacher"], spec] + ([] if teacher_tag is None else [teacher_tag])
+    teacher_path = work / f"teacher-{_digest(key)}.pt"
     if not teacher_path.exists():
         start = time.perf_counter()
-        result = train_teacher(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), spec, teacher_cfg,
+        images = fit.x1 if teacher_images is None else teacher_images
+        result = train_teacher(make_family("fm"), TrainData(torch.as_tensor(images)), spec, teacher_cfg,
                                work / f"teacher-state-{teacher_path.stem}", progress=False)
         save_checkpoint(result, teacher_path)
         out["teacher_seconds"] = time.perf_counter() - start
@@ -179,13 +187,21 @@ def run_digest(setting: dict, teacher: str, args: dict, seed: int) -> str:
 
 def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, work: Path) -> dict:
     """Distil one student under ``LEVERS[lever]`` applied to the base and return its curve."""
+    setting = json.loads(json.dumps({"alpha": base["alpha"], "beta": base["beta"], "distill": base["distill"]}))
+    for key, value in LEVERS[lever].items():
+        _set(setting if key in ("alpha", "beta") else setting["distill"], key, value)
+    _, run = distil_setting(setting, seed, shared, base, args, work)
+    return {"lever": lever, "seed": seed, "overrides": LEVERS[lever], **run}
+
+
+def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dict, work: Path):
+    """Distil ``shared``'s teacher on the fit split under ``setting`` ({"alpha", "beta", "distill"}), resuming
+    its run folder; returns (the generator checkpoint ``distill`` returns, {"alpha", "beta", "curve",
+    "seconds", "seconds_per_update"})."""
     from realuid.api import load_teacher
     from realuid.training import distill
 
     torch.set_num_threads(1)
-    setting = json.loads(json.dumps({"alpha": base["alpha"], "beta": base["beta"], "distill": base["distill"]}))
-    for key, value in LEVERS[lever].items():
-        _set(setting if key in ("alpha", "beta") else setting["distill"], key, value)
     fit, val = splits(base["prepare"])
     cfg = _distill_cfg(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
                        steps=args["steps"], seed=seed)
@@ -195,9 +211,9 @@ def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, wor
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seconds": 0.0, "updates": 0}
     done_before = _last_step(state / "eval.csv")
     start = time.perf_counter()
-    distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
-            shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
-            evaluator=_evaluator(shared, cfg, val))
+    generator = distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
+                        shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
+                        evaluator=_evaluator(shared, cfg, val))
     if cfg.steps > done_before:
         timing = {"seconds": timing["seconds"] + time.perf_counter() - start,
                   "updates": timing["updates"] + cfg.steps - done_before}
@@ -209,9 +225,8 @@ def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, wor
     for row in curve:
         for k in row:
             row[k] = row[k] if k == "copy" else float(row[k])
-    return {"lever": lever, "seed": seed, "overrides": LEVERS[lever], "alpha": setting["alpha"],
-            "beta": setting["beta"], "curve": curve, "seconds": timing["seconds"],
-            "seconds_per_update": timing["seconds"] / max(1, timing["updates"])}
+    return generator, {"alpha": setting["alpha"], "beta": setting["beta"], "curve": curve, "seconds": timing["seconds"],
+                       "seconds_per_update": timing["seconds"] / max(1, timing["updates"])}
 
 
 def _last_step(eval_csv: Path) -> int:
@@ -261,30 +276,40 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench/digits_levers", description=__doc__.split("\n\n")[0])
+def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options the digits studies share (their work folder: ``bench/.work/<name>``)."""
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override the params file (e.g. distill.steps=1500 train_teacher.steps=3000)")
-    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=None, help="generator updates (default: the base's)")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-samples", type=int, default=1000)
-    parser.add_argument("--copy", default="ema_0.999", help="the copy the table reports")
     parser.add_argument("--nfe", type=int, default=99)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "digits_levers")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / name)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
 
+
+def start_study(args: argparse.Namespace) -> tuple[float, dict, int]:
+    """One torch thread; (start time, the base settings, generator updates); the work folder exists."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     start = time.perf_counter()
     base = load_base(args.params, args.base)
-    steps = args.steps or base["distill"]["steps"]
     args.work.mkdir(parents=True, exist_ok=True)
+    return start, base, args.steps or base["distill"]["steps"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench/digits_levers", description=__doc__.split("\n\n")[0])
+    add_study_arguments(parser, "digits_levers")
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--copy", default="ema_0.999", help="the copy the table reports")
+    args = parser.parse_args(argv)
+
+    start, base, steps = start_study(args)
     shared = prepare_shared(base, args.work)
     run_args = {"steps": steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
     jobs = [(lever, seed) for lever in args.levers for seed in args.seeds]
