@@ -132,6 +132,17 @@ def test_distances_zero_for_identical_sets_and_nan_for_diverged_samples():
     bad = x.copy()
     bad[0, 0] = np.inf
     assert all(np.isnan(v) for v in distances(bad, x, n_projections=16, seed=0).values())
+    assert d["knn_precision"] == d["knn_recall"] == 1.0
+
+
+def test_distances_see_a_sample_set_that_fills_the_hull_instead_of_the_modes():
+    rng = np.random.default_rng(0)
+    modes = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    data = modes[rng.integers(0, 2, 1000)] + 0.05 * rng.normal(size=(1000, 2))
+    hull = np.stack([rng.uniform(-1.1, 1.1, 1000), 0.05 * rng.normal(size=1000)], axis=1)
+    d = distances(hull, data, n_projections=64, seed=0)
+    # Most of the segment between the modes lies outside every data neighbourhood.
+    assert d["knn_precision"] < 0.3 and d["knn_recall"] > 0.9
 
 
 # ---------------------------------------------------------------------------------------------- jobs
