@@ -46,6 +46,8 @@ LEVERS: dict[str, dict] = {
     "lr 2e-3": {"generator_optim.lr": 2e-3, "fake_optim.lr": 2e-3},
     "constant lr": {"generator_optim.decay": "constant", "fake_optim.decay": "constant"},
     "warm-up 200": {"generator_optim.warmup_steps": 200, "fake_optim.warmup_steps": 200},
+    "lr 1e-3, warm-up 200": {"generator_optim.lr": 1e-3, "fake_optim.lr": 1e-3,
+                             "generator_optim.warmup_steps": 200, "fake_optim.warmup_steps": 200},
     "batch 128": {"batch_size": 128},
     "batch 32": {"batch_size": 32},
     "fake lr x2": {"fake_optim.lr": "2x"},
