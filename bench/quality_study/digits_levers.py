@@ -57,6 +57,7 @@ LEVERS: dict[str, dict] = {
     "generator betas (0.9, 0.999)": {"generator_optim.betas": [0.9, 0.999], "fake_optim.betas": [0.9, 0.999]},
     "data-free": {"alpha": 1.0, "beta": 1.0},
     "beta 1 (alpha 0.94)": {"beta": 1.0},
+    "alpha 0.2, beta 1": {"alpha": 0.2, "beta": 1.0},
 }
 
 
