@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from quality_study import cli, settings, stats, tasks  # noqa: E402
-from quality_study.toy import ToyJob, distances, run_toy_job  # noqa: E402
+from quality_study.toy import ToyJob, choose_budget, distances, run_teacher_budget, run_toy_job  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- stats
@@ -74,8 +74,8 @@ def test_toy_task_sets_are_independent_and_reproducible():
     a = tasks.toy_task("gmm8", 0, n_train=300, n_eval=100, paired=True, pairing_strength=0.5)
     b = tasks.toy_task("gmm8", 0, n_train=300, n_eval=100, paired=True, pairing_strength=0.5)
     assert np.array_equal(a.train_x1, b.train_x1) and np.array_equal(a.floor_x0, b.floor_x0)
-    assert a.train_x1.shape == (300, 2) and a.reference.shape == a.floor.shape == (100, 2)
-    assert not np.array_equal(a.reference, a.floor)
+    assert a.train_x1.shape == (300, 2) and a.reference.shape == a.floor.shape == a.validation.shape == (100, 2)
+    assert not np.array_equal(a.reference, a.floor) and not np.array_equal(a.reference, a.validation)
     # Bridge pairs are noisy copies of their own x1, clipped into the box.
     assert np.abs(a.train_x0).max() <= 1.0 and 0.2 < np.std(a.train_x0 - a.train_x1) < 0.6
     # A bigger reference set does not move the training points (separate random streams).
@@ -92,8 +92,10 @@ def test_user_points_are_scaled_into_the_box_with_a_recorded_map(tmp_path):
     assert np.abs(user.points).max() <= 1.0 + 1e-6
     np.testing.assert_allclose(user.points * np.array(user.scale) + np.array(user.shift), raw, rtol=1e-5, atol=1e-4)
     task = tasks.user_task(user, 0, n_train=10_000, n_eval=400)
-    assert task.reference.shape == task.floor.shape == (200, 2)  # at most a fifth of the points each
-    assert len(task.train_x1) == 600
+    assert task.reference.shape == task.floor.shape == task.validation.shape == (200, 2)  # a fifth each at most
+    assert len(task.train_x1) == 400
+    held_out = {tuple(p) for p in np.concatenate([task.reference, task.floor, task.validation])}
+    assert len(held_out) == 600 and not held_out & {tuple(p) for p in task.train_x1}
 
 
 def test_user_points_inside_the_box_are_kept_as_they_are(tmp_path):
@@ -160,6 +162,38 @@ def test_a_toy_job_returns_every_row_and_curve(tmp_path):
     assert result["samples"]["realuid"].shape == (study.toy.n_eval, 2)
 
 
+@pytest.mark.parametrize("rungs, expected", [
+    # gmm8-like: 3000 steps is within 10% of the best SW2 and 0.02 of the best precision.
+    ([(1500, 0.059, 0.63), (3000, 0.040, 0.948), (6000, 0.039, 0.962)], 3000),
+    # Sliced W2 is already near its best at 1500 steps, but the precision is not: precision decides.
+    ([(1500, 0.0250, 0.77), (3000, 0.0247, 0.84), (6000, 0.0240, 0.88)], 6000),
+    # Precision already at its best, sliced W2 still falling: sliced W2 decides.
+    ([(1500, 0.060, 0.95), (3000, 0.050, 0.95), (6000, 0.040, 0.95)], 6000),
+    ([(1500, 0.041, 0.95), (3000, 0.040, 0.96), (6000, 0.042, 0.94)], 1500),
+    # A diverged rung is never chosen.
+    ([(1500, float("nan"), float("nan")), (3000, 0.040, 0.96)], 3000),
+])
+def test_teacher_budget_is_the_smallest_rung_within_reach_of_the_best(rungs, expected):
+    assert choose_budget([{"steps": s, "sw2": w, "knn_precision": p} for s, w, p in rungs]) == expected
+
+
+def test_teacher_budget_job_scores_each_rung_on_the_validation_set(tmp_path):
+    study = settings.tiny()
+    budget = run_teacher_budget("fm", "gmm8", study, tmp_path / "budget")
+    assert [r["steps"] for r in budget["rungs"]] == sorted(study.toy.teacher_budget_steps)
+    assert budget["chosen_steps"] in study.toy.teacher_budget_steps
+    # The top rung is the teacher a plain run of that many steps trains (constant learning rate), and the
+    # distances are against the validation set, not the reference set.
+    task = tasks.toy_task("gmm8", 0, n_train=study.toy.n_train, n_eval=study.toy.n_eval)
+    floor = distances(task.floor, task.validation, n_projections=study.toy.n_projections, seed=0)
+    assert budget["floor"] == floor
+    job = run_toy_job(ToyJob("fm", "gmm8", 0), study, tmp_path / "job",
+                      budget={**budget, "chosen_steps": max(study.toy.teacher_budget_steps)})
+    assert job["teacher_steps"] == max(study.toy.teacher_budget_steps)
+    top = distances(job["samples"]["teacher_nfe99"], task.validation, n_projections=study.toy.n_projections, seed=0)
+    assert {"steps": job["teacher_steps"], **top} == budget["rungs"][-1]
+
+
 def test_exact_variant_uses_the_closed_form_teacher(tmp_path):
     result = run_toy_job(ToyJob("fm", "gmm8", 0, "exact"), settings.tiny(), tmp_path / "job")
     # The exact teacher read once maps every noise to the mixture mean: a collapse, far from the data...
@@ -202,15 +236,21 @@ def test_tiny_study_end_to_end_then_resumes_from_cache(tmp_path, capsys):
     assert cli.main(["--preset", "tiny", "--work", str(work), "--out", str(out)]) == 0
     report = (out / "RESULTS-tiny.md").read_text()
     assert "TINY SETTINGS" in report
-    for heading in ("## 1. Toy 2-D", "## 2. Exact teacher", "## 3. Imperfect teacher", "## 4. Convergence",
-                    "## Conclusions"):
-        assert heading in report
+    headings = ["## 1. Teachers first", "## 2. Toy 2-D students", "## 3. Exact teacher", "## 4. Imperfect teacher",
+                "## 5. Convergence", "## Conclusions"]
+    assert [report.index(h) for h in headings] == sorted(report.index(h) for h in headings)
+    # The teachers, with their budget and their distance to the floor, come before any student row.
+    assert "**Budget ladder**" in report and report.index("teacher vs floor (precision)") < report.index("data-free /")
+    assert "**gmm8, k-NN precision** (higher is better" in report and "**gmm8, k-NN recall**" in report
     assert "flow matching" in report and "bridge matching" in report
-    for figure in ("tiny-toy_samples_gmm8.png", "tiny-toy_sw2_gmm8.png", "tiny-toy_convergence.png"):
+    for figure in ("tiny-toy_teacher_budgets.png", "tiny-toy_teachers.png", "tiny-toy_samples_gmm8.png",
+                   "tiny-toy_sw2_gmm8.png", "tiny-toy_convergence.png"):
         assert (out / "figures" / figure).stat().st_size > 1000
         assert f"figures/{figure}" in report
     numbers = json.loads((out / "RESULTS-tiny.json").read_text())
     assert "toy-main-fm-gmm8-s1" in numbers["jobs"]
+    budget = numbers["jobs"]["toy-budget-fm-gmm8"]
+    assert numbers["jobs"]["toy-main-fm-gmm8-s1"]["teacher_steps"] == budget["chosen_steps"]
     capsys.readouterr()
     # Same command again: every job comes from the cache, nothing is recomputed.
     assert cli.main(["--preset", "tiny", "--work", str(work), "--out", str(out)]) == 0

@@ -73,17 +73,27 @@ class Job:
     after: tuple[str, ...] = ()  # keys whose results are appended to args when this job starts
 
 
+def budget_key(family: str, dataset: str) -> str:
+    return f"toy-budget-{family}-{dataset}"
+
+
 def toy_jobs(study: presets.StudySettings, user: tasks.UserPoints | None, work: Path) -> list[Job]:
-    from .toy import ToyJob, run_toy_job
+    """The teacher budgets first (one per family and data set), then the jobs that train at them."""
+    from .toy import ToyJob, run_teacher_budget, run_toy_job
 
     toy = study.toy
     datasets = ("user",) if user is not None else toy.datasets
+    jobs = [Job(budget_key(f, d), run_teacher_budget, (f, d, study, work / budget_key(f, d), user))
+            for d in datasets for f in toy.families]
     specs = [ToyJob(f, d, s) for d in datasets for f in toy.families for s in study.seeds]
     imperfect = ("user",) if user is not None else toy.imperfect_datasets
     specs += [ToyJob("fm", d, s, "imperfect") for d in imperfect for s in study.seeds]
     if user is None and "gmm8" in toy.datasets:
         specs += [ToyJob("fm", "gmm8", s, "exact") for s in study.seeds]
-    return [Job(j.key, run_toy_job, (j, study, work / j.key, user)) for j in specs]
+    # The imperfect teacher's budget is fixed, so it waits for no budget job.
+    return jobs + [Job(j.key, run_toy_job, (j, study, work / j.key, user),
+                       after=() if j.variant == "imperfect" else (budget_key(j.family, j.dataset),))
+                   for j in specs]
 
 
 def digits_jobs(study: presets.StudySettings, work: Path) -> list[Job]:
@@ -209,9 +219,9 @@ def main(argv=None) -> int:
 
     log(f"study '{study.name}', seeds {list(study.seeds)}, {study.workers} worker(s), work folder {work}")
     started = time.perf_counter()
-    jobs = toy_jobs(study, user, work)
-    if study.digits is not None:
-        jobs += digits_jobs(study, work)
+    # The digits teacher is the longest job that others wait for: listed first, it starts first.
+    jobs = digits_jobs(study, work) if study.digits is not None else []
+    jobs += toy_jobs(study, user, work)
     command = "bench/quality" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     results, ran = run_jobs(jobs, JobCache(work / "results"), study.workers, log)
     wall = accumulate_wall_seconds(work / "wall.json", time.perf_counter() - started if ran else 0.0,

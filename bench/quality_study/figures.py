@@ -169,3 +169,39 @@ def _tile(images: np.ndarray, columns: int) -> np.ndarray:
         r, c = divmod(i, columns)
         canvas[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = images[i, 0]
     return canvas
+
+
+def teacher_budgets(budgets: dict[str, dict[str, dict]], path: Path, *, title: str) -> None:
+    """Per data set, sliced W2 and k-NN precision of each family's teacher against the validation set
+    at every rung of the budget ladder (one seed), the validation floor dashed, the chosen budget ringed.
+
+    budgets: {data set: {family label: run_teacher_budget result}}.
+    """
+    plt = _pyplot()
+    names = list(budgets)
+    fig, axes = plt.subplots(len(names), 2, figsize=(7.2, 2.8 * len(names)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r, dataset in enumerate(names):
+        for c, (metric, label) in enumerate((("sw2", "sliced W2"), ("knn_precision", "k-NN precision"))):
+            ax = axes[r][c]
+            for k, (family, budget) in enumerate(budgets[dataset].items()):
+                steps = [rung["steps"] for rung in budget["rungs"]]
+                values = [rung[metric] for rung in budget["rungs"]]
+                color = colors[k % len(colors)]
+                ax.plot(steps, values, marker="o", markersize=3, color=color, label=family)
+                chosen = steps.index(budget["chosen_steps"])
+                ax.plot(steps[chosen], values[chosen], marker="o", markersize=9, markerfacecolor="none", color=color)
+            floor = np.mean([b["floor"][metric] for b in budgets[dataset].values()])
+            ax.axhline(floor, color="0.5", linestyle="--", linewidth=1, label="floor (real vs validation)")
+            ax.set_xscale("log")
+            ax.set_xticks(steps)
+            ax.set_xticklabels([str(s) for s in steps], fontsize=7)
+            ax.minorticks_off()
+            ax.set_title(f"{dataset}: {label}", fontsize=9)
+            ax.set_xlabel("teacher steps", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == 0 and c == 1:
+                ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    _save(fig, path)

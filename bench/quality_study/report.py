@@ -18,10 +18,13 @@ import numpy as np
 from . import figures
 from .settings import FAMILY_OPTIONS, TEACHER_METHOD, StudySettings
 from .stats import crossing_steps, paired_wins, phrase, ratio, summarize, verdict
+from .toy import BUDGET_PRECISION_GAP, BUDGET_SW2_FACTOR
 from .digits import N_GENERATED
 from .tasks import UserPoints
 
-METRICS = {"sw2": "sliced W2", "energy": "energy distance²"}
+METRICS = {"sw2": "sliced W2", "energy": "energy distance²", "knn_precision": "k-NN precision",
+           "knn_recall": "k-NN recall"}
+HIGHER_IS_BETTER = {"knn_precision", "knn_recall"}  # the distances are lower-is-better
 TOY_ROWS = ("floor", "teacher_nfe99", "teacher_nfe1", "data_free", "realuid")
 FAMILY_NAMES = {"fm": "flow matching", "diffusion": "diffusion (VP, ε)", "si": "stochastic interpolant",
                 "bridge": "bridge matching"}
@@ -58,6 +61,20 @@ class Results:
         return {"step": steps, "values": [[e[metric] for e in r["curves"][student]] for r in runs]}
 
 
+def _vs(a: list[float], b: list[float], metric: str) -> str:
+    """The spread-rule verdict of a relative to b in the metric's own direction."""
+    return verdict(a, b, lower_is_better=metric not in HIGHER_IS_BETTER)
+
+
+def _wins(a: list[float], b: list[float], metric: str) -> str:
+    """``k/n``: seeds in which a is strictly better than b (lower distance, higher precision or recall)."""
+    return paired_wins(b, a) if metric in HIGHER_IS_BETTER else paired_wins(a, b)
+
+
+def _direction(metric: str) -> str:
+    return "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
+
+
 def _cell(values: list[float], digits: int = 3) -> str:
     return summarize(values).text(digits)
 
@@ -84,21 +101,80 @@ def _toy_tables(res: Results, families: tuple[str, ...]) -> tuple[list[str], dic
                 cells = [FAMILY_NAMES[fam]] + [_cell(v[row]) for row in TOY_ROWS]
                 cells += [ratio(v["data_free"], v["teacher_nfe99"]).text(2),
                           ratio(v["realuid"], v["teacher_nfe99"]).text(2)]
-                vs = verdict(v["realuid"], v["data_free"])
-                cells.append(f"{vs} ({paired_wins(v['realuid'], v['data_free'])} seeds lower)")
+                vs = _vs(v["realuid"], v["data_free"], metric)
+                cells.append(f"{vs} ({_wins(v['realuid'], v['data_free'], metric)} seeds better)")
                 rows.append(cells)
                 for student in ("data_free", "realuid"):
                     facts["student_vs_teacher"].append(
-                        (res.name(dataset), metric, fam, student, verdict(v[student], v["teacher_nfe99"]),
+                        (res.name(dataset), metric, fam, student, _vs(v[student], v["teacher_nfe99"], metric),
                          ratio(v[student], v["teacher_nfe99"])))
                     facts["student_vs_start"].append((res.name(dataset), metric, fam, student,
-                                                      verdict(v[student], v["teacher_nfe1"])))
+                                                      _vs(v[student], v["teacher_nfe1"], metric)))
                 facts["realuid_vs_data_free"].append((res.name(dataset), metric, fam, vs))
-            lines += [f"**{res.name(dataset)}, {label}** (lower is better; mean ± std over {len(res.study.seeds)} seeds)", ""]
+            lines += [f"**{res.name(dataset)}, {label}** ({_direction(metric)}; mean ± std over "
+                      f"{len(res.study.seeds)} seeds)", ""]
             lines += _table(["family", "floor (real vs real)", "teacher NFE 99", "teacher NFE 1", "data-free",
                              "RealUID", "data-free / teacher", "RealUID / teacher", "RealUID vs data-free"], rows)
             lines.append("")
     return lines, facts
+
+
+def _budgets(res: Results, families, dataset: str) -> dict[str, dict]:
+    return {f: res.results[f"toy-budget-{f}-{dataset}"] for f in families
+            if f"toy-budget-{f}-{dataset}" in res.results}
+
+
+def _teachers_section(res: Results, families, study: StudySettings) -> tuple[list[str], list[str], dict]:
+    """The teachers before any student: the budget ladder on the validation set, then each chosen
+    teacher against the floor on the reference set. Returns (lines, conclusions, {data set: budgets})."""
+    ladder = sorted(study.toy.teacher_budget_steps)
+    lines = [f"Every teacher is checked before it is distilled. Its budget is chosen per family and data set on a "
+             f"**validation set** (a third independent real sample, never the reference set the tables report): "
+             f"one teacher of seed {study.seeds[0]} is trained up the ladder {ladder} steps and sampled at NFE "
+             f"{study.toy.teacher_nfe} at each rung; the budget is the smallest rung whose sliced W2 is within "
+             f"{round((BUDGET_SW2_FACTOR - 1) * 100)}% of the ladder's best **and** whose k-NN precision is within "
+             f"{BUDGET_PRECISION_GAP} of the best. Precision is part of the rule because a teacher that smears its "
+             f"mass over the data's hull keeps a small sliced W2. The teachers of every seed then train for that "
+             f"budget.", ""]
+    header = ["data", "family", "floor (validation)"] + [f"{s} steps" for s in ladder] + ["chosen budget"]
+    rows, all_budgets, conclusions = [], {}, []
+    for dataset in res.datasets:
+        budgets = _budgets(res, families, dataset)
+        all_budgets[res.name(dataset)] = {FAMILY_NAMES[f]: b for f, b in budgets.items()}
+        for fam, b in budgets.items():
+            pair = lambda d: f"{d['sw2']:.4f} / {d['knn_precision']:.3f}"  # noqa: E731
+            top = " (top of the ladder: may still improve)" if b["chosen_steps"] == ladder[-1] else ""
+            rows.append([res.name(dataset), FAMILY_NAMES[fam], pair(b["floor"])] + [pair(r) for r in b["rungs"]]
+                        + [f"**{b['chosen_steps']}**{top}"])
+    lines += ["**Budget ladder** (seed {}, validation set; each cell: sliced W2 / k-NN precision)".format(study.seeds[0]), ""]
+    lines += _table(header, rows) + [""]
+
+    rows = []
+    for dataset in res.datasets:
+        for fam in families:
+            if not res.has("main", fam, dataset):
+                continue
+            steps = sorted({r.get("teacher_steps") for r in res.toy("main", fam, dataset)}, key=str)
+            v = {(row, m): res.values("main", fam, dataset, row, m) for row in ("floor", "teacher_nfe99")
+                 for m in ("sw2", "knn_precision", "knn_recall")}
+            precision = _vs(v["teacher_nfe99", "knn_precision"], v["floor", "knn_precision"], "knn_precision")
+            rows.append([res.name(dataset), FAMILY_NAMES[fam], ", ".join(map(str, steps)),
+                         _cell(v["floor", "sw2"]), _cell(v["teacher_nfe99", "sw2"]),
+                         ratio(v["teacher_nfe99", "sw2"], v["floor", "sw2"]).text(2),
+                         _cell(v["floor", "knn_precision"]), _cell(v["teacher_nfe99", "knn_precision"]),
+                         _cell(v["floor", "knn_recall"]), _cell(v["teacher_nfe99", "knn_recall"]), precision])
+            conclusions.append((res.name(dataset), fam, precision, summarize(v["teacher_nfe99", "knn_precision"]),
+                                summarize(v["floor", "knn_precision"])))
+    lines += [f"**The chosen teachers on the reference set** (NFE {study.toy.teacher_nfe}; mean ± std over "
+              f"{len(study.seeds)} seeds; the floor is a second real sample)", ""]
+    lines += _table(["data", "family", "teacher steps", "floor SW2", "teacher SW2", "teacher / floor SW2",
+                     "floor precision", "teacher precision", "floor recall", "teacher recall",
+                     "teacher vs floor (precision)"], rows) + [""]
+    text = [f"{fam}/{ds}: the teacher's k-NN precision is {t.mean:.3f} against the floor's {f.mean:.3f} "
+            f"({vs} than the floor)" if vs in ("better", "worse") else
+            f"{fam}/{ds}: the teacher's k-NN precision is {t.mean:.3f}, no different from the floor's {f.mean:.3f}"
+            for ds, fam, vs, t, f in conclusions]
+    return lines, text, all_budgets
 
 
 def _count(items, key) -> dict:
@@ -157,7 +233,8 @@ def _claims_table(facts: dict, imperfect: list[tuple], speedups: list[tuple], di
         ["real data through α, β gives a better student than data-free",
          "RealUID vs data-free student",
          f"sliced W2: {_short_counts([f[3] for f in facts['realuid_vs_data_free'] if f[1] == 'sw2'])}; "
-         f"energy: {_short_counts([f[3] for f in facts['realuid_vs_data_free'] if f[1] == 'energy'])}"
+         f"energy: {_short_counts([f[3] for f in facts['realuid_vs_data_free'] if f[1] == 'energy'])}; "
+         f"k-NN precision: {_short_counts([f[3] for f in facts['realuid_vs_data_free'] if f[1] == 'knn_precision'])}"
          + (f"; digits FID: {digits['realuid_vs_data_free']}" if digits else "")],
     ]
     if imperfect:
@@ -192,7 +269,7 @@ def _exact_section(res: Results) -> tuple[list[str], list[str]]:
             v = {row: res.values(variant, "fm", "gmm8", row, metric)
                  for row in ("floor", "teacher_nfe99", "teacher_nfe1", "student_start", "data_free", "realuid")}
             rows.append([name, label] + [_cell(v[r]) for r in v] +
-                        [f"{verdict(v['realuid'], v['data_free'])} ({paired_wins(v['realuid'], v['data_free'])})"])
+                        [f"{_vs(v['realuid'], v['data_free'], metric)} ({_wins(v['realuid'], v['data_free'], metric)})"])
             if metric == "sw2":
                 for student in ("data_free", "realuid"):
                     conclusions.append(
@@ -202,7 +279,7 @@ def _exact_section(res: Results) -> tuple[list[str], list[str]]:
                         f"({_cell(v['floor'])}) and {phrase(v[student], v['student_start'])} its starting point "
                         f"({_cell(v['student_start'])})")
     lines += _table(["teacher", "metric", "floor", "teacher NFE 99", "teacher NFE 1", "student start",
-                     "data-free", "RealUID", "RealUID vs data-free (seeds lower)"], rows)
+                     "data-free", "RealUID", "RealUID vs data-free (seeds better)"], rows)
     return lines + [""], conclusions
 
 
@@ -216,9 +293,9 @@ def _imperfect_section(res: Results, datasets: tuple[str, ...]) -> tuple[list[st
             full = res.values("main", "fm", dataset, "teacher_nfe99", metric) if res.has("main", "fm", dataset) else None
             rows.append([res.name(dataset), label, _cell(v["floor"]), _cell(full) if full else "–", _cell(v["teacher_nfe99"]),
                          _cell(v["data_free"]), _cell(v["realuid"]),
-                         f"{verdict(v['data_free'], v['teacher_nfe99'])} ({paired_wins(v['data_free'], v['teacher_nfe99'])})",
-                         f"{verdict(v['realuid'], v['teacher_nfe99'])} ({paired_wins(v['realuid'], v['teacher_nfe99'])})",
-                         f"{verdict(v['realuid'], v['data_free'])} ({paired_wins(v['realuid'], v['data_free'])})"])
+                         f"{_vs(v['data_free'], v['teacher_nfe99'], metric)} ({_wins(v['data_free'], v['teacher_nfe99'], metric)})",
+                         f"{_vs(v['realuid'], v['teacher_nfe99'], metric)} ({_wins(v['realuid'], v['teacher_nfe99'], metric)})",
+                         f"{_vs(v['realuid'], v['data_free'], metric)} ({_wins(v['realuid'], v['data_free'], metric)})"])
             if metric == "sw2":
                 claims.append((res.name(dataset), verdict(v["realuid"], v["teacher_nfe99"]),
                                verdict(v["data_free"], v["teacher_nfe99"])))
@@ -294,7 +371,7 @@ def _digits_section(results: dict, study: StudySettings) -> tuple[list[str], dic
              f"{d.teacher.model.channels} channels, multipliers {d.teacher.model.channel_mult}, "
              f"{d.teacher.model.num_res_blocks} res block, {teacher['parameters']:,} parameters, "
              f"{d.teacher.steps} steps at batch {d.teacher.batch_size} ({teacher['seconds'] / 60:.1f} min), trained "
-             f"once; seeds vary the distillation and the sampling noise. Students: {d.distill.steps} generator "
+             f"once{': ' + d.teacher_choice if d.teacher_choice else ''}. Seeds vary the distillation and the sampling noise. Students: {d.distill.steps} generator "
              f"updates at batch {d.distill.batch_size}, EMA {d.student_ema}. Metrics: the pipeline's offline "
              f"extractor (a classifier trained on the training digits, test accuracy "
              f"{features['test_accuracy']:.3f}), {N_GENERATED} generated images against the test split; the floor "
@@ -332,8 +409,11 @@ def summary_json(results: dict) -> dict:
     """Per-job metrics and curves without the sample arrays (they are only for the figures)."""
     out = {}
     for key, r in sorted(results.items()):
-        if key.startswith("toy-"):
-            out[key] = {"metrics": r["metrics"], "curves": r["curves"], "seconds": r["seconds"]}
+        if key.startswith("toy-budget-"):
+            out[key] = r
+        elif key.startswith("toy-"):
+            out[key] = {"metrics": r["metrics"], "curves": r["curves"], "seconds": r["seconds"],
+                        "teacher_steps": r.get("teacher_steps")}
         elif key in ("digits-teacher",):
             out[key] = {"parameters": r["parameters"], "seconds": r["seconds"], "spec": r["spec"]}
         elif key.startswith("digits-"):
@@ -368,7 +448,7 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
               f"{sum(sum(r['seconds'].values()) if isinstance(r.get('seconds'), dict) else r.get('seconds', 0) for r in results.values()) / 60:.1f} worker-minutes in total",
               f"- Seeds: {list(study.seeds)}; every entry is `mean ± std` over them; **a difference smaller than the "
               f"larger of the two spreads is reported as `no difference`**; `(k/n)` counts seeds in which the first "
-              f"method is strictly lower (paired: same teacher, same random draws)",
+              f"method is strictly better: a lower distance, a higher precision or recall (paired: same teacher, same random draws)",
               f"- RealUID: alpha = {study.alpha}, beta = {study.beta} (beta/alpha = {study.beta / study.alpha:.3f}); "
               f"data-free: alpha = beta = 1. Same settings for both students, chosen once and not tuned",
               ""]
@@ -379,8 +459,34 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
     lines += _settings_lines(study)
     lines += _compute_lines(results) + [""]
 
+    teacher_lines, teacher_conc, budgets = _teachers_section(res, families, study)
+    lines += ["## 1. Teachers first", ""] + teacher_lines
+    teacher_figs = []
+    if any(budgets.values()):
+        name = f"{prefix}toy_teacher_budgets.png"
+        figures.teacher_budgets({k: v for k, v in budgets.items() if v}, fig_dir / name,
+                                title=f"teacher budget ladder, seed {study.seeds[0]}, validation set (ring: chosen)")
+        teacher_figs.append(name)
+    # One row per data set: a real sample, then each family's chosen teacher (first seed).
+    samples, refs = {}, {}
+    for dataset in datasets:
+        runs = [res.toy("main", f, dataset)[0] for f in families if res.has("main", f, dataset)]
+        runs = dict(zip([FAMILY_NAMES[f] for f in families if res.has("main", f, dataset)], runs))
+        if runs and all(r["samples"] for r in runs.values()):
+            first = next(iter(runs.values()))
+            samples[res.name(dataset)] = {"floor": first["samples"]["floor"],
+                                          **{k: r["samples"]["teacher_nfe99"] for k, r in runs.items()}}
+            refs[res.name(dataset)] = first["reference"]
+    if samples:
+        name = f"{prefix}toy_teachers.png"
+        columns = ["floor"] + [FAMILY_NAMES[f] for f in families]
+        figures.scatter_grid(samples, refs, columns, fig_dir / name, f"the chosen teachers at NFE "
+                             f"{study.toy.teacher_nfe}, seed {study.seeds[0]} (grey: held-out real points)")
+        teacher_figs.append(name)
+    lines += [f"![{n}](figures/{n})" for n in teacher_figs] + [""]
+
     toy_lines, facts = _toy_tables(res, families)
-    lines += ["## 1. Toy 2-D, all four families", "",
+    lines += ["## 2. Toy 2-D students, all four families", "",
               "Distances to held-out real points (the reference set); the floor is the distance between a second "
               "independent real sample of the same size and the reference, i.e. what a perfect generator scores. "
               "*Teacher NFE 1* is the teacher read once at the generator's source time, which is exactly where "
@@ -407,24 +513,24 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
 
     exact_lines, exact_conc = ([], []) if user is not None else _exact_section(res)
     if exact_lines:
-        lines += ["## 2. Exact teacher (flow matching, gmm8)", ""] + exact_lines
+        lines += ["## 3. Exact teacher (flow matching, gmm8)", ""] + exact_lines
     imp_lines, imp_conc, imp_claims = _imperfect_section(res, datasets)
-    lines += ["## 3. Imperfect teacher", "",
+    lines += ["## 4. Imperfect teacher", "",
               f"Flow matching; the teacher is stopped after {study.toy.imperfect_teacher_steps} steps instead of "
-              f"{study.toy.teacher.steps}. Do the students, which see real data only through the RealUID terms, "
+              f"the budget of section 1. Do the students, which see real data only through the RealUID terms, "
               f"beat the teacher they distil?", ""] + imp_lines
     conv_lines, panels, conv_conc, speedups = _convergence_section(res, families, datasets)
     conv_fig = f"{prefix}toy_convergence.png"
     figures.convergence(panels, fig_dir / conv_fig, metric_label="sliced W2",
                         title=f"sliced W2 vs generator updates: mean over {len(study.seeds)} seeds, band = min–max")
-    lines += ["## 4. Convergence", ""] + conv_lines + [f"![convergence](figures/{conv_fig})", ""]
+    lines += ["## 5. Convergence", ""] + conv_lines + [f"![convergence](figures/{conv_fig})", ""]
     dig_lines, grids, dig_conc, dig_claim = _digits_section(results, study)
     if dig_lines:
         dig_fig = f"{prefix}digits_samples.png"
         figures.image_panels(grids, fig_dir / dig_fig, title=f"8×8 digits, seed {study.seeds[0]}")
-        lines += ["## 5. Digits (8×8), offline FID", ""] + dig_lines + [f"![digits](figures/{dig_fig})", ""]
+        lines += ["## 6. Digits (8×8), offline FID", ""] + dig_lines + [f"![digits](figures/{dig_fig})", ""]
     if user is None:
-        lines += ["## 6. α/β sweep through the pipeline", "",
+        lines += ["## 7. α/β sweep through the pipeline", "",
                   "Not run by this command: it needs the DVC pipeline and its own budget (one pipeline run per grid "
                   "point and seed). From the repository root:", "",
                   "```",
@@ -439,6 +545,7 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
 
     lines += ["## Conclusions (computed from the tables above)", ""]
     lines += _claims_table(facts, imp_claims, speedups, dig_claim) + [""]
+    lines += [f"- Teachers — {c}." for c in teacher_conc]
     lines += _verdict_summary(facts)
     lines += [f"- Exact teacher — {c}." for c in exact_conc]
     lines += [f"- Imperfect teacher — {c}." for c in imp_conc]
@@ -480,8 +587,8 @@ def _settings_lines(study: StudySettings) -> list[str]:
         + f"; teachers sampled with {toy.teacher_nfe} function evaluations. Diffusion uses its SDE sampler: its "
         "probability-flow ODE sends ~0.2% of the samples far outside the data (|x| up to ~50, unchanged from 99 "
         "to 999 steps), and those few points alone dominate sliced W2.",
-        f"- Toy networks: MLP {t.model.hidden_dim} wide, {t.model.depth} residual blocks. Teacher: {t.steps} steps, "
-        f"batch {t.batch_size}, Adam lr {t.optim.lr}, EMA {t.ema_decay}. Distillation: {d.steps} generator updates, "
+        f"- Toy networks: MLP {t.model.hidden_dim} wide, {t.model.depth} residual blocks. Teacher: the budget of section 1 (ladder "
+        f"{sorted(toy.teacher_budget_steps)} steps), batch {t.batch_size}, Adam lr {t.optim.lr}, EMA {t.ema_decay}. Distillation: {d.steps} generator updates, "
         f"{d.fake_updates_per_generator_update} fake updates each, batch {d.batch_size}, Adam (0, 0.999) lr "
         f"{d.generator_optim.lr} (both), warm-up {d.generator_optim.warmup_steps}, clip {d.generator_optim.grad_clip}, "
         f"fake model from the teacher, generator EMA {toy.student_ema} reported.",
@@ -493,7 +600,9 @@ def _compute_lines(results: dict) -> list[str]:
     """Mean seconds per piece of work (one worker, one torch thread), so budgets can be planned."""
     parts: dict[str, list[float]] = {}
     for key, r in results.items():
-        if key.startswith("toy-") and isinstance(r.get("seconds"), dict):
+        if key.startswith("toy-budget-"):
+            parts.setdefault("toy teacher budget ladder", []).append(r["seconds"])
+        elif key.startswith("toy-") and isinstance(r.get("seconds"), dict):
             for piece, sec in r["seconds"].items():
                 parts.setdefault(f"toy {piece.replace('_', ' ')}", []).append(sec)
         elif key.startswith("digits-") and "seconds" in r:

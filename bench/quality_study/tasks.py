@@ -2,7 +2,8 @@
 
 Every distance in the study compares ``n_eval`` points with the held-out ``reference`` set; the
 ``floor`` set is a second, independent real sample of the same size, so ``distance(floor, reference)``
-is what a perfect generator would score. Bridge pairs ``x0 = clip(x1 + s * N(0, I), -1, 1)`` follow
+is what a perfect generator would score. A third held-out set, ``validation``, is what the teacher's
+budget is chosen on, so no setting is chosen on the numbers the tables report. Bridge pairs ``x0 = clip(x1 + s * N(0, I), -1, 1)`` follow
 ``realuid.data.pair_noise``; the bridge generator and teacher start from the corrupted partners of the
 floor set, so their output is independent of the reference, exactly like the floor.
 """
@@ -18,7 +19,7 @@ import torch
 from realuid import data as realuid_data
 
 # Independent random streams of one seed: changing one size never shifts the other sets.
-STREAM_TRAIN, STREAM_REFERENCE, STREAM_FLOOR, STREAM_PAIRS, STREAM_SPLIT = range(5)
+STREAM_TRAIN, STREAM_REFERENCE, STREAM_FLOOR, STREAM_PAIRS, STREAM_SPLIT, STREAM_VALIDATION = range(6)
 MIN_USER_POINTS = 500
 
 
@@ -30,6 +31,7 @@ class PointTask:
     train_x1: np.ndarray
     reference: np.ndarray
     floor: np.ndarray
+    validation: np.ndarray
     train_x0: np.ndarray | None = None
     floor_x0: np.ndarray | None = None
 
@@ -71,6 +73,7 @@ def toy_task(dataset: str, seed: int, *, n_train: int, n_eval: int, paired: bool
         train_x1=realuid_data.make_toy(dataset, n_train, _rng(seed, STREAM_TRAIN)),
         reference=realuid_data.make_toy(dataset, n_eval, _rng(seed, STREAM_REFERENCE)),
         floor=realuid_data.make_toy(dataset, n_eval, _rng(seed, STREAM_FLOOR)),
+        validation=realuid_data.make_toy(dataset, n_eval, _rng(seed, STREAM_VALIDATION)),
     )
     return _with_pairs(task, paired, pairing_strength, seed)
 
@@ -107,13 +110,15 @@ def load_user_points(path: str | Path) -> UserPoints:
 
 def user_task(user: UserPoints, seed: int, *, n_train: int, n_eval: int, paired: bool = False,
               pairing_strength: float = 0.5) -> PointTask:
-    """Split a user's points per seed: reference and floor of equal size (at most a fifth each), the rest trains."""
+    """Split a user's points per seed: reference, floor and validation of equal size (at most a fifth each),
+    the rest trains."""
     n = len(user.points)
     n_eval = min(n_eval, n // 5)
     order = _rng(seed, STREAM_SPLIT).permutation(n)
-    reference, floor, train = order[:n_eval], order[n_eval:2 * n_eval], order[2 * n_eval:][:n_train]
+    reference, floor, validation = (order[i * n_eval:(i + 1) * n_eval] for i in range(3))
+    train = order[3 * n_eval:][:n_train]
     task = PointTask(name=Path(user.path).stem, train_x1=user.points[train], reference=user.points[reference],
-                     floor=user.points[floor])
+                     floor=user.points[floor], validation=user.points[validation])
     return _with_pairs(task, paired, pairing_strength, seed)
 
 

@@ -1,8 +1,12 @@
 """One job of the 2-D study: a teacher, its samples at NFE 99 and 1, and the data-free and RealUID students.
 
-A job is a (family, data set, seed, variant). Variants:
+A job is a (family, data set, seed, variant). Before any of them, a budget job per (family, data set)
+trains one teacher up a ladder of step counts and picks the budget on the validation set
+(:func:`choose_budget`); the ``main`` and ``exact`` jobs train their teachers for that many steps.
+Variants:
 
-- ``main``: the teacher is trained in full; the fake model starts from the teacher (the authors' setting).
+- ``main``: the teacher is trained for the chosen budget; the fake model starts from the teacher (the
+  authors' setting).
 - ``imperfect``: the same teacher stopped after a few hundred steps (deliberately under-trained).
 - ``exact``: flow matching on the 8-mode mixture with the closed-form velocity as the teacher. The
   generator starts from a trained MLP teacher (so both students start where the ``main`` ones do) and
@@ -37,6 +41,9 @@ from .settings import FAMILY_OPTIONS, TEACHER_METHOD, StudySettings
 VARIANTS = ("main", "imperfect", "exact")
 STUDENTS = ("data_free", "realuid")
 SCATTER_POINTS = 2000  # points kept for the figures (first seed only)
+# A budget is good enough when more steps on the ladder gain less than this on the validation set.
+BUDGET_SW2_FACTOR = 1.1  # sliced W2 within 10% of the ladder's best
+BUDGET_PRECISION_GAP = 0.02  # k-NN precision within 0.02 of the ladder's best
 
 
 @dataclass(frozen=True)
@@ -79,14 +86,73 @@ def _one_step(family, net: torch.nn.Module, z: torch.Tensor) -> np.ndarray:
     return OneStepGenerator(family, net)(z).numpy()
 
 
-def _train_mlp_teacher(family, train: TrainData, spec: dict, settings: StudySettings, seed: int, steps: int,
-                       state_dir: Path) -> torch.nn.Module:
+def _teacher_config(settings: StudySettings, seed: int, steps: int, *, shortest: int | None = None):
+    """The toy teacher's config for ``steps`` steps; its warm-up fits in a quarter of ``shortest``
+    (default ``steps``), so that an under-trained teacher does learn something, and every rung of the
+    budget ladder shares one schedule with the runs trained at that budget."""
     cfg = settings.toy.teacher
-    # An under-trained teacher keeps the warm-up short enough that it does learn something.
-    cfg = dataclasses.replace(cfg, seed=seed, steps=steps, checkpoint_every_steps=steps,
-                              optim=dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 4)))
+    warmup = min(cfg.optim.warmup_steps, (shortest or steps) // 4)
+    return dataclasses.replace(cfg, seed=seed, steps=steps, checkpoint_every_steps=steps,
+                               optim=dataclasses.replace(cfg.optim, warmup_steps=warmup))
+
+
+def _train_mlp_teacher(family, train: TrainData, spec: dict, settings: StudySettings, seed: int, steps: int,
+                       state_dir: Path, *, shortest: int | None = None) -> torch.nn.Module:
+    cfg = _teacher_config(settings, seed, steps, shortest=shortest)
     result = train_teacher(family, train, spec, cfg, state_dir, progress=False)
     return load_teacher(result).net  # its EMA copy, as the pipeline samples it
+
+
+def _sample_teacher(family, teacher, z: torch.Tensor, settings: StudySettings, seed: int) -> np.ndarray:
+    return sample_teacher(family, teacher, z, nfe=settings.toy.teacher_nfe, method=TEACHER_METHOD[family.name],
+                          rng=torch.Generator().manual_seed(seed)).numpy()
+
+
+def choose_budget(rungs: list[dict]) -> int:
+    """The smallest budget on the ladder within reach of the ladder's best on the validation set.
+
+    rungs: ``[{"steps", "sw2", "knn_precision", ...}]`` in increasing steps. Within reach: sliced W2 at
+    most ``BUDGET_SW2_FACTOR`` times the best and k-NN precision at most ``BUDGET_PRECISION_GAP`` below
+    the best; both, because a teacher that smears mass over the data's hull keeps a small sliced W2.
+    """
+    finite = [r for r in rungs if np.isfinite(r["sw2"]) and np.isfinite(r["knn_precision"])]
+    if not finite:
+        return int(rungs[-1]["steps"])
+    best_sw2 = min(r["sw2"] for r in finite)
+    best_precision = max(r["knn_precision"] for r in finite)
+    for r in finite:
+        if r["sw2"] <= BUDGET_SW2_FACTOR * best_sw2 and r["knn_precision"] >= best_precision - BUDGET_PRECISION_GAP:
+            return int(r["steps"])
+    raise AssertionError("the best rung is always within reach of itself")
+
+
+def run_teacher_budget(family_name: str, dataset: str, settings: StudySettings, work_dir: Path,
+                       user: tasks.UserPoints | None = None) -> dict:
+    """Train one teacher (first seed) up the ladder ``toy.teacher_budget_steps`` and score each rung.
+
+    The teacher runs once to the top rung with the learning-rate schedule of the top rung and stops at
+    each lower rung to be sampled (NFE 99, EMA copy) and scored against the validation set, never the
+    reference set the tables report. With the default constant learning rate a rung is the teacher
+    that a run of exactly that many steps would train. Returns the rungs, the validation floor, the
+    chosen budget and the seconds.
+    """
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    start = time.perf_counter()
+    toy, seed = settings.toy, settings.seeds[0]
+    family = make_family(family_name, **FAMILY_OPTIONS[family_name])
+    task = build_task(ToyJob(family_name, dataset, seed), settings, user)
+    x1, x0 = task.train_tensors()
+    spec = model_spec(toy.teacher.model, (task.dim,), 0)
+    cfg = _teacher_config(settings, seed, max(toy.teacher_budget_steps), shortest=min(toy.teacher_budget_steps))
+    z = _generator_inputs(family, task, len(task.validation), seed)
+    measure = lambda pts: distances(pts, task.validation, n_projections=toy.n_projections, seed=seed)  # noqa: E731
+    rungs = []
+    for steps in sorted(toy.teacher_budget_steps):
+        result = train_teacher(family, TrainData(x1, None, x0), spec, cfg, work_dir, progress=False, stop_after=steps)
+        rungs.append({"steps": steps, **measure(_sample_teacher(family, load_teacher(result).net, z, settings, seed))})
+    return {"family": family_name, "dataset": dataset, "rungs": rungs, "floor": measure(task.floor),
+            "chosen_steps": choose_budget(rungs), "seconds": time.perf_counter() - start}
 
 
 def build_task(job: ToyJob, settings: StudySettings, user: tasks.UserPoints | None = None) -> tasks.PointTask:
@@ -101,8 +167,11 @@ def build_task(job: ToyJob, settings: StudySettings, user: tasks.UserPoints | No
 
 
 def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
-                user: tasks.UserPoints | None = None) -> dict:
+                user: tasks.UserPoints | None = None, budget: dict | None = None) -> dict:
     """Run one job from scratch in ``work_dir`` (emptied first) and return its plain-data results.
+
+    ``budget``: the :func:`run_teacher_budget` result whose chosen steps the teacher trains for (the
+    ``imperfect`` variant trains ``toy.imperfect_teacher_steps``); without one, ``toy.teacher.steps``.
 
     Returns ``{"job", "metrics": {row: {"sw2", "energy"}}, "curves": {student: [{"step", "sw2", "energy"}]},
     "samples": {row: [n, D] array} (first seed only), "seconds": {...}}``. Rows: ``floor`` (a second real
@@ -125,8 +194,12 @@ def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
     measure = lambda pts, ref=task.reference: distances(pts, ref, n_projections=toy.n_projections, seed=job.seed)  # noqa: E731
 
     start = time.perf_counter()
-    steps = toy.imperfect_teacher_steps if job.variant == "imperfect" else toy.teacher.steps
-    mlp_teacher = _train_mlp_teacher(family, train, spec, settings, job.seed, steps, work_dir / "teacher")
+    steps = budget["chosen_steps"] if budget is not None else toy.teacher.steps
+    shortest = min(toy.teacher_budget_steps)
+    if job.variant == "imperfect":
+        steps = shortest = toy.imperfect_teacher_steps
+    mlp_teacher = _train_mlp_teacher(family, train, spec, settings, job.seed, steps, work_dir / "teacher",
+                                     shortest=shortest)
     teacher, student_init, fake_init = mlp_teacher, None, toy.distill.fake_init
     if job.variant == "exact":
         teacher, student_init, fake_init = ExactFMTeacher(gmm8()).eval(), mlp_teacher, "random"
@@ -136,8 +209,7 @@ def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
     start = time.perf_counter()
     samples = {
         "floor": task.floor,
-        "teacher_nfe99": sample_teacher(family, teacher, z, nfe=toy.teacher_nfe, method=TEACHER_METHOD[job.family],
-                                        rng=torch.Generator().manual_seed(job.seed)).numpy(),
+        "teacher_nfe99": _sample_teacher(family, teacher, z, settings, job.seed),
         # Read once at the generator's source time, the teacher is the students' starting point...
         "teacher_nfe1": _one_step(family, teacher, z),
     }
@@ -174,5 +246,6 @@ def run_toy_job(job: ToyJob, settings: StudySettings, work_dir: Path,
         "curves": curves,
         "samples": {k: v[:SCATTER_POINTS] for k, v in samples.items()} if keep else {},
         "reference": task.reference[:SCATTER_POINTS] if keep else None,
+        "teacher_steps": steps,
         "seconds": clock,
     }
