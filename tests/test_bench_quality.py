@@ -373,14 +373,23 @@ def test_bridge_noise_bench_runs_tiny_and_writes_its_table(tmp_path, capsys):
     from quality_study import bridge_noise
 
     out = tmp_path / "bridge.md"
+    picture = tmp_path / "figures" / "bridge_noise_samples.png"
     argv = ["--generator-t", "0", "0.2", "--steps", "2", "--seeds", "0", "--teacher-steps", "5",
-            "--work", str(tmp_path / "work"), "--out", str(out)]
+            "--work", str(tmp_path / "work"), "--out", str(out), "--figure", str(picture)]
     assert bridge_noise.main(argv) == 0
     text = out.read_text()
     assert text.startswith("<!-- bench/bridge_noise --generator-t 0 0.2")
-    for row in ("teacher (SDE, NFE 99)", "student, generator_t = 0 ", "student, generator_t = 0.2 "):
-        assert f"| {row.strip()} |" in text
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in text.splitlines()[3:] if line.startswith("| ")]
+    # The floor first, then the teacher, then the students.
+    assert rows == ["real pairs (2nd sample): the floor", "teacher (SDE, NFE 99)", "student, generator_t = 0",
+                    "student, generator_t = 0.2"]
+    floor_marginal = float(text.splitlines()[3].split(" | ")[2].split(" ± ")[0])
+    # Two real samples of the same mixture: close, whatever the (tiny) teacher did.
+    assert np.isfinite(floor_marginal) and floor_marginal < 0.2
     assert "nan" not in text
+    assert picture.stat().st_size > 1000
+    assert text.rstrip().endswith("![bridge samples](figures/bridge_noise_samples.png)")
+    assert not list(picture.parent.glob(".*tmp*"))  # written atomically, no leftover
 
 
 # ---------------------------------------------------------------------------------------- digits levers
@@ -438,7 +447,7 @@ def test_digits_imbalance_measures_class_masses_of_an_imbalanced_teacher_and_its
     argv = ["--params", str(_tiny_digits_params(tmp_path)), "--settings", "1,1", "0.5,1", "--seeds", "0",
             "--steps", "4", "--eval-every", "2", "--eval-samples", "250", "--samples", "200", "--workers", "1",
             "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "r.md"),
-            "--figure", str(tmp_path / "masses.png")]
+            "--figure", str(tmp_path / "masses.png"), "--grid", str(tmp_path / "figures" / "samples.png")]
     digits_imbalance.main(argv)
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["teacher_train_counts"] == counts.tolist()
@@ -458,6 +467,11 @@ def test_digits_imbalance_measures_class_masses_of_an_imbalanced_teacher_and_its
     text = (tmp_path / "r.md").read_text()
     assert "| data-free (1, 1) |" in text and "| RealUID (0.5, 1) |" in text and "2-D analogue" in text
     assert (tmp_path / "masses.png").stat().st_size > 1000
+    # The pictures: a grid of real, teacher and student images, linked before the first student row.
+    assert (tmp_path / "figures" / "samples.png").stat().st_size > 1000
+    assert [f.name for f in (tmp_path / "figures").iterdir()] == ["samples.png"]  # written atomically
+    assert result["grid"] == "figures/samples.png"
+    assert text.index("![samples](figures/samples.png)") < text.index("| data-free (1, 1) |")
     # A second call finds the teacher and the finished runs and reports the same numbers.
     digits_imbalance.main(argv)
     again = json.loads((tmp_path / "r.json").read_text())

@@ -36,6 +36,7 @@ from .digits_levers import (_code_version, _distill_cfg, _evaluator, add_study_a
                             prepare_shared, splits, start_study, summarize)
 
 HISTOGRAM_SEED = 3_000_000  # sample i starts from the noise of seed HISTOGRAM_SEED + i (far from EVAL_SEED's)
+GRID_IMAGES = 50  # the first scored images of every row that --grid shows
 NUM_CLASSES = 10
 PROB_FLOOR = 1e-4  # the 2-D analogue needs both modes' weights > 0: measured masses are clipped into [f, 1-f]
 DEFAULT_SETTINGS = ["1,1", "0.94,0.96", "0.5,1", "0.2,1"]
@@ -89,8 +90,10 @@ def score_images(x: torch.Tensor, shared: dict, base: dict, heavy: list[int], re
             "fid": float(scores["fid"]), "kid_mean": float(scores["kid_mean"])}
 
 
-def score_teacher_and_real(shared: dict, base: dict, heavy: list[int], samples: int, nfe: int) -> dict:
-    """The imbalanced teacher's histogram (NFE ``nfe`` Euler) and the real digits' (the classifier's floor)."""
+def score_teacher_and_real(shared: dict, base: dict, heavy: list[int], samples: int,
+                           nfe: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """The imbalanced teacher's histogram (NFE ``nfe`` Euler) and the real digits' (the classifier's floor),
+    with the first ``GRID_IMAGES`` images of each ({"real", "teacher"}) for the grid."""
     from realuid.api import load_teacher
 
     torch.set_num_threads(1)
@@ -105,21 +108,23 @@ def score_teacher_and_real(shared: dict, base: dict, heavy: list[int], samples: 
     pick = np.sort(np.random.default_rng(7).choice(len(fit), size=min(samples, len(fit)), replace=False))
     floor = score_images(torch.as_tensor(fit.x1[pick]), shared, base, heavy, reference)
     real.update(fid=floor["fid"], kid_mean=floor["kid_mean"], fid_images=len(pick), fid_of="real fit digits")
-    return {"teacher": teacher, "real": real, "labels": {"class_masses": reference.tolist(),
-                                                          "heavy_mass": float(reference[heavy].sum())}}
+    measured = {"teacher": teacher, "real": real, "labels": {"class_masses": reference.tolist(),
+                                                              "heavy_mass": float(reference[heavy].sum())}}
+    return measured, {"real": val.x1[:GRID_IMAGES], "teacher": x[:GRID_IMAGES].numpy()}
 
 
 def run_setting(alpha: float, beta: float, seed: int, shared: dict, base: dict, args: dict, work: Path, *,
-                heavy: list[int], samples: int, copy: str) -> dict:
-    """Distil (or find) one student, then score its ``copy`` on the histogram inputs."""
+                heavy: list[int], samples: int, copy: str) -> tuple[dict, np.ndarray]:
+    """Distil (or find) one student, then score its ``copy`` on the histogram inputs; with the first
+    ``GRID_IMAGES`` scored images for the grid."""
     from realuid.api import load_generator
 
     setting = {"alpha": alpha, "beta": beta, "distill": base["distill"]}
     checkpoint, run = distil_setting(setting, seed, shared, base, args, work)
     x = load_generator(checkpoint, ema=copy).sample(samples, seed=HISTOGRAM_SEED, batch_size=500)
     _, val = splits(base["prepare"])
-    return {"seed": seed, **run, "copy": copy, "step": checkpoint.meta["step"],
-            **score_images(x, shared, base, heavy, label_masses(val.y))}
+    return ({"seed": seed, **run, "copy": copy, "step": checkpoint.meta["step"],
+             **score_images(x, shared, base, heavy, label_masses(val.y))}, x[:GRID_IMAGES].numpy())
 
 
 def theory(teacher_heavy: float, data_heavy: float, settings: list[tuple[float, float]], work: Path) -> dict:
@@ -148,6 +153,11 @@ def summarize_setting(runs: list[dict], teacher_heavy: float, data_heavy: float,
     return out
 
 
+def row_name(k: str) -> str:
+    """A setting's row in the table and its panel in the grid."""
+    return "data-free (1, 1)" if k == key(1.0, 1.0) else f"RealUID ({k.replace(',', ', ')})"
+
+
 def _text(summary: dict | None, digits: int = 3) -> str:
     if summary is None:
         return "–"
@@ -171,19 +181,21 @@ def write_markdown(result: dict, path: Path) -> None:
              "< 0 away from the data. Heavy mass vs data-free's: whether the students' distance to the data's heavy "
              "mass differs from the data-free students' by more than the spread over seeds. 2-D analogue: the "
              "fixed point's heavy weight for two 2-D modes with the measured teacher and data weights (not a "
-             "prediction for images).", "",
-             "| row | heavy mass | gap closed | class TV | FID | heavy mass vs data-free's | 2-D analogue |",
-             "|---|---|---|---|---|---|---|",
-             f"| validation labels | {d:.3f} | 1 | 0 | – | – | – |",
-             f"| real validation digits (classifier) | {real['heavy_mass']:.3f} | – | {real['class_tv']:.3f} | "
-             f"{real['fid']:.3f} ({real['fid_images']} fit digits) | – | – |",
-             f"| teacher, NFE {result['nfe']} | {th:.3f} | 0 | {t['class_tv']:.3f} | {t['fid']:.3f} | – | – |"]
+             "prediction for images).", ""]
+    if result.get("grid"):  # the pictures come before any student row
+        lines += [f"![samples]({result['grid']})", ""]
+    lines += ["| row | heavy mass | gap closed | class TV | FID | heavy mass vs data-free's | 2-D analogue |",
+              "|---|---|---|---|---|---|---|",
+              f"| validation labels | {d:.3f} | 1 | 0 | – | – | – |",
+              f"| real validation digits (classifier) | {real['heavy_mass']:.3f} | – | {real['class_tv']:.3f} | "
+              f"{real['fid']:.3f} ({real['fid_images']} fit digits) | – | – |",
+              f"| teacher, NFE {result['nfe']} | {th:.3f} | 0 | {t['class_tv']:.3f} | {t['fid']:.3f} | – | – |"]
     runs = {}
     for r in result["runs"]:
         runs.setdefault(key(r["alpha"], r["beta"]), []).append(r)
     free = runs.get(key(1.0, 1.0))
     for k, s in result["summary"].items():
-        name = "data-free (1, 1)" if k == key(1.0, 1.0) else f"RealUID ({k.replace(',', ', ')})"
+        name = row_name(k)
         versus = "–"
         if free is not None and k != key(1.0, 1.0):  # |heavy mass - data's| per seed, under the spread rule
             distance = lambda rows: [abs(r["heavy_mass"] - d) for r in rows]  # noqa: E731
@@ -224,6 +236,23 @@ def class_mass_figure(result: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def sample_grid(result: dict, images: dict[str, np.ndarray], path: Path) -> None:
+    """The first scored images of the real digits, the teacher and each setting's first seed, side by side,
+    each titled with its row and that image set's heavy mass."""
+    from .figures import image_panels
+
+    seed = result["seeds"][0]
+    first = {key(r["alpha"], r["beta"]): r for r in result["runs"] if r["seed"] == seed}
+    # One-line titles: image_panels' figure is 1.6 in high, a second line would run into its title.
+    panels = {f"validation digits: heavy {result['real']['heavy_mass']:.3f}": images["real"],
+              f"teacher, NFE {result['nfe']}: heavy {result['teacher']['heavy_mass']:.3f}": images["teacher"]}
+    for k in result["summary"]:
+        panels[f"{row_name(k)}: heavy {first[k]['heavy_mass']:.3f}"] = images[k]
+    image_panels(panels, path, title=f"first {len(images['real'])} of the {result['samples']} scored images per row "
+                                     f"(same noise for every model; students: seed {seed}, {result['copy']}); heavy "
+                                     f"mass: classes {result['heavy_classes']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/digits_imbalance", description=__doc__.split("\n\n")[0])
     add_study_arguments(parser, "digits_imbalance")
@@ -234,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2000, help="samples of each class histogram and its FID")
     parser.add_argument("--copy", default="ema_0.999", help="the generator copy the histograms read")
     parser.add_argument("--figure", type=Path, default=None, help="PNG of the class masses (optional)")
+    parser.add_argument("--grid", type=Path, default=None,
+                        help=f"PNG of the first {GRID_IMAGES} scored images of every row (optional)")
     args = parser.parse_args(argv)
     heavy = sorted(set(args.heavy_classes))
     if not heavy or len(heavy) == NUM_CLASSES or not all(0 <= c < NUM_CLASSES for c in heavy):
@@ -253,12 +284,14 @@ def main(argv: list[str] | None = None) -> None:
         measured = pool.submit(score_teacher_and_real, shared, base, heavy, args.samples, args.nfe)
         pending = {job: pool.submit(run_setting, *job, shared, base, run_args, args.work, heavy=heavy,
                                     samples=args.samples, copy=args.copy) for job in jobs}
-        measured = measured.result()
+        measured, images = measured.result()
         print(f"teacher: heavy mass {measured['teacher']['heavy_mass']:.3f}, FID {measured['teacher']['fid']:.3f}",
               flush=True)
         runs = {}
         for job, fut in pending.items():
-            runs[job] = fut.result()
+            runs[job], grid_images = fut.result()
+            if job[2] == args.seeds[0]:
+                images[key(*job[:2])] = grid_images
             print(f"alpha {job[0]:g} beta {job[1]:g} seed {job[2]}: heavy mass {runs[job]['heavy_mass']:.3f}, "
                   f"class TV {runs[job]['class_tv']:.3f}, FID {runs[job]['fid']:.3f}", flush=True)
     teacher_heavy, data_heavy = measured["teacher"]["heavy_mass"], measured["labels"]["heavy_mass"]
@@ -277,9 +310,12 @@ def main(argv: list[str] | None = None) -> None:
         **measured, "theory": theory(teacher_heavy, data_heavy, settings, args.work), "summary": summary,
         "runs": list(runs.values()), "wall_seconds": time.perf_counter() - start,
         "figure": None if args.figure is None else os.path.relpath(args.figure, args.out.parent),
+        "grid": None if args.grid is None else os.path.relpath(args.grid, args.out.parent),
     }
     if args.figure is not None:
         class_mass_figure(result, args.figure)
+    if args.grid is not None:
+        sample_grid(result, images, args.grid)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     write_markdown(result, args.out)
