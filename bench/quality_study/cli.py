@@ -223,9 +223,10 @@ def main(argv=None) -> int:
     jobs = digits_jobs(study, work) if study.digits is not None else []
     jobs += toy_jobs(study, user, work)
     command = "bench/quality" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    code = code_version()  # before the jobs: the code they run, whatever is committed while they run
     results, ran = run_jobs(jobs, JobCache(work / "results"), study.workers, log)
     wall = accumulate_wall_seconds(work / "wall.json", time.perf_counter() - started if ran else 0.0,
-                                   command=command, code=code_version())
+                                   command=command, code=code)
     machine = {"cpu_cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     write_report(results, study, user, Path(args.out), command=command, wall=wall, machine=machine)
     log(f"wrote {Path(args.out) / report_name(study, user)} (jobs: {wall['seconds'] / 60:.1f} min of wall time "

@@ -170,7 +170,18 @@ def _teachers_section(res: Results, families, study: StudySettings) -> tuple[lis
     lines += _table(["data", "family", "teacher steps", "floor SW2", "teacher SW2", "teacher / floor SW2",
                      "floor precision", "teacher precision", "floor recall", "teacher recall",
                      "teacher vs floor (precision)"], rows) + [""]
-    text = [f"{fam}/{ds}: the teacher's k-NN precision is {t.mean:.3f} against the floor's {f.mean:.3f} "
+    ladders = [b for budgets in all_budgets.values() for b in budgets.values()]
+    if ladders:
+        first = [b["rungs"][0]["knn_precision"] for b in ladders]
+        chosen = [next(r for r in b["rungs"] if r["steps"] == b["chosen_steps"])["knn_precision"] for b in ladders]
+        floors = [b["floor"]["knn_precision"] for b in ladders]
+        span = lambda v: f"{min(v):.2f}" if f"{min(v):.2f}" == f"{max(v):.2f}" else f"{min(v):.2f}–{max(v):.2f}"  # noqa: E731
+        conclusions_text = [
+            f"on the validation set, the teachers of the ladder's first rung ({ladder[0]} steps) reach k-NN precision "
+            f"{span(first)} and those of the chosen budgets {span(chosen)}, against the floor's {span(floors)}"]
+    else:
+        conclusions_text = []
+    text = conclusions_text + [f"{fam}/{ds}: the teacher's k-NN precision is {t.mean:.3f} against the floor's {f.mean:.3f} "
             f"({vs} than the floor)" if vs in ("better", "worse") else
             f"{fam}/{ds}: the teacher's k-NN precision is {t.mean:.3f}, no different from the floor's {f.mean:.3f}"
             for ds, fam, vs, t, f in conclusions]
