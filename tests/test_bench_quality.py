@@ -327,7 +327,9 @@ def test_sweep_collects_dvc_exp_show_json_and_draws_the_heatmap(tmp_path, capsys
         distill = {} if seed is None else {"distill": {"seed": seed}}
         return {"rev": "abc", "data": {
             "params": {"params.yaml": {"data": {"alpha": alpha, "beta": beta, "family": {"name": "fm"}, **distill}}},
-            "metrics": {sweep.METRICS_FILE: {"data": {"student": {"sliced_wasserstein2": sw2}}}}}}
+            "metrics": {sweep.METRICS_FILE: {"data": {"student": {"sliced_wasserstein2": sw2},
+                                                      "teacher": {"sliced_wasserstein2": 0.031},
+                                                      "real": {"sliced_wasserstein2": 0.021}}}}}}
 
     shown = [{"rev": "workspace", "data": {"params": {"params.yaml": {"data": {"alpha": 0.94, "beta": 0.96}}},
                                              "metrics": {}}},
@@ -349,6 +351,9 @@ def test_sweep_collects_dvc_exp_show_json_and_draws_the_heatmap(tmp_path, capsys
     assert "| 1 | 1 | 1.000 | 0.08 ± 0.014 | 0.09, 0.07 | 0, 1 | – |" in printed
     text = page.read_text()
     assert "1 × better, 1 × no difference" in text and "![sweep](heat.png)" in text
+    # The teacher and the floor come before any student row.
+    teacher_line = "teacher 0.031 (6 experiments); real floor 0.021 (6 experiments)"
+    assert teacher_line in text and text.index(teacher_line) < text.index("| 0.9 | 0.882 |")
     path.write_text("[]")
     assert sweep.main(["collect", "--from-json", str(path), "--out", str(out), "--results", ""]) == 1
 

@@ -89,6 +89,30 @@ def collect(exp_show: Any, metric: str = DEFAULT_METRICS[1], metrics_file: str =
     return values
 
 
+def references(exp_show: Any, metric: str, metrics_file: str = METRICS_FILE) -> dict[str, list[float]]:
+    """The teacher's and the real floor's value of the student metric, over every experiment that reports
+    them: {"teacher": [...], "real": [...]} for ``student.<name>`` (the teacher is shared by the sweep)."""
+    name = metric.split(".", 1)[1] if metric.startswith("student.") else None
+    found: dict[str, list[float]] = {"teacher": [], "real": []}
+    for node in (_nodes(exp_show) if name else ()):
+        metrics = _lookup(node["metrics"], [metrics_file, "data"]) or {}
+        for row in found:
+            value = _lookup(metrics, [row, name])
+            if isinstance(value, (int, float)):
+                found[row].append(float(value))
+    return found
+
+
+def _reference_lines(found: dict[str, list[float]], metric: str) -> list[str]:
+    """The teacher and the floor before any student row: the range over experiments (one teacher)."""
+    span = lambda v: f"{min(v):.3g}" if min(v) == max(v) else f"{min(v):.3g}–{max(v):.3g}"  # noqa: E731
+    parts = [f"{label} {span(found[row])} ({len(found[row])} experiments)"
+             for row, label in (("teacher", "teacher"), ("real", "real floor")) if found[row]]
+    if not parts:
+        return [f"No experiment reports the teacher's or the floor's {metric.split('.', 1)[-1]}.", ""]
+    return [f"The teacher first, {metric.split('.', 1)[-1]} on the same evaluation: " + "; ".join(parts) + ".", ""]
+
+
 def table(values: dict, metric: str) -> str:
     """Markdown rows: per point the seed mean ± std, the seeds, and the verdict against data-free (1, 1)."""
     from .stats import summarize, verdict
@@ -109,8 +133,9 @@ def table(values: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
-def results_page(values: dict, metric: str, heatmap_name: str) -> str:
-    """``bench/RESULTS-sweep.md``: the table, what it says against data-free, and how it was made."""
+def results_page(values: dict, metric: str, heatmap_name: str, found: dict[str, list[float]] | None = None) -> str:
+    """``bench/RESULTS-sweep.md``: the teacher and the floor, the table, what it says against data-free,
+    and how it was made."""
     rows = table(values, metric)
     verdicts = [line.rsplit("|", 2)[1].strip() for line in rows.splitlines()[2:]]
     counted = {v: verdicts.count(v) for v in sorted(set(verdicts)) if v != "–"}
@@ -122,6 +147,7 @@ def results_page(values: dict, metric: str, heatmap_name: str) -> str:
         "`train_teacher` stages; seeds are distillation seeds. Made with:", "",
         "```", "bench/sweep queue [--alphas …] [--ratios …] [--seeds …]", "bench/sweep start --jobs 1",
         "bench/sweep collect            # dvc exp show --json --all-commits -> this page and the heatmap", "```", "",
+        *_reference_lines(found or {"teacher": [], "real": []}, metric),
         rows, "",
         f"Against the data-free point (α = β = 1, same seeds; a difference counts only beyond the seed spread): "
         f"{summary}.", "",
@@ -197,12 +223,14 @@ def main(argv=None) -> int:
     if not values:
         print(f"no finished experiment reports {args.metric} yet (dvc queue status shows progress)", file=sys.stderr)
         return 1
+    found = references(shown, args.metric)
+    print("\n".join(_reference_lines(found, args.metric)))
     print(table(values, args.metric))
     heatmap(values, Path(args.out), args.metric)
     print(f"heatmap: {args.out}")
     if args.results:
         page = Path(args.results)
         figure = os.path.relpath(Path(args.out).resolve(), page.resolve().parent)
-        page.write_text(results_page(values, args.metric, figure))
+        page.write_text(results_page(values, args.metric, figure, found))
         print(f"results: {page}")
     return 0
