@@ -170,6 +170,9 @@ def test_a_toy_job_returns_every_row_and_curve(tmp_path):
     # Precision already at its best, sliced W2 still falling: sliced W2 decides.
     ([(1500, 0.060, 0.95), (3000, 0.050, 0.95), (6000, 0.040, 0.95)], 6000),
     ([(1500, 0.041, 0.95), (3000, 0.040, 0.96), (6000, 0.042, 0.94)], 1500),
+    # The two bests lie on different rungs and no rung is within reach of both: precision decides.
+    ([(1500, 0.0387, 0.702), (3000, 0.0427, 0.777), (6000, 0.0405, 0.7925)], 6000),
+    ([(1500, 0.030, 0.90), (3000, 0.040, 0.95), (6000, 0.038, 0.92)], 3000),
     # A diverged rung is never chosen.
     ([(1500, float("nan"), float("nan")), (3000, 0.040, 0.96)], 3000),
 ])
