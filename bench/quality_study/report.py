@@ -466,7 +466,7 @@ def write_report(results: dict, study: StudySettings, user: UserPoints | None, o
     if user is not None:
         lines += [f"- Points: `{user.path}`, {len(user.points)} points in {user.points.shape[1]} D; mapped to "
                   f"[-1, 1] by x = unit * scale + shift with scale {user.scale} and shift {user.shift}; per seed "
-                  f"split into reference and floor sets of equal size and a training set", ""]
+                  f"split into reference, floor and validation sets of equal size and a training set", ""]
     lines += _settings_lines(study)
     lines += _compute_lines(results) + [""]
 
