@@ -68,9 +68,16 @@ def stage(project: Path, name: str, *args: str, params: str = "params.yaml", tim
                           env=env(), timeout=timeout)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and an ignored signal
+    # stays ignored across exec: a test suite started with `&` would send its Ctrl-C into the void.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_stage(project: Path, name: str, *args: str) -> subprocess.Popen:
+    """A stage running in the background, which takes SIGINT as a Ctrl-C in its terminal."""
     return subprocess.Popen(stage_cmd(name, *args), cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env())
+                            text=True, env=env(), preexec_fn=_ctrl_c_as_in_a_terminal)
 
 
 def last_line(stderr: str) -> str:
