@@ -98,9 +98,10 @@ def _toy_settings() -> ToySettings:
     # ~3x more per step and the toy sets do not need it.
     model = dataclasses.replace(PIPELINE_MODEL, arch="mlp", hidden_dim=128, depth=3, time_embed_dim=32)
     # The teacher's step count is chosen per family and data set from a ladder of budgets, on a
-    # validation set (toy.run_teacher_budget): 1500 steps left gmm8's teacher with k-NN precision 0.63
-    # against the data's 0.98 (mass smeared between the modes) while its sliced W2 looked close to the
-    # floor. The ladder stops at 6000 steps, the most that 2 cores can afford for 33 teachers.
+    # validation set (toy.run_teacher_budget): in bench/RESULTS.md 1500 steps left the toy teachers with
+    # k-NN precision 0.50-0.77 against the data's 0.98 (mass smeared between the modes) while their
+    # sliced W2 looked close to the floor. The ladder stops at 6000 steps, the most that 2 cores can
+    # afford for 33 teachers.
     teacher = dataclasses.replace(PIPELINE_TEACHER, model=model, steps=6000, batch_size=512,
                                   checkpoint_every_steps=6000, log_every_steps=100)
     # Distillation: the authors' structure (Adam (0, 0.999), clip 1, 5 fake updates per generator update,

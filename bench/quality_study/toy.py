@@ -115,7 +115,7 @@ def choose_budget(rungs: list[dict]) -> int:
     most ``BUDGET_SW2_FACTOR`` times the best and k-NN precision at most ``BUDGET_PRECISION_GAP`` below
     the best; both, because a teacher that smears mass over the data's hull keeps a small sliced W2.
     When no rung is within reach of both bests, the rung of the best precision: the metric that sees
-    the structure decides.
+    the structure decides. When every rung diverged, the top rung; its NaN rows show in the report.
     """
     finite = [r for r in rungs if np.isfinite(r["sw2"]) and np.isfinite(r["knn_precision"])]
     if not finite:
