@@ -223,6 +223,42 @@ def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, class
                               rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
+                         ids=["fm", "fm-conditional", "bridge-with-noise"])
+def test_given_noise_replaces_the_per_seed_draws(tmp_path, family, classes):
+    from realuid.sampling import seeded_noise
+
+    save_checkpoint(tiny("generator", classes, family), tmp_path / "g.pt")
+    save_checkpoint(tiny("teacher", classes, family), tmp_path / "t.pt")
+    generator, teacher = load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+    x0 = torch.randn(5, 2) if family["name"] == "bridge" else None
+    seeded = seeded_noise(list(range(7, 13)), (2,))  # the draws of seed 7 for 6 samples
+    other = torch.randn(6, 2)
+    assert torch.equal(generator.sample(6, noise=seeded, batch_size=4, x0=x0), generator.sample(6, seed=7, x0=x0))
+    assert not torch.allclose(generator.sample(6, noise=other, x0=x0), generator.sample(6, seed=7, x0=x0))
+    if family["name"] != "bridge":  # a bridge's teacher starts from x0 alone
+        assert torch.equal(teacher.sample(6, nfe=3, method="euler", noise=seeded, batch_size=4),
+                           teacher.sample(6, nfe=3, method="euler", seed=7, batch_size=4))
+        assert not torch.allclose(teacher.sample(6, nfe=3, method="euler", noise=other),
+                                  teacher.sample(6, nfe=3, method="euler", seed=7))
+
+
+def test_wrong_noise_is_one_clear_error(tmp_path):
+    save_checkpoint(tiny("generator"), tmp_path / "g.pt")
+    save_checkpoint(tiny("teacher"), tmp_path / "t.pt")
+    save_checkpoint(tiny("teacher", family={"name": "bridge", "options": {}}), tmp_path / "bridge.pt")
+    generator, teacher = load_generator(tmp_path / "g.pt"), load_teacher(tmp_path / "t.pt")
+    for noise, message in [(torch.zeros(3, 2), r"shape \[4, 2\] \(n samples of the model's shape\), got \[3, 2\]"),
+                           (torch.zeros(4, 2, dtype=torch.float64), "the model's dtype torch.float32, got torch.float64"),
+                           (torch.zeros(4, 2, device="meta"), "noise is on meta, the model on cpu"),
+                           ([[0.0, 0.0]] * 4, "noise must be a tensor")]:
+        for sample in (lambda: generator.sample(4, noise=noise), lambda: teacher.sample(4, nfe=2, method="euler", noise=noise)):
+            with pytest.raises(ValueError, match=message):
+                sample()
+    with pytest.raises(ValueError, match="the bridge teacher starts from x0"):
+        load_teacher(tmp_path / "bridge.pt").sample(2, nfe=2, method="sde", x0=torch.zeros(2, 2), noise=torch.zeros(2, 2))
+
+
 def test_api_refuses_what_it_cannot_sample(tmp_path):
     save_checkpoint(tiny("generator", 3), tmp_path / "g.pt")
     save_checkpoint(tiny("generator", 0, {"name": "bridge", "options": {}}), tmp_path / "bridge.pt")
