@@ -23,7 +23,7 @@ from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .models import OneStepGenerator, build_model, data_shape
 
 __all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network", "one_step_inputs",
-           "sample_teacher_batch"]
+           "sample_layout", "sample_teacher_batch"]
 
 
 def family_of(checkpoint: Checkpoint):
@@ -37,18 +37,36 @@ def family_of(checkpoint: Checkpoint):
     return make_family(record["name"], **record["options"])
 
 
-def network(checkpoint: Checkpoint, copy: str | float | None, device: torch.device | str = "cpu") -> nn.Module:
+def network(checkpoint: Checkpoint, copy: str | float | None, device: torch.device | str = "cpu",
+            net: nn.Module | None = None) -> nn.Module:
     """The network of a checkpoint with the weights of ``copy`` (None: raw; a decay; a copy name), in eval mode.
 
-    Loading is strict: a layout that does not match the checkpoint's own spec is an error, never ignored.
+    ``net``: the module to load the weights into, in place of the one the checkpoint's spec builds; needed
+    for a checkpoint of a module of one's own (:func:`realuid.distill`), which has no spec. Loading is
+    strict: a layout that does not match is an error, never ignored.
     """
-    net = build_model(checkpoint.spec)
+    where = checkpoint.source or "the checkpoint"
+    if net is None:
+        if checkpoint.spec is None:
+            raise CheckpointError(f"{where} holds the weights of a module of one's own (no model spec): pass that "
+                                  "module to load them into, e.g. load_generator(path, net=MyModule())")
+        net = build_model(checkpoint.spec)
     try:
         net.load_state_dict(checkpoint.state_dict(copy))
     except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'}: the weights of copy {copy!r} do not fit "
-                              f"its model spec: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{where}: the weights of copy {copy!r} do not fit "
+                              f"{'its model spec' if checkpoint.spec is not None else 'the module given'}: "
+                              f"{str(err).splitlines()[0]}") from None
     return net.to(device).eval()
+
+
+def sample_layout(spec: dict | None, meta: dict) -> tuple[tuple[int, ...], int]:
+    """(shape of one sample, number of classes) of a network: from its spec, or for a module of one's own
+    (no spec) from the checkpoint's ``meta`` (``data_shape``, ``num_classes``, which :func:`realuid.distill`
+    records)."""
+    if spec is not None:
+        return data_shape(spec), int(spec["args"].get("num_classes", 0))
+    return tuple(int(s) for s in meta["data_shape"]), int(meta["num_classes"])
 
 
 def _read(source: str | os.PathLike | Checkpoint, kind: str, needed_by: str, expect_family: str | None) -> Checkpoint:
@@ -159,15 +177,16 @@ class Generator(OneStepGenerator):
     ``copy`` (the weights it holds: None for raw, else the copy's name) and ``checkpoint_meta``.
     """
 
-    def __init__(self, family, net: nn.Module, spec: dict, *, copy: str | None = None, meta: dict | None = None):
+    def __init__(self, family, net: nn.Module, spec: dict | None, *, copy: str | None = None,
+                 meta: dict | None = None):
         super().__init__(family, net)
         self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
-        self.shape, self.num_classes = data_shape(spec), int(spec["args"].get("num_classes", 0))
+        self.shape, self.num_classes = sample_layout(spec, self.checkpoint_meta)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = None,
-                        device: torch.device | str = "cpu") -> "Generator":
-        return cls(family_of(checkpoint), network(checkpoint, ema, device), checkpoint.spec,
+                        device: torch.device | str = "cpu", net: nn.Module | None = None) -> "Generator":
+        return cls(family_of(checkpoint), network(checkpoint, ema, device, net), checkpoint.spec,
                    copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
 
     @torch.no_grad()
@@ -252,14 +271,16 @@ def _teacher_copy(checkpoint: Checkpoint) -> str | None:
 
 def load_generator(path: str | os.PathLike | Checkpoint, ema: str | float | None = None, *,
                    device: torch.device | str = "cpu", needed_by: str = "load_generator",
-                   expect_family: str | None = None) -> Generator:
+                   expect_family: str | None = None, net: nn.Module | None = None) -> Generator:
     """A distilled generator from ``path`` (a generator checkpoint, or one already read).
 
     ``ema``: None for the raw weights, a decay (``0.999``) for that EMA copy, or a copy's name (e.g.
-    ``"best"``). ``needed_by`` and ``expect_family`` phrase and tighten the checks for a caller (a stage).
+    ``"best"``). ``net``: a module to load the weights into (required for the generator of a teacher
+    module of one's own, whose checkpoint has no model spec; it must be built like that teacher).
+    ``needed_by`` and ``expect_family`` phrase and tighten the checks for a caller (a stage).
     """
     checkpoint = _read(path, "generator", needed_by, expect_family)
-    return Generator.from_checkpoint(checkpoint, ema, device)
+    return Generator.from_checkpoint(checkpoint, ema, device, net)
 
 
 def load_teacher(path: str | os.PathLike | Checkpoint, ema: str | float | None = "auto", *,
