@@ -200,12 +200,21 @@ def test_import_realuid_stays_light():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(realuid.__file__).parents[1])})
 
 
-@pytest.mark.parametrize("family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
-                         ids=["fm", "fm-conditional", "bridge-with-noise"])
-def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, classes):
+SAMPLED_FAMILIES = pytest.mark.parametrize(
+    "family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
+    ids=["fm", "fm-conditional", "bridge-with-noise"])
+
+
+def saved_pair(tmp_path, family, classes) -> tuple[Generator, Teacher]:
+    """A tiny generator (its copy ema_0.9) and teacher of ``family``, written and loaded back."""
     save_checkpoint(tiny("generator", classes, family), tmp_path / "g.pt")
     save_checkpoint(tiny("teacher", classes, family), tmp_path / "t.pt")
-    generator, teacher = load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+    return load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+
+
+@SAMPLED_FAMILIES
+def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, classes):
+    generator, teacher = saved_pair(tmp_path, family, classes)
     assert isinstance(generator, Generator) and isinstance(teacher, Teacher) and generator.shape == (2,)
     x0 = torch.randn(5, 2) if family["name"] == "bridge" else None  # a bridge reads corrupted inputs, cycled
     few = generator.sample(4, seed=7, x0=x0)
@@ -223,14 +232,11 @@ def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, class
                               rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
-                         ids=["fm", "fm-conditional", "bridge-with-noise"])
+@SAMPLED_FAMILIES
 def test_given_noise_replaces_the_per_seed_draws(tmp_path, family, classes):
     from realuid.sampling import seeded_noise
 
-    save_checkpoint(tiny("generator", classes, family), tmp_path / "g.pt")
-    save_checkpoint(tiny("teacher", classes, family), tmp_path / "t.pt")
-    generator, teacher = load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+    generator, teacher = saved_pair(tmp_path, family, classes)
     x0 = torch.randn(5, 2) if family["name"] == "bridge" else None
     seeded = seeded_noise(list(range(7, 13)), (2,))  # the draws of seed 7 for 6 samples
     other = torch.randn(6, 2)

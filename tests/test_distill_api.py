@@ -120,3 +120,15 @@ def test_bad_input_is_one_error_before_any_work(tmp_path):
     (tmp_path / "busy/notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not an empty folder and holds no run of realuid.distill"):
         realuid.distill(own_teacher(), points(), family="fm", alpha=0.9, beta=0.95, out=tmp_path / "busy", **QUICK)
+
+
+def test_a_family_given_for_a_teacher_may_place_the_generator_only(tmp_path):
+    spec = spec_for()
+    teacher = Teacher(make_family("diffusion", schedule="vp", prediction="eps"), build_model(spec), spec)
+    run = dict(alpha=0.9, beta=0.95, progress=False, **{**QUICK, "steps": 1})
+    generator = realuid.distill(teacher, points(), family=make_family("diffusion", generator_sigma=1.5),
+                                out=tmp_path / "placed", **run)
+    assert generator.family.generator_sigma == 1.5
+    with pytest.raises(ValueError, match="only the generator_\\* options may differ"):
+        realuid.distill(teacher, points(), family=make_family("diffusion", schedule="ve"), out=tmp_path / "ve", **run)
+    assert not (tmp_path / "ve").exists()

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .models import OneStepGenerator, build_model, data_shape
 
-__all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network", "one_step_inputs",
-           "sample_layout", "sample_teacher_batch"]
+__all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
+           "one_step_inputs", "sample_layout", "sample_teacher_batch"]
 
 
 def family_of(checkpoint: Checkpoint):

@@ -23,8 +23,6 @@ import math
 import os
 from numbers import Real
 
-import torch
-
 from .checkpoints import load_torch_file
 from .teachers.statedicts import describe, layout, mismatch, plain_state_dict, strict_load_check
 

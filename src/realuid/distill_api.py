@@ -19,6 +19,8 @@ from .api import Generator, Teacher
 from .checkpoints import family_record, save_checkpoint, tensors_digest
 from .config import DistillConfig, build, in_effect, to_dict
 from .matching import Family, make_family
+from .training import TrainData, resolve_device
+from .training import distill as realuid_loop
 
 __all__ = ["DEFAULT_SETTINGS", "distill", "distill_settings"]
 
@@ -107,8 +109,6 @@ def distill(teacher: nn.Module, data: Tensor, *, alpha: float, beta: float, out:
     Returns the :class:`realuid.api.Generator` with the raw weights (``.sample(n, seed=..., noise=...)``).
     Bad input is one ``ValueError`` before any work, nothing written.
     """
-    from .training import TrainData, resolve_device
-
     cfg = distill_settings(**settings)
     if cfg.nproc != 1:
         raise ValueError("nproc: realuid.distill runs in one process; use the pipeline (torchrun) for several GPUs")
@@ -129,11 +129,9 @@ def distill(teacher: nn.Module, data: Tensor, *, alpha: float, beta: float, out:
                  "data": tensors_digest({k: v for k, v in (("x1", data), ("y", labels), ("x0", x0)) if v is not None}),
                  "evaluator": None if evaluator is None else getattr(evaluator, "describe", type(evaluator).__name__)})
 
-    from .training import distill as realuid_loop
-
     move = lambda a, dtype: None if a is None else a.to(device, dtype)  # noqa: E731
-    result = realuid_loop(family, TrainData(move(data, torch.float32), move(labels, torch.long), move(x0, torch.float32)),
-                          net, spec, cfg, out, alpha=float(alpha), beta=float(beta), progress=progress,
+    train = TrainData(move(data, torch.float32), move(labels, torch.long), move(x0, torch.float32))
+    result = realuid_loop(family, train, net, spec, cfg, out, alpha=float(alpha), beta=float(beta), progress=progress,
                           stop_after=stop_after, evaluator=evaluator)
     if spec is None:  # what a sampler needs that a spec would say
         result.meta.update(data_shape=list(data.shape[1:]), num_classes=num_classes)
@@ -148,8 +146,11 @@ def _teacher_parts(teacher, family) -> tuple[nn.Module, dict | None, Family]:
     elif family is not None and not isinstance(family, Family):
         raise ValueError(f"family must be a family name or a realuid.matching family, got {type(family).__name__}")
     if isinstance(teacher, Teacher):
-        if family is not None and family.name != teacher.family.name:
-            raise ValueError(f"family {family.name!r} was given for a teacher of family {teacher.family.name!r}")
+        # A family given for a Teacher may place the generator (generator_* options), not change the teacher's field.
+        field = lambda f: (f.name, {k: v for k, v in f.options().items() if not k.startswith("generator_")})  # noqa: E731
+        if family is not None and field(family) != field(teacher.family):
+            raise ValueError(f"family {family.to_dict()} was given for a teacher of family {teacher.family.to_dict()}; "
+                             "only the generator_* options may differ")
         return teacher.net, teacher.spec, family or teacher.family
     if not isinstance(teacher, nn.Module):
         raise ValueError(f"teacher must be a realuid.Teacher or an nn.Module f(t, x_t, y), got {type(teacher).__name__}")
@@ -180,7 +181,8 @@ def _checked_data(data, labels, x0, family: Family, teacher, cfg) -> tuple[Tenso
             raise ValueError(f"labels must be [{len(data)}] integers, got {labels.dtype} {list(labels.shape)}")
         top = teacher.num_classes if isinstance(teacher, Teacher) else None
         if labels.min() < 0 or (top is not None and labels.max() >= top):
-            raise ValueError(f"labels must lie in [0, {top or 'num_classes'}), got [{int(labels.min())}, {int(labels.max())}]")
+            raise ValueError(f"labels must lie in [0, {top or 'num_classes'}), "
+                             f"got [{int(labels.min())}, {int(labels.max())}]")
     if family.paired != (x0 is not None):
         raise ValueError(f"the {family.name} family is paired: pass x0, the corrupted partners [N, ...]" if family.paired
                          else f"the {family.name} family draws its own noise: x0 is only for paired families")
