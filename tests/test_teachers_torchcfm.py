@@ -6,6 +6,8 @@ import pytest
 import torch
 from torchcfm.models.unet.unet import UNetModelWrapper
 
+import realuid
+from realuid.api import Teacher
 from realuid.checkpoints import CheckpointError
 from realuid.config import ModelConfig, build
 from realuid.matching import make_family
@@ -71,7 +73,7 @@ def test_imported_network_computes_torchcfm_output(tmp_path, ema, num_classes):
 
 def test_euler_sampling_matches_an_euler_integration_of_the_torchcfm_model(tmp_path):
     _, averaged = torchcfm_checkpoint(tmp_path / "cfm.pt", num_classes=3)
-    _, ours = imported(tmp_path / "cfm.pt", "ema", num_classes=3)
+    spec, ours = imported(tmp_path / "cfm.pt", "ema", num_classes=3)
     x0 = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 0])
     steps = 6
@@ -80,8 +82,23 @@ def test_euler_sampling_matches_an_euler_integration_of_the_torchcfm_model(tmp_p
         for k in range(steps):  # dx/dt = v(t, x) from t = 0 (noise) to 1 (data), torchcfm's convention
             t = torch.full((4,), k / steps)
             x = x + averaged(t, x, y=y) / steps
-        ours_x = sample_ode(make_family("fm"), ours, x0, nfe=steps, method="euler", y=y)
-    torch.testing.assert_close(ours_x, x, rtol=1e-5, atol=1e-5)
+        sampled = sample_ode(make_family("fm"), ours, x0, nfe=steps, method="euler", y=y)
+    torch.testing.assert_close(sampled, x, rtol=1e-5, atol=1e-5)
+    # The same through the public teacher, started from the same noise.
+    teacher = Teacher(make_family("fm"), ours, spec)
+    torch.testing.assert_close(teacher.sample(4, nfe=steps, method="euler", labels=y, noise=x0, batch_size=3), x,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_an_imported_teacher_distils_from_python(tmp_path):
+    torchcfm_checkpoint(tmp_path / "cfm.pt")
+    spec, net = imported(tmp_path / "cfm.pt", "ema")
+    images = torch.rand(8, *SHAPE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    generator = realuid.distill(Teacher(make_family("fm"), net, spec), images, alpha=0.9, beta=0.95,
+                                out=tmp_path / "run", steps=2, batch_size=4, device="cpu", progress=False)
+    noise = torch.randn(3, *SHAPE)
+    assert torch.equal(realuid.load_generator(tmp_path / "run/generator.pt").sample(3, noise=noise),
+                       generator.sample(3, noise=noise))
 
 
 def test_arguments_come_from_the_weights_when_the_params_do_not_fit(tmp_path):

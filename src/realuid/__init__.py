@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["distill", "load_generator", "load_teacher"]
+__all__ = ["Generator", "Teacher", "distill", "load_generator", "load_teacher"]
 # Where each public name lives.
-_HOMES = {"distill": "distill_api", "load_generator": "api", "load_teacher": "api"}
+_HOMES = {"Generator": "api", "Teacher": "api", "distill": "distill_api", "load_generator": "api", "load_teacher": "api"}
 
 
 def __getattr__(name: str):
