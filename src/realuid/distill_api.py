@@ -8,6 +8,7 @@ copies, exact resume and optional in-training evaluation; only the inputs come f
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -53,7 +54,7 @@ def distill_settings(**overrides) -> DistillConfig:
             out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
         return out
 
-    changes = {k: to_dict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in overrides.items()}
+    changes = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in overrides.items()}
     return build(DistillConfig, merged(DEFAULT_SETTINGS, changes), "distill.")
 
 
