@@ -200,12 +200,21 @@ def test_import_realuid_stays_light():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(realuid.__file__).parents[1])})
 
 
-@pytest.mark.parametrize("family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
-                         ids=["fm", "fm-conditional", "bridge-with-noise"])
-def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, classes):
+SAMPLED_FAMILIES = pytest.mark.parametrize(
+    "family, classes", [(FM, 0), (FM, 3), ({"name": "bridge", "options": {"generator_t": 0.1}}, 0)],
+    ids=["fm", "fm-conditional", "bridge-with-noise"])
+
+
+def saved_pair(tmp_path, family, classes) -> tuple[Generator, Teacher]:
+    """A tiny generator (its copy ema_0.9) and teacher of ``family``, written and loaded back."""
     save_checkpoint(tiny("generator", classes, family), tmp_path / "g.pt")
     save_checkpoint(tiny("teacher", classes, family), tmp_path / "t.pt")
-    generator, teacher = load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+    return load_generator(tmp_path / "g.pt", ema=0.9), load_teacher(tmp_path / "t.pt")
+
+
+@SAMPLED_FAMILIES
+def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, classes):
+    generator, teacher = saved_pair(tmp_path, family, classes)
     assert isinstance(generator, Generator) and isinstance(teacher, Teacher) and generator.shape == (2,)
     x0 = torch.randn(5, 2) if family["name"] == "bridge" else None  # a bridge reads corrupted inputs, cycled
     few = generator.sample(4, seed=7, x0=x0)
@@ -221,6 +230,39 @@ def test_sample_i_does_not_depend_on_n_or_the_batch_size(tmp_path, family, class
         drawn = teacher.sample(4, nfe=5, method="euler", seed=7)
         assert torch.allclose(drawn, teacher.sample(8, nfe=5, method="euler", seed=7, batch_size=3)[:4],
                               rtol=0, atol=1e-6)
+
+
+@SAMPLED_FAMILIES
+def test_given_noise_replaces_the_per_seed_draws(tmp_path, family, classes):
+    from realuid.sampling import seeded_noise
+
+    generator, teacher = saved_pair(tmp_path, family, classes)
+    x0 = torch.randn(5, 2) if family["name"] == "bridge" else None
+    seeded = seeded_noise(list(range(7, 13)), (2,))  # the draws of seed 7 for 6 samples
+    other = torch.randn(6, 2)
+    assert torch.equal(generator.sample(6, noise=seeded, batch_size=4, x0=x0), generator.sample(6, seed=7, x0=x0))
+    assert not torch.allclose(generator.sample(6, noise=other, x0=x0), generator.sample(6, seed=7, x0=x0))
+    if family["name"] != "bridge":  # a bridge's teacher starts from x0 alone
+        assert torch.equal(teacher.sample(6, nfe=3, method="euler", noise=seeded, batch_size=4),
+                           teacher.sample(6, nfe=3, method="euler", seed=7, batch_size=4))
+        assert not torch.allclose(teacher.sample(6, nfe=3, method="euler", noise=other),
+                                  teacher.sample(6, nfe=3, method="euler", seed=7))
+
+
+def test_wrong_noise_is_one_clear_error(tmp_path):
+    save_checkpoint(tiny("generator"), tmp_path / "g.pt")
+    save_checkpoint(tiny("teacher"), tmp_path / "t.pt")
+    save_checkpoint(tiny("teacher", family={"name": "bridge", "options": {}}), tmp_path / "bridge.pt")
+    generator, teacher = load_generator(tmp_path / "g.pt"), load_teacher(tmp_path / "t.pt")
+    for noise, message in [(torch.zeros(3, 2), r"shape \[4, 2\] \(n samples of the model's shape\), got \[3, 2\]"),
+                           (torch.zeros(4, 2, dtype=torch.float64), "the model's dtype torch.float32, got torch.float64"),
+                           (torch.zeros(4, 2, device="meta"), "noise is on meta, the model on cpu"),
+                           ([[0.0, 0.0]] * 4, "noise must be a tensor")]:
+        for sample in (lambda: generator.sample(4, noise=noise), lambda: teacher.sample(4, nfe=2, method="euler", noise=noise)):
+            with pytest.raises(ValueError, match=message):
+                sample()
+    with pytest.raises(ValueError, match="the bridge teacher starts from x0"):
+        load_teacher(tmp_path / "bridge.pt").sample(2, nfe=2, method="sde", x0=torch.zeros(2, 2), noise=torch.zeros(2, 2))
 
 
 def test_api_refuses_what_it_cannot_sample(tmp_path):

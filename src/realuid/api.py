@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .models import OneStepGenerator, build_model, data_shape
 
-__all__ = ["Generator", "Teacher", "family_of", "load_generator", "load_teacher", "network", "one_step_inputs",
-           "sample_teacher_batch"]
+__all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
+           "one_step_inputs", "sample_layout", "sample_teacher_batch"]
 
 
 def family_of(checkpoint: Checkpoint):
@@ -37,18 +37,36 @@ def family_of(checkpoint: Checkpoint):
     return make_family(record["name"], **record["options"])
 
 
-def network(checkpoint: Checkpoint, copy: str | float | None, device: torch.device | str = "cpu") -> nn.Module:
+def network(checkpoint: Checkpoint, copy: str | float | None, device: torch.device | str = "cpu",
+            net: nn.Module | None = None) -> nn.Module:
     """The network of a checkpoint with the weights of ``copy`` (None: raw; a decay; a copy name), in eval mode.
 
-    Loading is strict: a layout that does not match the checkpoint's own spec is an error, never ignored.
+    ``net``: the module to load the weights into, in place of the one the checkpoint's spec builds; needed
+    for a checkpoint of a module of one's own (:func:`realuid.distill`), which has no spec. Loading is
+    strict: a layout that does not match is an error, never ignored.
     """
-    net = build_model(checkpoint.spec)
+    where = checkpoint.source or "the checkpoint"
+    if net is None:
+        if checkpoint.spec is None:
+            raise CheckpointError(f"{where} holds the weights of a module of one's own (no model spec): pass that "
+                                  "module to load them into, e.g. load_generator(path, net=MyModule())")
+        net = build_model(checkpoint.spec)
     try:
         net.load_state_dict(checkpoint.state_dict(copy))
     except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint.source or 'the checkpoint'}: the weights of copy {copy!r} do not fit "
-                              f"its model spec: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{where}: the weights of copy {copy!r} do not fit "
+                              f"{'its model spec' if checkpoint.spec is not None else 'the module given'}: "
+                              f"{str(err).splitlines()[0]}") from None
     return net.to(device).eval()
+
+
+def sample_layout(spec: dict | None, meta: dict) -> tuple[tuple[int, ...], int]:
+    """(shape of one sample, number of classes) of a network: from its spec, or for a module of one's own
+    (no spec) from the checkpoint's ``meta`` (``data_shape``, ``num_classes``, which :func:`realuid.distill`
+    records)."""
+    if spec is not None:
+        return data_shape(spec), int(spec["args"].get("num_classes", 0))
+    return tuple(int(s) for s in meta["data_shape"]), int(meta["num_classes"])
 
 
 def _read(source: str | os.PathLike | Checkpoint, kind: str, needed_by: str, expect_family: str | None) -> Checkpoint:
@@ -69,18 +87,21 @@ def _read(source: str | os.PathLike | Checkpoint, kind: str, needed_by: str, exp
 
 
 def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[int], num_classes: int,
-                    x0: Tensor | None = None, labels: Tensor | Sequence[int] | None = None):
+                    x0: Tensor | None = None, labels: Tensor | Sequence[int] | None = None,
+                    noise: Tensor | None = None):
     """Inputs of samples ``start .. start+n-1``: ``(z [n, ...], y [n] or None, noise [n, ...] or None)``.
 
     ``z`` is the noise of seeds ``seed + i`` (paired families: ``x0[i % len(x0)]``, the corrupted input);
     ``noise`` is the generator's own noise (seeds ``seed + i``) when ``family.generator_noise``; ``y`` is
     ``labels[i]``, or ``i % num_classes`` when no labels are given (None for an unconditional model).
-    The teacher starts from the same ``z``.
+    The teacher starts from the same ``z``. A given ``noise`` (``[N, ...]`` for all samples, checked by
+    :func:`check_noise`) replaces the per-seed draws: its rows ``start .. start+n-1`` are used instead.
     """
     from .sampling import seeded_noise
 
     seeds = list(range(seed + start, seed + start + n))
     idx = torch.arange(start, start + n)
+    draw = (lambda: seeded_noise(seeds, tuple(shape))) if noise is None else (lambda: noise[start:start + n])
     if family.paired:
         if x0 is None or len(x0) == 0:
             raise ValueError(f"the {family.name} family is paired: pass x0, the corrupted inputs [M, ...]")
@@ -88,8 +109,8 @@ def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[in
     else:
         if x0 is not None:
             raise ValueError(f"the {family.name} family draws its own noise: x0 is only for paired families")
-        z = seeded_noise(seeds, tuple(shape))
-    noise = seeded_noise(seeds, tuple(shape)) if family.generator_noise else None
+        z = draw()
+    noise = draw() if family.generator_noise else None
     if not num_classes:
         if labels is not None:
             raise ValueError("this model is unconditional: pass labels=None")
@@ -98,6 +119,24 @@ def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[in
     if len(y) != n:
         raise ValueError(f"labels must hold one class per sample: {n} needed from index {start}, got {len(y)}")
     return z, y, noise
+
+
+def check_noise(noise: Tensor | None, n: int, shape: Sequence[int], module: nn.Module) -> None:
+    """One clear error unless ``noise`` is None or a floating-point ``[n, *shape]`` tensor of the module's
+    dtype, on the CPU or on the module's device (batches are moved there as the per-seed noise is)."""
+    if noise is None:
+        return
+    param = next(module.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+    if not isinstance(noise, Tensor):
+        raise ValueError(f"noise must be a tensor [{n}, {', '.join(map(str, shape))}], got {type(noise).__name__}")
+    if tuple(noise.shape) != (n, *shape):
+        raise ValueError(f"noise must have shape [{n}, {', '.join(map(str, shape))}] (n samples of the model's "
+                         f"shape), got {list(noise.shape)}")
+    if noise.dtype != dtype:
+        raise ValueError(f"noise must have the model's dtype {dtype}, got {noise.dtype}")
+    if noise.device.type != "cpu" and noise.device != device:
+        raise ValueError(f"noise is on {noise.device}, the model on {device}: put it on either the CPU or {device}")
 
 
 def _batches(n: int, batch_size: int | None):
@@ -138,24 +177,35 @@ class Generator(OneStepGenerator):
     ``copy`` (the weights it holds: None for raw, else the copy's name) and ``checkpoint_meta``.
     """
 
-    def __init__(self, family, net: nn.Module, spec: dict, *, copy: str | None = None, meta: dict | None = None):
+    def __init__(self, family, net: nn.Module, spec: dict | None, *, copy: str | None = None,
+                 meta: dict | None = None):
         super().__init__(family, net)
         self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
-        self.shape, self.num_classes = data_shape(spec), int(spec["args"].get("num_classes", 0))
+        self.shape, self.num_classes = sample_layout(spec, self.checkpoint_meta)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = None,
-                        device: torch.device | str = "cpu") -> "Generator":
-        return cls(family_of(checkpoint), network(checkpoint, ema, device), checkpoint.spec,
+                        device: torch.device | str = "cpu", net: nn.Module | None = None) -> "Generator":
+        return cls(family_of(checkpoint), network(checkpoint, ema, device, net), checkpoint.spec,
                    copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
 
     @torch.no_grad()
     def sample(self, n: int, *, seed: int = 0, labels=None, batch_size: int | None = None,
-               x0: Tensor | None = None) -> Tensor:
-        """``n`` samples ``[n, *shape]`` on the module's device (see the module doc for what sample i is)."""
+               x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """``n`` samples ``[n, *shape]`` on the module's device (see the module doc for what sample i is).
+
+        ``noise``: the generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts
+        sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
+        noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
+        """
         device = next(self.net.parameters()).device
+        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
+        check_noise(noise, n, self.shape, self.net)
+        if noise is not None and self.family.paired and not self.family.generator_noise:
+            raise ValueError(f"this {self.family.name} generator starts from x0 alone: it takes no noise")
         out = [self(*_to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                  num_classes=self.num_classes, x0=x0, labels=labels)))
+                                                  num_classes=self.num_classes, x0=x0, labels=labels,
+                                                  noise=noise)))
                for start, m in _batches(n, batch_size)]
         return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
 
@@ -186,18 +236,25 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, nfe: int, method: str, seed: int = 0, labels=None, batch_size: int | None = None,
-               x0: Tensor | None = None) -> Tensor:
+               x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """``n`` samples ``[n, *shape]`` with ``nfe`` network calls by ``method`` (euler | heun | sde).
 
         Sample ``i`` starts from the same input as the generator's sample ``i``; the SDE's own noise
         depends on the batch (seed + its first index), so SDE samples match the stage's for the same
-        ``batch_size``.
+        ``batch_size``. ``noise``: the start noise ``[n, *shape]`` in place of the per-seed draws (row i
+        starts sample i; labels as without it), e.g. the noise another library's sampler started from.
+        A paired family starts from ``x0`` instead.
         """
         device = next(self.net.parameters()).device
+        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
+        check_noise(noise, n, self.shape, self.net)
+        if noise is not None and self.family.paired:
+            raise ValueError(f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise")
         out = []
         for start, m in _batches(n, batch_size):
             z, y, _ = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                   num_classes=self.num_classes, x0=x0, labels=labels))
+                                                   num_classes=self.num_classes, x0=x0, labels=labels,
+                                                   noise=noise))
             out.append(sample_teacher_batch(self.family, self.net, z, y, nfe=nfe, method=method, seed=seed,
                                             start=start))
         return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
@@ -214,14 +271,16 @@ def _teacher_copy(checkpoint: Checkpoint) -> str | None:
 
 def load_generator(path: str | os.PathLike | Checkpoint, ema: str | float | None = None, *,
                    device: torch.device | str = "cpu", needed_by: str = "load_generator",
-                   expect_family: str | None = None) -> Generator:
+                   expect_family: str | None = None, net: nn.Module | None = None) -> Generator:
     """A distilled generator from ``path`` (a generator checkpoint, or one already read).
 
     ``ema``: None for the raw weights, a decay (``0.999``) for that EMA copy, or a copy's name (e.g.
-    ``"best"``). ``needed_by`` and ``expect_family`` phrase and tighten the checks for a caller (a stage).
+    ``"best"``). ``net``: a module to load the weights into (required for the generator of a teacher
+    module of one's own, whose checkpoint has no model spec; it must be built like that teacher).
+    ``needed_by`` and ``expect_family`` phrase and tighten the checks for a caller (a stage).
     """
     checkpoint = _read(path, "generator", needed_by, expect_family)
-    return Generator.from_checkpoint(checkpoint, ema, device)
+    return Generator.from_checkpoint(checkpoint, ema, device, net)
 
 
 def load_teacher(path: str | os.PathLike | Checkpoint, ema: str | float | None = "auto", *,

@@ -23,19 +23,16 @@ import math
 import os
 from numbers import Real
 
-import torch
-
 from .checkpoints import load_torch_file
+from .teachers.statedicts import describe, layout, mismatch, plain_state_dict, strict_load_check
 
 __all__ = ["AUTHORS_GAN_HEAD_PREFIX", "authors_model_spec", "load_authors_teacher", "teacher_from_checkpoint"]
 
 # Present in every checkpoint the authors' scripts write (their UNet subclass owns the GAN head).
 AUTHORS_GAN_HEAD_PREFIX = "cls_pred_branch."
-_DDP_PREFIX = "module."
 # CIFAR-10 is 32x32, their CelebA 64x64; attention "at 16x16" puts the attention blocks at different
 # depths for the two, so the parameter names tell the image size apart.
 _KNOWN_IMAGE_SIZES = (32, 64)
-_SHOWN_KEYS = 8
 
 
 def authors_model_spec(num_classes: int = 0, *, image_size: int = 32, dropout: float = 0.1) -> dict:
@@ -102,10 +99,7 @@ def _select(checkpoint: dict, ema: str | float | None) -> dict:
 
 def _clean(state: dict) -> dict:
     """Drop a DataParallel ``module.`` prefix and the authors' unused GAN head."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("the selected entry is not a state dict (a mapping of parameter names to tensors)")
-    if state and all(k.startswith(_DDP_PREFIX) for k in state):
-        state = {k[len(_DDP_PREFIX):]: v for k, v in state.items()}
+    state = plain_state_dict(state)
     return {k: v for k, v in state.items() if not k.startswith(AUTHORS_GAN_HEAD_PREFIX)}
 
 
@@ -120,34 +114,6 @@ def _infer_num_classes(state: dict, num_classes: int | None) -> int:
         held = f"a {found}-class label embedding" if found else "no label embedding (unconditional)"
         raise ValueError(f"num_classes={num_classes} was asked for, but the checkpoint has {held}")
     return num_classes
-
-
-def _meta_model(spec: dict) -> torch.nn.Module:
-    """The model a spec builds, on the meta device: its parameter layout without allocating weights."""
-    from .models import build_model
-
-    with torch.device("meta"):
-        return build_model(spec)
-
-
-def _mismatch(expected: dict[str, tuple[int, ...]], state: dict) -> tuple[list[str], list[str], list[str]]:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)}, model {expected[k]}"
-        for k in set(expected) & set(state)
-        if tuple(state[k].shape) != expected[k]
-    )
-    return missing, unexpected, wrong
-
-
-def _describe(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
-    def part(title: str, items: list[str]) -> str:
-        shown = ", ".join(items[:_SHOWN_KEYS]) + (f", ... ({len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else "")
-        return f"{len(items)} {title}: {shown}"
-
-    parts = [part(t, i) for t, i in (("missing", missing), ("unexpected", unexpected), ("with another shape", wrong)) if i]
-    return "; ".join(parts)
 
 
 def teacher_from_checkpoint(
@@ -168,27 +134,17 @@ def teacher_from_checkpoint(
     first_problem = None
     for size in sizes:
         spec = authors_model_spec(classes, image_size=size)
-        model = _meta_model(spec)
-        problem = _mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
+        problem = mismatch(layout(spec), state)
         if not any(problem):
-            _strict_load_check(model, state)
+            strict_load_check(spec, state, "the authors' UNet")
             return spec, state
         first_problem = first_problem or (size, problem)
     size, problem = first_problem
     tried = f"image size {size}" if len(sizes) == 1 else f"image sizes {', '.join(map(str, sizes))}"
     raise ValueError(
         f"the checkpoint does not match the authors' UNet ({tried}, {classes or 'no'} classes): "
-        f"{_describe(*problem)} (compared with the {size}x{size} layout)"
+        f"{describe(*problem)} (compared with the {size}x{size} layout)"
     )
-
-
-def _strict_load_check(model: torch.nn.Module, state: dict) -> None:
-    """torch's own ``load_state_dict(strict=True)`` into the (meta) model, as a last word on the match."""
-    try:
-        # assign=True: a meta model takes the tensors as they are (nothing is copied, nothing warns).
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as err:
-        raise ValueError(f"the checkpoint does not load into the authors' UNet: {err}") from None
 
 
 def load_authors_teacher(

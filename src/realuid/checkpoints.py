@@ -474,6 +474,11 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         raise
 
 
+def tensors_digest(tensors: dict) -> str:
+    """sha256 of named tensors (each one's name, dtype, shape and bytes), wherever they live."""
+    return _content_hash("", _plain_tensors(tensors))
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -550,14 +550,22 @@ class RealUID:
                  device: torch.device, student_init: nn.Module | None = None, dist: Dist = SINGLE_PROCESS):
         self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
         self.device, self.dist = device, dist
-        self.labels = spec["args"].get("num_classes", 0) > 0
+        # Without a spec (a module of one's own) the data decide: labels, when the batch has them, condition.
+        self.labels = spec is None or spec["args"].get("num_classes", 0) > 0
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         init = student_init if student_init is not None else teacher
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
-        self.fake = build_model(spec).to(device).eval()
-        if cfg.fake_init == "teacher":
+        if spec is None:
+            # Nothing to build a fresh network from: the fake model starts as a copy of the teacher.
+            if cfg.fake_init != "teacher":
+                raise ValueError("fake_init='random' needs a model spec to build the fake model from; a teacher "
+                                 "module of one's own starts its fake model as its copy (fake_init='teacher')")
+            self.fake = copy.deepcopy(teacher).eval()
+        else:
+            self.fake = build_model(spec).to(device).eval()
+        if cfg.fake_init == "teacher" and spec is not None:
             if set(teacher.state_dict()) != set(self.fake.state_dict()):
                 raise ValueError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
                                  "use fake_init='random' for other teachers (e.g. a closed-form one)")
@@ -701,7 +709,8 @@ def distill(
 ) -> dict:
     """RealUID distillation: ``cfg.fake_updates_per_generator_update`` fake steps, then one generator step.
 
-    ``teacher`` is the frozen multi-step model ``f*`` (see :class:`RealUID`); ``cfg`` is a
+    ``teacher`` is the frozen multi-step model ``f*`` (see :class:`RealUID`) and ``spec`` its model spec, or
+    None for a module of one's own (the fake model is then a copy of it, the result's spec None); ``cfg`` is a
     :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
