@@ -67,6 +67,20 @@ def test_imports_point_one_way():
         assert not any(n.startswith("realuid/stages/") for n in reached), f"{module} imports the stages"
 
 
+# What the distillation alone runs: editing it must not retrain the teacher (a day at paper scale) or
+# resample it. losses.py stays: the teacher's matching loss lives beside the RealUID losses.
+DISTILLATION_ONLY = {"realuid/training/distillation.py", "realuid/gan.py", "realuid/quality.py"}
+
+
+@pytest.mark.parametrize("stage", ["train_teacher", "sample", "evaluate"])
+def test_the_teacher_and_sampling_stages_run_nothing_of_the_distillation(stage):
+    src = ROOT / "src"
+    reached = names(src, closure(src, f"realuid.stages.{stage}"))
+    assert not reached & DISTILLATION_ONLY, sorted(reached & DISTILLATION_ONLY)
+    if stage != "train_teacher":  # sampling and scoring need the device, not the training loops
+        assert not any(n.startswith("realuid/training/") for n in reached), sorted(reached)
+
+
 def test_the_writer_leaves_a_correct_registry_as_it_is():
     # `python workflow/code_deps.py --write` is how the deps are kept right: on the committed dvc.yaml
     # (which the test above checks) it must change nothing, comments and layout included.
