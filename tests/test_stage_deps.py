@@ -59,7 +59,8 @@ def test_each_stage_declares_exactly_the_source_files_it_runs(stage):
 def test_imports_point_one_way():
     src = ROOT / "src"
     models = names(src, closure(src, "realuid.models"))
-    assert all(n.startswith("realuid/models/") or n == "realuid/__init__.py" for n in models), sorted(models)
+    leaves = {"realuid/__init__.py", "realuid/errors.py"}  # errors.py imports nothing: any module may raise them
+    assert all(n.startswith("realuid/models/") or n in leaves for n in models), sorted(models)
     library = [p for p in (src / "realuid").rglob("*.py") if "stages" not in p.parts]
     for path in library:
         module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU. On CUDA, float32 matmuls may use TF32 tensor cores."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+            raise ConfigError(f"device {name!r} requested but CUDA is not available")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
@@ -22,5 +24,5 @@ def autocast(device: torch.device, precision: str):
     Losses are always reduced in float32 (outputs are cast back before the loss).
     """
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from .rng import seeded
 
 
@@ -31,7 +32,7 @@ class BatchStream:
 
     def __init__(self, data: TrainData, batch_size: int, seed: int):
         if batch_size > len(data):
-            raise ValueError(f"batch_size {batch_size} is larger than the training set ({len(data)} samples)")
+            raise ConfigError(f"batch_size {batch_size} is larger than the training set ({len(data)} samples)")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.per_epoch = len(data) // batch_size  # the ragged tail of an epoch is dropped
         self._epoch, self._perm = None, None

@@ -16,10 +16,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import read_state, save_state
 from ..distributed import SINGLE_PROCESS, Dist
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+from ..errors import TrainingDiverged
 
 
 def state_key(*parts) -> str:

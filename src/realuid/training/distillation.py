@@ -14,6 +14,7 @@ from ..checkpoints import Checkpoint, ema_copy_name, family_record
 from ..config import BEST_COPY
 from ..devices import autocast
 from ..distributed import SINGLE_PROCESS, Dist
+from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..losses import fake_loss, generator_loss
 from ..models import OneStepGenerator, build_model
@@ -119,7 +120,7 @@ class RealUID:
         self.fake = build_model(spec).to(device).eval()
         if cfg.fake_init == "teacher":
             if set(teacher.state_dict()) != set(self.fake.state_dict()):
-                raise ValueError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
+                raise ConfigError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
                                  "use fake_init='random' for other teachers (e.g. a closed-form one)")
             self.fake.load_state_dict(teacher.state_dict())
         self.fake.requires_grad_(True)
@@ -284,7 +285,7 @@ def distill(
     phases = cfg.fake_updates_per_generator_update + 1
     keep_best = getattr(cfg, "keep_best", False)
     if keep_best and evaluator is None and dist.is_main:  # other ranks never evaluate
-        raise ValueError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
+        raise ConfigError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
     quality = None if evaluator is None else QualityLog(evaluator, state_dir / "eval.csv", keep_best=keep_best)
 
     start = 0
