@@ -221,7 +221,8 @@ def measure_distillation(size: Size, cfg, precision: str, device: torch.device, 
                          beta: float) -> tuple[dict, object]:
     """Iterations/s, peak memory, host syncs and finiteness of the losses for one precision."""
     from realuid.matching import make_family
-    from realuid.training import RealUID, TrainData
+    from realuid.training.batches import TrainData
+    from realuid.training.distillation import RealUID
 
     family = make_family("fm")
     if trainer_has_precision(cfg):
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ensure_libraries()
     torchcfm_source = ensure_torchcfm(args.carry_dir)
-    from realuid.training import resolve_device
+    from realuid.devices import resolve_device
 
     device = resolve_device("cpu" if args.tiny and args.device == "auto" else args.device)
     if device.type == "cpu" and not args.tiny and args.device == "auto":

@@ -27,7 +27,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from realuid import distributed, training
+from realuid import distributed
 from realuid.api import one_step_inputs
 from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
 from realuid.config import ConfigError, GanConfig, Params, build, in_effect
@@ -36,7 +36,9 @@ from realuid.matching import make_family
 from realuid.metrics import image_features
 from realuid.models import OneStepGenerator, build_model
 from realuid.stages import sample as sample_stage
-from realuid.training import distill, train_teacher
+from realuid.training import distillation
+from realuid.training.distillation import distill
+from realuid.training.teacher import train_teacher
 from test_training import DISTILL, TEACHER, spec_for, toy_data
 
 ATOL = 1e-5  # weights after a few dozen steps, 2 processes vs 1 (measured: < 1e-6; summation order only)
@@ -150,7 +152,7 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
 def _killed_job(dist: Dist, folder: str, kill_call: int) -> None:
     """The fm distillation in ``folder``, with rank 1 killed at its ``kill_call``-th optimizer step."""
     if dist.rank == 1:
-        real, calls = training.optimizer_step, {"n": 0}
+        real, calls = distillation.optimizer_step, {"n": 0}
 
         def dying(*args, **kwargs):
             calls["n"] += 1
@@ -158,7 +160,7 @@ def _killed_job(dist: Dist, folder: str, kill_call: int) -> None:
                 os._exit(9)  # like a kill: no cleanup, no message to the peer
             return real(*args, **kwargs)
 
-        training.optimizer_step = dying
+        distillation.optimizer_step = dying
     family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
     distill(family, data, teacher, spec, cfg, folder, progress=False, dist=dist, **coef)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import TOY, tiny_params
+from test_pipeline import TOY, make_project, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -492,3 +492,18 @@ def test_readme_says_to_unlock_snakemake_after_killing_it():
     text = " ".join((ROOT / "README.md").read_text().split())
     at = text.index("run the same command again")
     assert "snakemake --unlock" in text[at - 600 : at + 600]
+
+
+def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
+    # Only the library's user errors (realuid.errors) and file-system errors are one line: a plain
+    # ValueError from deep inside, here a shape mismatch planted in a copy of the sources, is a bug.
+    project = make_project(tmp_path / "project", tiny_params(), git=False)
+    with open(project / "src/realuid/data.py", "a") as fh:
+        fh.write("\n\ndef split_indices(*args, **kwargs):\n    return np.ones(3) @ np.ones(4)\n")
+    done = subprocess.run(stage_cmd("prepare", "--out", "data/prepare"), cwd=project, capture_output=True,
+                          text=True, env={**env(), "PYTHONPATH": str(project / "src")}, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" in done.stderr and "split_indices" in done.stderr, done.stderr
+    assert last_line(done.stderr).startswith("ValueError: matmul"), done.stderr
+    assert not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stderr
+    assert not (project / "data").exists()

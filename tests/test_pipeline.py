@@ -559,3 +559,17 @@ def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
     # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
     assert sorted((project / "state/train_teacher").iterdir()) == teacher_states
     assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1
+
+
+@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
+def test_editing_the_gan_head_reruns_the_distillation_never_the_teacher(tmp_path):
+    # The teacher loop imports nothing of the distillation (realuid.training's modules), so an edit of
+    # the GAN head (off in this config, but code the distillation runs) leaves the teacher's stage alone.
+    project = make_project(tmp_path / "project", tiny_params(TOY))  # a copy of src/: the edit stays there
+    sh(project, "dvc", "repro")
+    with open(project / "src/realuid/gan.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    assert dvc_changed(project) == {"distill", "finetune"}
+    rerun = dvc_reproduce(project)
+    assert "distill" in rerun and rerun <= DOWNSTREAM_OF_ALPHA
+    assert not rerun & {"prepare", "features", "train_teacher"}

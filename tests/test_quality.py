@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from realuid import quality, training
+from realuid import quality
 from realuid.config import ConfigError, build, Params
 from realuid.data import Split
 from realuid.matching import make_family
 from realuid.metrics import PointReference, energy_distance, sliced_wasserstein2
 from realuid.models import OneStepGenerator, build_model
-from realuid.training import distill
+from realuid.training.distillation import distill
 
 from test_training import DISTILL, Crash, crash_at, same_weights, spec_for, toy_data
 

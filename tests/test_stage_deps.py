@@ -59,12 +59,27 @@ def test_each_stage_declares_exactly_the_source_files_it_runs(stage):
 def test_imports_point_one_way():
     src = ROOT / "src"
     models = names(src, closure(src, "realuid.models"))
-    assert all(n.startswith("realuid/models/") or n == "realuid/__init__.py" for n in models), sorted(models)
+    leaves = {"realuid/__init__.py", "realuid/errors.py"}  # errors.py imports nothing: any module may raise them
+    assert all(n.startswith("realuid/models/") or n in leaves for n in models), sorted(models)
     library = [p for p in (src / "realuid").rglob("*.py") if "stages" not in p.parts]
     for path in library:
         module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
         reached = names(src, closure(src, module))
         assert not any(n.startswith("realuid/stages/") for n in reached), f"{module} imports the stages"
+
+
+# What the distillation alone runs: editing it must not retrain the teacher (a day at paper scale) or
+# resample it. losses.py stays: the teacher's matching loss lives beside the RealUID losses.
+DISTILLATION_ONLY = {"realuid/training/distillation.py", "realuid/gan.py", "realuid/quality.py"}
+
+
+@pytest.mark.parametrize("stage", ["train_teacher", "sample", "evaluate"])
+def test_the_teacher_and_sampling_stages_run_nothing_of_the_distillation(stage):
+    src = ROOT / "src"
+    reached = names(src, closure(src, f"realuid.stages.{stage}"))
+    assert not reached & DISTILLATION_ONLY, sorted(reached & DISTILLATION_ONLY)
+    if stage != "train_teacher":  # sampling and scoring need the device, not the training loops
+        assert not any(n.startswith("realuid/training/") for n in reached), sorted(reached)
 
 
 def test_the_writer_leaves_a_correct_registry_as_it_is():

@@ -10,9 +10,13 @@ from realuid.checkpoints import read_state
 from realuid.config import DistillConfig, ModelConfig, OptimConfig, TrainTeacherConfig
 from realuid.matching import make_family
 from realuid.metrics import sliced_wasserstein2
-from realuid import training
+from realuid import devices
 from realuid.models import build_model, model_spec
-from realuid.training import RealUID, TrainData, TrainingDiverged, distill, train_teacher
+from realuid.training import distillation, rng, teacher
+from realuid.training.batches import TrainData
+from realuid.training.bookkeeping import Meter, TrainingDiverged
+from realuid.training.distillation import RealUID, distill
+from realuid.training.teacher import train_teacher
 
 MODEL = ModelConfig(arch="auto", hidden_dim=32, depth=1, time_embed_dim=16, channels=8, channel_mult=[1, 2],
                     num_res_blocks=1, attention_resolutions="", num_heads=1, num_head_channels=-1,
@@ -48,7 +52,7 @@ class Crash(Exception):
 
 def crash_at(monkeypatch, call: int):
     """Make the n-th optimizer step raise, like a kill at an arbitrary point between checkpoints."""
-    real, calls = training.optimizer_step, {"n": 0}
+    real, calls = teacher.optimizer_step, {"n": 0}
 
     def step(*args, **kwargs):
         calls["n"] += 1
@@ -56,8 +60,10 @@ def crash_at(monkeypatch, call: int):
             raise Crash()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "optimizer_step", step)
-    return lambda: monkeypatch.setattr(training, "optimizer_step", real)
+    loops = (teacher, distillation)  # each loop calls the step it imported
+    for loop in loops:
+        monkeypatch.setattr(loop, "optimizer_step", step)
+    return lambda: [monkeypatch.setattr(loop, "optimizer_step", real) for loop in loops]
 
 
 @pytest.mark.parametrize("family_name", ["fm", "bridge", "si", "diffusion"])
@@ -215,21 +221,21 @@ def test_bf16_autocast_runs_on_cpu_and_keeps_float32_weights(tmp_path, family_na
 
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision"):
-        training.autocast(torch.device("cpu"), "fp16")
+        devices.autocast(torch.device("cpu"), "fp16")
 
 
 def test_dropout_seed_keeps_the_one_process_stream_on_rank_zero_and_differs_per_rank():
     masks = []
     for rank in (0, 1, 2):
-        training._seed_dropout(5, 7, rank)
+        rng.seed_dropout(5, 7, rank)
         masks.append(torch.rand(8))
-    torch.manual_seed(training._seed_value(5, 7, -1))  # the one-process seed of step 7
+    torch.manual_seed(rng._seed_value(5, 7, -1))  # the one-process seed of step 7
     assert torch.equal(masks[0], torch.rand(8))
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
 
 
 def test_meter_reads_means_since_the_last_read():
-    meter = training.Meter()
+    meter = Meter()
     for v in (1.0, 2.0, 6.0):
         meter.add(loss=torch.tensor(v), norm=torch.tensor(2 * v))
     assert meter.read() == {"loss": 3.0, "norm": 6.0}
@@ -295,7 +301,7 @@ def test_distillation_runs_without_dropout_whatever_the_teacher_trained_with(tmp
 def test_lr_factor_warms_up_linearly_then_stays_constant_or_falls_by_a_half_cosine():
     import math
 
-    from realuid.training import lr_factor
+    from realuid.training.optimization import lr_factor
 
     warmup, total = 10, 110  # a decay of 100 updates after the warm-up
     constant, cosine = (dataclasses.replace(OPTIM, warmup_steps=warmup, decay=d) for d in ("constant", "cosine"))
@@ -322,7 +328,7 @@ def test_lr_factor_warms_up_linearly_then_stays_constant_or_falls_by_a_half_cosi
 
 
 def test_optimizers_follow_the_schedule_over_the_steps_of_their_own_run(tmp_path):
-    from realuid.training import lr_factor, make_optimizer
+    from realuid.training.optimization import lr_factor, make_optimizer
 
     cosine = dataclasses.replace(OPTIM, lr=0.01, warmup_steps=3, decay="cosine")
     weight = torch.nn.Parameter(torch.zeros(2))

@@ -7,7 +7,8 @@ from realuid.analytic import exact_fm_velocity, gmm8
 from realuid.config import ModelConfig, OptimConfig, TrainTeacherConfig
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
-from realuid.training import TrainData, train_teacher
+from realuid.training.batches import TrainData
+from realuid.training.teacher import train_teacher
 
 MODEL = ModelConfig(arch="mlp", hidden_dim=64, depth=2, time_embed_dim=16, channels=32, channel_mult=[1],
                     num_res_blocks=1, attention_resolutions="", num_heads=1, num_head_channels=-1,

@@ -8,7 +8,8 @@ import torch
 from realuid.config import DistillConfig, GanConfig, ModelConfig, OptimConfig
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
-from realuid.training import RealUID, TrainData, distill
+from realuid.training.batches import TrainData
+from realuid.training.distillation import RealUID, distill
 
 MODEL = ModelConfig(arch="auto", hidden_dim=32, depth=1, time_embed_dim=16, channels=32, channel_mult=[1, 2],
                     num_res_blocks=1, attention_resolutions="", num_heads=1, num_head_channels=-1,

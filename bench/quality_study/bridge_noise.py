@@ -24,7 +24,9 @@ from realuid.metrics import sliced_wasserstein2
 from realuid.api import load_generator, load_teacher
 from realuid.models import model_spec
 from realuid.sampling import sample_teacher
-from realuid.training import TrainData, distill, train_teacher
+from realuid.training.batches import TrainData
+from realuid.training.distillation import distill
+from realuid.training.teacher import train_teacher
 
 from .figures import _pyplot, _save
 from .settings import PIPELINE_DISTILL, PIPELINE_MODEL, PIPELINE_TEACHER

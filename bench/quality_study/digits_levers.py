@@ -32,7 +32,7 @@ from realuid import config as config_module
 from realuid.data import build_splits, split_indices, take
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
-from realuid.training import TrainData
+from realuid.training.batches import TrainData
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATION_FRACTION = 0.2
@@ -104,7 +104,7 @@ def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None 
     from realuid.api import load_teacher
     from realuid.checkpoints import save_checkpoint
     from realuid.features import save_feature_net, train_feature_net
-    from realuid.training import train_teacher
+    from realuid.training.teacher import train_teacher
 
     fit, val = splits(base["prepare"])
     feat_cfg = base["features"]
@@ -202,7 +202,7 @@ def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dic
     its run folder; returns (the generator checkpoint ``distill`` returns, {"alpha", "beta", "curve",
     "seconds", "seconds_per_update"})."""
     from realuid.api import load_teacher
-    from realuid.training import distill
+    from realuid.training.distillation import distill
 
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])

@@ -1,6 +1,6 @@
 """Seconds per distillation update of the 8x8 digits UNet on CPU, one setting changed at a time.
 
-Every variant runs the library's own :class:`realuid.training.RealUID` phases (``fake_step`` then
+Every variant runs the library's own :class:`realuid.training.distillation.RealUID` phases (``fake_step`` then
 ``generator_step``) on the digits for ``--updates`` timed updates after ``--warmup`` untimed ones, in
 this one process, one after the other, so the ratios come from one run on one machine state. Run it on
 an idle machine: another busy process slows torch's threads many times over.
@@ -20,7 +20,9 @@ from realuid import config as config_module
 from realuid.data import build_splits
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
-from realuid.training import BatchStream, RealUID, TrainData, _seeded
+from realuid.training.batches import BatchStream, TrainData
+from realuid.training.distillation import RealUID
+from realuid.training.rng import seeded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,8 +59,8 @@ def time_updates(params, *, threads: int, updates: int, warmup: int, alpha: floa
 
     def update(step: int) -> None:
         for k in range(phases - 1):
-            uid.fake_step(stream(step * phases + k), _seeded(0, step, k, device=torch.device("cpu")))
-        uid.generator_step(stream(step * phases + phases - 1), _seeded(0, step, phases - 1, device=torch.device("cpu")))
+            uid.fake_step(stream(step * phases + k), seeded(0, step, k, device=torch.device("cpu")))
+        uid.generator_step(stream(step * phases + phases - 1), seeded(0, step, phases - 1, device=torch.device("cpu")))
 
     start = time.perf_counter()
     update(0)

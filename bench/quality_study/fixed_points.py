@@ -2,7 +2,7 @@
 
 For each case (a teacher distribution p_T and a data distribution p_d, Gaussian mixtures on the same
 modes with different weights) and family, the fixed point of :mod:`realuid.analysis` is computed on a
-fine (α, β) grid, and students are distilled with the project's :func:`realuid.training.distill` at a
+fine (α, β) grid, and students are distilled with the project's :func:`realuid.training.distillation.distill` at a
 few (α, β) from the **exact closed-form teacher** of p_T (:class:`realuid.analytic.ExactTeacher`): the
 teacher has no training error by construction, so any gap between student and data is the method's.
 The teacher's distribution is wrong on purpose (its weights differ from the data's); the question is
@@ -38,7 +38,9 @@ from realuid.analytic import ExactTeacher, GaussianMixture
 from realuid.matching import make_family
 from realuid.metrics import knn_precision_recall, mode_masses, sliced_wasserstein2
 from realuid.models import OneStepGenerator, build_model, model_spec
-from realuid.training import TrainData, distill, train_teacher
+from realuid.training.batches import TrainData
+from realuid.training.distillation import distill
+from realuid.training.teacher import train_teacher
 
 from .settings import FAMILY_OPTIONS, _toy_settings
 from .stats import summarize

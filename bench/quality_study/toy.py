@@ -33,7 +33,9 @@ from realuid.matching import make_family
 from realuid.api import load_generator, load_teacher
 from realuid.models import OneStepGenerator, model_spec
 from realuid.sampling import sample_teacher
-from realuid.training import TrainData, distill, train_teacher
+from realuid.training.batches import TrainData
+from realuid.training.distillation import distill
+from realuid.training.teacher import train_teacher
 
 from . import tasks
 from .settings import FAMILY_OPTIONS, TEACHER_METHOD, StudySettings

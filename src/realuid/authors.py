@@ -25,6 +25,7 @@ from numbers import Real
 
 from .checkpoints import load_torch_file
 from .teachers.statedicts import describe, layout, mismatch, plain_state_dict, strict_load_check
+from .errors import CheckpointError, ConfigError
 
 __all__ = ["AUTHORS_GAN_HEAD_PREFIX", "authors_model_spec", "load_authors_teacher", "teacher_from_checkpoint"]
 
@@ -71,22 +72,22 @@ def _select(checkpoint: dict, ema: str | float | None) -> dict:
     """The state dict of the requested copy: ``net_model`` for ``ema=None``, else ``ema_models[ema]``."""
     if not isinstance(checkpoint, dict) or "net_model" not in checkpoint and "ema_models" not in checkpoint:
         found = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"not an authors' checkpoint: expected a dict with 'ema_models' and/or 'net_model', found {found}"
         )
     if ema is None:
         if "net_model" not in checkpoint:
-            raise ValueError("the checkpoint has no 'net_model' entry; choose one of its EMA copies with ema=")
+            raise CheckpointError("the checkpoint has no 'net_model' entry; choose one of its EMA copies with ema=")
         return checkpoint["net_model"]
     models = checkpoint.get("ema_models")
     if not isinstance(models, dict) or not models:
-        raise ValueError("the checkpoint has no 'ema_models' entry; load the raw network with ema=None")
+        raise CheckpointError("the checkpoint has no 'ema_models' entry; load the raw network with ema=None")
     if isinstance(ema, bool) or not isinstance(ema, (str, Real)):
-        raise ValueError(f"ema must be a decay such as '0.999' or None, got {ema!r}")
+        raise ConfigError(f"ema must be a decay such as '0.999' or None, got {ema!r}")
     try:
         wanted = float(ema)
     except ValueError:
-        raise ValueError(f"ema must be a decay such as '0.999' or None, got {ema!r}") from None
+        raise ConfigError(f"ema must be a decay such as '0.999' or None, got {ema!r}") from None
     # Compare as numbers: "0.999", "0.9990" and 0.999 name the same copy.
     for key, state in models.items():
         try:
@@ -94,7 +95,7 @@ def _select(checkpoint: dict, ema: str | float | None) -> dict:
                 return state
         except (TypeError, ValueError):
             continue
-    raise ValueError(f"EMA decay {ema!r} is not in the checkpoint; it holds {sorted(map(str, models))}")
+    raise CheckpointError(f"EMA decay {ema!r} is not in the checkpoint; it holds {sorted(map(str, models))}")
 
 
 def _clean(state: dict) -> dict:
@@ -112,7 +113,7 @@ def _infer_num_classes(state: dict, num_classes: int | None) -> int:
         raise ValueError(f"num_classes must be a non-negative int or None, got {num_classes!r}")
     if num_classes != found:
         held = f"a {found}-class label embedding" if found else "no label embedding (unconditional)"
-        raise ValueError(f"num_classes={num_classes} was asked for, but the checkpoint has {held}")
+        raise CheckpointError(f"num_classes={num_classes} was asked for, but the checkpoint has {held}")
     return num_classes
 
 
@@ -141,7 +142,7 @@ def teacher_from_checkpoint(
         first_problem = first_problem or (size, problem)
     size, problem = first_problem
     tried = f"image size {size}" if len(sizes) == 1 else f"image sizes {', '.join(map(str, sizes))}"
-    raise ValueError(
+    raise CheckpointError(
         f"the checkpoint does not match the authors' UNet ({tried}, {classes or 'no'} classes): "
         f"{describe(*problem)} (compared with the {size}x{size} layout)"
     )
@@ -164,4 +165,4 @@ def load_authors_teacher(
     try:
         return teacher_from_checkpoint(checkpoint, ema=ema, num_classes=num_classes, image_size=image_size)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise CheckpointError(f"{path}: {err}") from None

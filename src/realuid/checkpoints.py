@@ -44,6 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .errors import CheckpointError
+
 FORMAT = "realuid-checkpoint/2"
 LEGACY_FORMAT = "realuid-checkpoint/1"
 MODEL_KINDS = ("teacher", "generator")
@@ -53,10 +55,6 @@ _WEIGHTS, _COPIES = "weights", "copies"
 # What a reader calls each kind in its messages.
 _KIND_NAMES = {"teacher": "teacher checkpoint", "generator": "generator checkpoint",
                "state": "training-state checkpoint"}
-
-
-class CheckpointError(ValueError):
-    """A file that is not the checkpoint a reader needs (wrong kind, damaged, unreadable)."""
 
 
 @dataclasses.dataclass

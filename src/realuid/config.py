@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .yamlfile import YamlFileError, read_yaml
-
-
-class ConfigError(ValueError):
-    """A params file that cannot be used; the message names the offending key."""
 
 
 def _spec(*, choices=None, ge=None, gt=None, le=None, lt=None, doc: str = "") -> dict:

@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import ConfigError, DataError
+
 SOURCES = ("toy", "digits", "cifar10", "file")
 TOY_DATASETS = ("gmm8", "checkerboard", "moons")
 PAIRINGS = ("none", "noise", "mask", "downsample")
@@ -60,10 +62,6 @@ H5_GZIP_LEVEL = 4
 # not only of the (fletcher32-protected) chunks.
 H5_LIBVER = ("v110", "latest")
 ARRAY_NAMES = ("x1", "y", "x0")
-
-
-class DataError(ValueError):
-    """Data that cannot be read or used: missing, corrupted, or of the wrong layout."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,9 +198,9 @@ def sample_in_box(draw: Callable[[np.random.Generator, int], np.ndarray], rng: n
 def make_toy(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` float32 points ``[n, 2]`` of toy data set ``name`` inside [-1, 1]^2."""
     if name not in TOY_SAMPLERS:
-        raise ValueError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
+        raise ConfigError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_DATASETS)}")
     if n <= 0:
-        raise ValueError(f"number of toy points must be positive, got {n}")
+        raise ConfigError(f"number of toy points must be positive, got {n}")
     return sample_in_box(TOY_SAMPLERS[name], rng, n).astype(np.float32)
 
 
@@ -225,7 +223,7 @@ def split_indices(n: int, test_fraction: float, rng: np.random.Generator, labels
     split. Raises ValueError when either split would be empty.
     """
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     if labels is None:
         groups = [np.arange(n)]
     else:
@@ -237,7 +235,7 @@ def split_indices(n: int, test_fraction: float, rng: np.random.Generator, labels
     test = np.sort(np.concatenate(test_parts)).astype(np.int64)
     train = np.setdiff1d(np.arange(n), test).astype(np.int64)
     if len(train) == 0 or len(test) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"test_fraction={test_fraction} of {n} samples leaves an empty "
             f"{'train' if len(train) == 0 else 'test'} split"
         )
@@ -566,10 +564,10 @@ def pair_mask(x1: np.ndarray, strength: float, rng: np.random.Generator) -> np.n
 def pair_downsample(x1: np.ndarray) -> np.ndarray:
     """Average-pool by 2, then nearest upsample: ``[N, C, H, W]`` -> same shape, H and W even."""
     if x1.ndim != 4:
-        raise ValueError("pairing 'downsample' needs images [N, C, H, W]; these data are points")
+        raise ConfigError("pairing 'downsample' needs images [N, C, H, W]; these data are points")
     n, c, h, w = x1.shape
     if h % 2 or w % 2:
-        raise ValueError(f"pairing 'downsample' needs an even height and width, got {h}x{w}")
+        raise ConfigError(f"pairing 'downsample' needs an even height and width, got {h}x{w}")
     pooled = x1.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5), dtype=np.float64)
     return pooled.repeat(2, axis=2).repeat(2, axis=3).astype(x1.dtype)
 
@@ -580,15 +578,15 @@ def make_pairs(x1: np.ndarray, pairing: str, strength: float, rng: np.random.Gen
         return None
     if pairing == "noise":
         if strength <= 0:
-            raise ValueError("pairing 'noise' needs pairing_strength > 0 (the noise standard deviation)")
+            raise ConfigError("pairing 'noise' needs pairing_strength > 0 (the noise standard deviation)")
         return pair_noise(x1, strength, rng)
     if pairing == "mask":
         if x1.ndim == 4 and not 0 < strength <= 1:
-            raise ValueError("pairing 'mask' needs pairing_strength in (0, 1] (side of the square / image side)")
+            raise ConfigError("pairing 'mask' needs pairing_strength in (0, 1] (side of the square / image side)")
         return pair_mask(x1, strength, rng)
     if pairing == "downsample":
         return pair_downsample(x1)
-    raise ValueError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
+    raise ConfigError(f"unknown pairing {pairing!r}; choose one of {', '.join(PAIRINGS)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,9 +630,9 @@ def build_splits(params: Any) -> tuple[Split, Split]:
     source = settings["source"]
     seed = int(settings["seed"])
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if settings["pairing"] not in PAIRINGS:
-        raise ValueError(f"unknown pairing {settings['pairing']!r}; choose one of {', '.join(PAIRINGS)}")
+        raise ConfigError(f"unknown pairing {settings['pairing']!r}; choose one of {', '.join(PAIRINGS)}")
 
     if source == "toy":
         scale, shift = toy_original_units(settings["toy"])
@@ -650,7 +648,7 @@ def build_splits(params: Any) -> tuple[Split, Split]:
 
     if settings["pairing"] != "none":
         if train.x0 is not None:
-            raise ValueError(f"{settings['path']} already holds pairs 'x0'; set pairing: none to use them")
+            raise DataError(f"{settings['path']} already holds pairs 'x0'; set pairing: none to use them")
         for split, stream in ((train, STREAM_PAIR_TRAIN), (test, STREAM_PAIR_TEST)):
             split.x0 = make_pairs(split.x1, settings["pairing"], float(settings["pairing_strength"]), rng_for(seed, stream))
 
@@ -683,11 +681,11 @@ def content_hash(arrays: dict[str, np.ndarray | None]) -> str:
 def _check_arrays(x1: np.ndarray, y: np.ndarray | None, x0: np.ndarray | None) -> None:
     kind_of(x1)
     if len(x1) == 0:
-        raise ValueError("cannot write an empty split")
+        raise DataError("cannot write an empty split")
     if y is not None and y.shape != (len(x1),):
-        raise ValueError(f"labels have shape {y.shape}; expected ({len(x1)},)")
+        raise DataError(f"labels have shape {y.shape}; expected ({len(x1)},)")
     if x0 is not None and x0.shape != x1.shape:
-        raise ValueError(f"x0 has shape {x0.shape}; expected the shape of x1, {x1.shape}")
+        raise DataError(f"x0 has shape {x0.shape}; expected the shape of x1, {x1.shape}")
 
 
 def _write_attr(attrs: Any, key: str, value: Any) -> None:

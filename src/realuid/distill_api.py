@@ -1,6 +1,6 @@
 """Distillation from Python: :func:`distill` runs the pipeline's RealUID loop on a teacher and data in memory.
 
-The loop is the ``distill`` stage's own (:func:`realuid.training.distill`): the same losses, optimizers, EMA
+The loop is the ``distill`` stage's own (:func:`realuid.training.distillation.distill`): the same losses, optimizers, EMA
 copies, exact resume and optional in-training evaluation; only the inputs come from the caller instead of
 ``params.yaml`` and the pipeline's files.
 """
@@ -20,8 +20,9 @@ from .api import Generator, Teacher
 from .checkpoints import family_record, save_checkpoint, tensors_digest
 from .config import DistillConfig, build, in_effect, to_dict
 from .matching import Family, make_family
-from .training import TrainData, resolve_device
-from .training import distill as realuid_loop
+from .devices import resolve_device
+from .training.batches import TrainData
+from .training.distillation import distill as realuid_loop
 
 __all__ = ["DEFAULT_SETTINGS", "distill", "distill_settings"]
 

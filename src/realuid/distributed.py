@@ -36,6 +36,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from .errors import ConfigError, FolderError, StageError
+
 __all__ = ["Dist", "SINGLE_PROCESS", "under_torchrun", "launched_rank", "session", "launch_if_needed",
            "launch_command"]
 
@@ -69,7 +71,7 @@ class Dist:
     def rows(self, global_batch: int) -> slice:
         """This process's rows ``[rank*b, (rank+1)*b)`` of a global batch, ``b = global_batch / world_size``."""
         if global_batch % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size {global_batch} is not divisible by the {self.world_size} processes: the global "
                 f"batch is split evenly, so choose a multiple of {self.world_size}"
             )
@@ -152,7 +154,7 @@ class Dist:
         """``value``, after checking that every process has the same one (else a RuntimeError naming ``what``)."""
         values = self.all_gather(value)
         if any(v != values[0] for v in values):
-            raise RuntimeError(f"the processes disagree on {what}: {values}")
+            raise FolderError(f"the processes disagree on {what}: {values}")
         return value
 
     def barrier(self) -> None:
@@ -181,7 +183,7 @@ def launched_rank() -> int:
 def _env_int(name: str) -> int:
     value = os.environ.get(name)
     if value is None or not value.isdigit():
-        raise RuntimeError(f"torchrun environment variable {name} is missing or not an integer: {value!r}")
+        raise StageError(f"torchrun environment variable {name} is missing or not an integer: {value!r}")
     return int(value)
 
 
@@ -193,7 +195,7 @@ def process_device(device: torch.device, local_rank: int, local_world_size: int)
     if device.type != "cuda":
         return device
     if device.index is not None and local_world_size > 1:
-        raise ValueError(
+        raise ConfigError(
             f"device {device} names one GPU, but {local_world_size} processes share this node: "
             "set the device to auto or cuda so each process takes the GPU of its local rank"
         )
@@ -203,7 +205,7 @@ def process_device(device: torch.device, local_rank: int, local_world_size: int)
     if visible == 1:
         return torch.device("cuda", 0)
     if local_rank >= visible:
-        raise RuntimeError(f"local rank {local_rank} has no GPU: only {visible} are visible on this node")
+        raise StageError(f"local rank {local_rank} has no GPU: only {visible} are visible on this node")
     return torch.device("cuda", local_rank)
 
 
@@ -249,7 +251,7 @@ def launch_if_needed(nproc: int, module: str, argv: Sequence[str]) -> int | None
     process is already part of a torchrun job: then torchrun's own world (e.g. several nodes) holds.
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"the number of processes must be an integer >= 1, got {nproc!r}")
+        raise ConfigError(f"the number of processes must be an integer >= 1, got {nproc!r}")
     if nproc == 1 or under_torchrun():
         return None
     env = dict(os.environ)

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoints import atomic_save, load_torch_file
+from .errors import CheckpointError, ConfigError, DataError
 
 EXTRACTOR_NAME = "realuid-features"
 CHECKPOINT_FORMAT = "realuid-feature-net"
@@ -173,7 +174,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None, *, step
     """
     _check_images(images)
     if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+        raise ConfigError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
     device = torch.device(device) if device is not None else images.device
     n_images, in_channels, image_size = images.shape[0], images.shape[1], images.shape[2]
     if labels is not None:
@@ -181,7 +182,7 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None, *, step
         inferred = int(labels.max()) + 1
         num_classes = inferred if num_classes is None else num_classes
         if num_classes < inferred:
-            raise ValueError(f"num_classes={num_classes} but labels go up to {inferred - 1}")
+            raise DataError(f"num_classes={num_classes} but labels go up to {inferred - 1}")
         task = "classification"
     else:
         num_classes, task = ROTATION_CLASSES, "rotation"
@@ -305,9 +306,9 @@ def save_feature_net(path: str | os.PathLike, net: FeatureNet, meta: dict | None
 def _read_checkpoint(path: str | os.PathLike) -> dict:
     payload = load_torch_file(path, needed_by="the feature extractor", expected="feature-extractor checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {payload.get('version')}")
+        raise CheckpointError(f"{path}: unsupported checkpoint version {payload.get('version')}")
     return payload
 
 
@@ -351,11 +352,11 @@ def fidelity_extractor_class() -> type:
                      feature_extractor_internal_dtype=None, **kwargs):
             super().__init__(name, features_list)
             if feature_extractor_weights_path is None:
-                raise ValueError(f"the {EXTRACTOR_NAME} extractor needs feature_extractor_weights_path "
+                raise ConfigError(f"the {EXTRACTOR_NAME} extractor needs feature_extractor_weights_path "
                                  "(a feature net checkpoint written by save_feature_net)")
             dtypes = {None: torch.float32, "float32": torch.float32, "float64": torch.float64}
             if feature_extractor_internal_dtype not in dtypes:
-                raise ValueError("feature_extractor_internal_dtype must be 'float32' or 'float64', "
+                raise ConfigError("feature_extractor_internal_dtype must be 'float32' or 'float64', "
                                  f"got {feature_extractor_internal_dtype!r}")
             self.internal_dtype = dtypes[feature_extractor_internal_dtype]
             self.net = load_feature_net(feature_extractor_weights_path).to(self.internal_dtype)
@@ -387,13 +388,13 @@ def fidelity_extractor_class() -> type:
                 return x.mean(dim=1, keepdim=True)
             if want == 3 and have == 1:
                 return x.repeat(1, 3, 1, 1)
-            raise ValueError(f"feature net expects {want} channels, images have {have}")
+            raise ConfigError(f"feature net expects {want} channels, images have {have}")
 
         def forward(self, x):
             if not torch.is_tensor(x) or x.dtype != torch.uint8 or x.dim() != 4:
                 raise ValueError("expecting uint8 images [N, C, H, W]")
             if x.shape[2] != self.net.image_size or x.shape[3] != self.net.image_size:
-                raise ValueError(f"feature net was trained on {self.net.image_size}x{self.net.image_size} "
+                raise ConfigError(f"feature net was trained on {self.net.image_size}x{self.net.image_size} "
                                  f"images, got {x.shape[2]}x{x.shape[3]}")
             x = self._match_channels(uint8_to_unit_range(x).to(self.internal_dtype))
             feats, logits = self.net.features_and_logits(x)

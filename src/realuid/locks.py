@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import FolderError
+
 __all__ = ["LOCK_NAME", "StateLocked", "StateLock"]
 
 LOCK_NAME = "run.lock"
@@ -28,7 +30,7 @@ LOCK_NAME = "run.lock"
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-class StateLocked(RuntimeError):
+class StateLocked(FolderError):
     """Another live run holds the state folder's lock."""
 
 

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .tensors import check_batch, check_same_shape, standard_normal_like
 
 __all__ = [
@@ -120,25 +121,25 @@ def _check_time(t: Tensor, batch: int, lo: float, hi: float, what: str) -> None:
 
 def _check_real(value: Any, name: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite real number, got {value!r}")
     value = float(value)
     if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+        raise ConfigError(f"{name} must be > 0, got {value}")
     if not positive and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ConfigError(f"{name} must be >= 0, got {value}")
     return value
 
 
 def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
 def _check_t_eps(value: Any) -> float:
     value = _check_real(value, "t_eps", positive=True)
     if value >= 0.5:
-        raise ValueError(f"t_eps must be in (0, 0.5), got {value}")
+        raise ConfigError(f"t_eps must be in (0, 0.5), got {value}")
     return value
 
 
@@ -422,7 +423,7 @@ class Diffusion(Family):
         sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
         lo, hi = self._ratio_at(1.0), self._ratio_at(0.0)
         if not lo < sigma < hi:
-            raise ValueError(
+            raise ConfigError(
                 f"generator_sigma must lie strictly between s/a at t=1 ({lo:.4g}) and at t=0 ({hi:.4g}) "
                 f"for the {self.schedule!r} schedule, got {sigma}"
             )
@@ -622,9 +623,9 @@ class BridgeMatching(Family):
         object.__setattr__(self, "t_eps", _check_t_eps(self.t_eps))
         generator_t = _check_real(self.generator_t, "generator_t")
         if generator_t > 0 and self.sigma == 0:
-            raise ValueError("generator_t > 0 needs sigma > 0: a bridge without noise has none to give the generator")
+            raise ConfigError("generator_t > 0 needs sigma > 0: a bridge without noise has none to give the generator")
         if generator_t >= 0.5:
-            raise ValueError(f"generator_t must be in [0, 0.5), got {generator_t}")
+            raise ConfigError(f"generator_t must be in [0, 0.5), got {generator_t}")
         object.__setattr__(self, "generator_t", generator_t)
 
     @property
@@ -661,7 +662,7 @@ class BridgeMatching(Family):
         # The drift f transports the marginals only together with the noise sigma dW; without it (the
         # probability-flow ODE) one would also need the score, which a Markovian drift does not give.
         if self.sigma > 0:
-            raise ValueError(
+            raise ConfigError(
                 "a bridge with sigma > 0 has no probability-flow velocity from its drift alone; "
                 "sample it with the SDE (sample_sde) or use sigma = 0"
             )
@@ -692,10 +693,10 @@ def make_family(name: str, **options: Any) -> Family:
     Unknown names or options raise ValueError.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown family {name!r}; expected one of {FAMILIES}")
+        raise ConfigError(f"unknown family {name!r}; expected one of {FAMILIES}")
     cls = _REGISTRY[name]
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for family {name!r}; allowed: {sorted(allowed) or 'none'}")
+        raise ConfigError(f"unknown option(s) {unknown} for family {name!r}; allowed: {sorted(allowed) or 'none'}")
     return cls(**options)

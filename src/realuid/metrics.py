@@ -28,6 +28,7 @@ import torch
 from realuid import features as feature_net_module
 from realuid.checkpoints import file_digest
 from realuid.distributed import SINGLE_PROCESS, Dist
+from realuid.errors import ConfigError, DataError
 
 EXTRACTORS = (feature_net_module.EXTRACTOR_NAME, "inception-v3-compat")
 DEFAULT_MMD_BANDWIDTHS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -168,7 +169,7 @@ def mmd_rbf(x: Any, y: Any, *, bandwidths: Sequence[float] = DEFAULT_MMD_BANDWID
     x, y = _as_pair(x, y)
     widths = np.asarray(list(bandwidths), dtype=np.float64)
     if widths.ndim != 1 or widths.size == 0 or not (widths > 0).all():
-        raise ValueError(f"bandwidths must be a non-empty list of positive numbers, got {bandwidths}")
+        raise ConfigError(f"bandwidths must be a non-empty list of positive numbers, got {bandwidths}")
     inverse_two_h2 = [float(c) for c in 1.0 / (2.0 * widths ** 2)]
     cross = _mean_pairwise_rbf(x, y, inverse_two_h2, chunk_size)
     within_x = _mean_pairwise_rbf(x, x, inverse_two_h2, chunk_size)
@@ -243,7 +244,7 @@ def point_metrics(gen: Any, ref: Any, seed: int = 0, *, n_projections: int = 256
     """
     gen, ref = _as_pair(gen, ref)
     if mmd_max_points < 1:
-        raise ValueError(f"mmd_max_points must be >= 1, got {mmd_max_points}")
+        raise ConfigError(f"mmd_max_points must be >= 1, got {mmd_max_points}")
     return {
         "sliced_wasserstein2": sliced_wasserstein2(gen, ref, n_projections=n_projections, seed=seed),
         "energy_distance": energy_distance(gen, ref, chunk_size=chunk_size),
@@ -306,7 +307,7 @@ def _kth_neighbour_radii(points: np.ndarray, k: int) -> np.ndarray:
     from scipy.spatial import cKDTree
 
     if points.shape[0] <= k:
-        raise ValueError(f"k-NN radii need more than k = {k} points, got {points.shape[0]}")
+        raise ConfigError(f"k-NN radii need more than k = {k} points, got {points.shape[0]}")
     distances, _ = cKDTree(points).query(points, k=k + 1)  # column 0 is the point itself
     return distances[:, k] ** 2
 
@@ -428,9 +429,9 @@ def feature_layers(extractor: str) -> list[str]:
 
 def _check_extractor(extractor: str, extractor_weights_path: str | os.PathLike | None) -> str:
     if extractor not in EXTRACTORS:
-        raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
+        raise ConfigError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
     if extractor_weights_path is None:
-        raise ValueError(f"extractor {extractor!r} needs extractor_weights_path (downloads are never attempted)")
+        raise ConfigError(f"extractor {extractor!r} needs extractor_weights_path (downloads are never attempted)")
     weights_path = os.fspath(extractor_weights_path)
     if not os.path.isfile(weights_path):
         raise FileNotFoundError(f"weights for extractor {extractor!r} not found: {weights_path}")
@@ -528,7 +529,7 @@ def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_
             cached = load_torch_file(path, needed_by="the reference-feature cache", expected="feature file")
             if (not isinstance(cached, dict) or set(cached) != set(feature_layers(extractor))
                     or any(not torch.is_tensor(v) or v.shape[0] != reference.shape[0] for v in cached.values())):
-                raise ValueError(f"{path} does not hold the reference features: delete it to recompute")
+                raise DataError(f"{path} does not hold the reference features: delete it to recompute")
             return cached
     features = image_features(reference, extractor=extractor, extractor_weights_path=weights_path,
                               batch_size=batch_size, device=device, dist=dist)
@@ -557,10 +558,10 @@ def image_metrics_from_features(generated: dict[str, torch.Tensor], reference: d
                                                                             ("reference", reference))}
     smaller = min(sizes.values())
     if smaller < max(2, prc_neighborhood + 1):
-        raise ValueError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
+        raise ConfigError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
                          f"{sizes['generated']} generated and {sizes['reference']} reference")
     if kid_subset_size < 2 or kid_subsets < 1:
-        raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+        raise ConfigError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
     if kid_subset_size > smaller:
         warnings.warn(f"kid_subset_size {kid_subset_size} exceeds the smaller image set ({smaller}); using {smaller}",
                       stacklevel=2)
@@ -614,10 +615,10 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
                          f"vs {tuple(reference.shape[1:])}")
     smaller = min(generated.shape[0], reference.shape[0])
     if smaller < max(2, prc_neighborhood + 1):  # checked again on the features; here before any computation
-        raise ValueError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
+        raise ConfigError(f"need at least {max(2, prc_neighborhood + 1)} images in each set, got "
                          f"{generated.shape[0]} generated and {reference.shape[0]} reference")
     if kid_subset_size < 2 or kid_subsets < 1:  # checked again on the features; here before any computation
-        raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+        raise ConfigError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
     extraction = dict(extractor=extractor, extractor_weights_path=weights_path, batch_size=batch_size, device=device)
     generated_features = image_features(generated, internal_dtype=internal_dtype, **extraction)
     if internal_dtype is None:
@@ -662,9 +663,9 @@ class ImageReference:
         self.features, self.extractor = features, extractor
         self.size = features[self.layer("kid")].shape[0]
         if kid_subset_size < 2 or kid_subsets < 1:
-            raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+            raise ConfigError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
         if kid_subset_size > self.size:
-            raise ValueError(f"kid_subset_size {kid_subset_size} exceeds the {self.size} reference images")
+            raise ConfigError(f"kid_subset_size {kid_subset_size} exceeds the {self.size} reference images")
         self.kid_subset_size, self.kid_subsets, self.seed = kid_subset_size, kid_subsets, seed
         self.stats = fid_features_to_statistics(features[self.layer("fid")])
 
@@ -676,7 +677,7 @@ class ImageReference:
 
         n = generated[self.layer("kid")].shape[0]
         if n < self.kid_subset_size:
-            raise ValueError(f"{n} generated images are fewer than kid_subset_size {self.kid_subset_size}")
+            raise ConfigError(f"{n} generated images are fewer than kid_subset_size {self.kid_subset_size}")
         fid = fid_statistics_to_metric(fid_features_to_statistics(generated[self.layer("fid")]), self.stats, False)
         kid = kid_features_to_metric(generated[self.layer("kid")], self.features[self.layer("kid")],
                                      kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
@@ -703,7 +704,7 @@ def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str
     layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
     n = generated[layer].shape[0]
     if blocks < 1 or n % blocks or n // blocks < 2:
-        raise ValueError(f"{n} generated samples do not split into {blocks} blocks of at least 2")
+        raise ConfigError(f"{n} generated samples do not split into {blocks} blocks of at least 2")
     size = n // blocks
     reference_stats = fid_features_to_statistics(reference[layer])
     values = np.array([float(fid_statistics_to_metric(fid_features_to_statistics(generated[layer][b * size:(b + 1) * size]),

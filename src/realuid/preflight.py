@@ -19,6 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .errors import FolderError
+
 __all__ = ["PreflightError", "MARGIN", "check_folders", "human_bytes"]
 
 # Room for what the estimates leave out: logs, curves, JSON, pictures, filesystem overhead.
@@ -26,7 +28,7 @@ MARGIN = 8 << 20
 PROBE_BYTES = 4096  # one page: enough to need a free block on any filesystem
 
 
-class PreflightError(RuntimeError):
+class PreflightError(FolderError):
     """A folder a stage must write cannot be written, or its disk is too full for the expected outputs."""
 
 

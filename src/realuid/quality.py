@@ -28,13 +28,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .metrics import FeatureExtractor, ImageReference, PointReference, reference_features
 from .sampling import seeded_noise
 
 EVAL_SEED = 2_000_000  # generator inputs use seeds EVAL_SEED + i: far from sample.seed's usual 1_000_000 + i
 
 
-class EvaluationError(ValueError):
+class EvaluationError(ConfigError):
     """In-training evaluation settings that cannot work with this data (message names the key)."""
 
 

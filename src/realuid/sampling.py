@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .matching import Family
 from .tensors import check_batch, standard_normal_like
 # The one-step generator's forward pass belongs to the model that owns it; exported here with the samplers.
@@ -85,14 +86,14 @@ def _check_shape(shape) -> tuple[int, ...]:
 
 def _check_nfe(nfe) -> int:
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive int, got {nfe!r}")
+        raise ConfigError(f"nfe must be a positive int, got {nfe!r}")
     return nfe
 
 
 def _check_start(family: Family, x0: Tensor, t_start) -> float:
     check_batch(x0, "x0")
     if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not 0.0 <= t_start < family.t_end:
-        raise ValueError(f"t_start must be a float in [0, {family.t_end}), got {t_start!r}")
+        raise ConfigError(f"t_start must be a float in [0, {family.t_end}), got {t_start!r}")
     return float(t_start)
 
 
@@ -149,7 +150,7 @@ def sample_ode(
     nfe = _check_nfe(nfe)
     t_start = _check_start(family, x0, t_start)
     if method not in ("euler", "heun"):
-        raise ValueError(f"ODE method must be 'euler' or 'heun', got {method!r}")
+        raise ConfigError(f"ODE method must be 'euler' or 'heun', got {method!r}")
     integration_calls = _split_nfe(family, nfe)
     x = family.source_state(x0, t_start)
 
@@ -203,7 +204,7 @@ def sample_sde(
     nfe = _check_nfe(nfe)
     _check_start(family, x0, 0.0)
     if not family.has_sde:
-        raise ValueError(f"family {family.name!r} has no SDE sampler; use method 'euler' or 'heun'")
+        raise ConfigError(f"family {family.name!r} has no SDE sampler; use method 'euler' or 'heun'")
     integration_calls = _split_nfe(family, nfe)
     x = family.source_state(x0, 0.0)
     grid = _grid(0.0, family.t_end, integration_calls)
@@ -236,7 +237,7 @@ def sample_teacher(
     ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods.
     """
     if method not in SAMPLER_METHODS:
-        raise ValueError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
+        raise ConfigError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
     if method == "sde":
         return sample_sde(family, model, x0, nfe=nfe, y=y, rng=rng)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)

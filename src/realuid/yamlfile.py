@@ -13,12 +13,14 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 __all__ = ["YamlFileError", "read_yaml", "parse_yaml"]
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class YamlFileError(ValueError):
+class YamlFileError(ConfigError):
     """A YAML file that cannot be used: not UTF-8, not valid YAML, or a mapping with a repeated key."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from .generator import OneStepGenerator
 from .mlp import MLP
 
@@ -24,10 +25,10 @@ def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict
         arch = "mlp" if len(data_shape) == 1 else "unet"
     classes = num_classes if model_cfg.class_cond else 0
     if model_cfg.class_cond and num_classes < 1:
-        raise ValueError("model.class_cond is true but the data set has no labels")
+        raise ConfigError("model.class_cond is true but the data set has no labels")
     if arch == "mlp":
         if len(data_shape) != 1:
-            raise ValueError(f"the mlp backbone needs points of shape [D], the data has shape {list(data_shape)}")
+            raise ConfigError(f"the mlp backbone needs points of shape [D], the data has shape {list(data_shape)}")
         args = dict(
             dim=data_shape[0],
             hidden_dim=model_cfg.hidden_dim,
@@ -38,13 +39,13 @@ def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict
         )
     else:
         if len(data_shape) != 3:
-            raise ValueError(f"the unet backbone needs images [C, H, W], the data has shape {list(data_shape)}")
+            raise ConfigError(f"the unet backbone needs images [C, H, W], the data has shape {list(data_shape)}")
         if model_cfg.channels % 32:
             # torchcfm's UNet normalises with GroupNorm(32 groups).
-            raise ValueError(f"model.channels must be a multiple of 32 for the unet, got {model_cfg.channels}")
+            raise ConfigError(f"model.channels must be a multiple of 32 for the unet, got {model_cfg.channels}")
         size = data_shape[-1]
         if size % 2 ** (len(model_cfg.channel_mult) - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"image size {size} is not divisible by 2^{len(model_cfg.channel_mult) - 1} "
                 f"(model.channel_mult has {len(model_cfg.channel_mult)} levels)"
             )

@@ -13,11 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import ConfigError, Params, load_params
-
-
-class StageError(RuntimeError):
-    """A problem with the stage's inputs, reported to the user without a traceback."""
+from ..config import Params, load_params
+from ..errors import StageError, UserError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -33,10 +30,11 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
 
     ``processes(params)``, when given, is the number of processes the stage asks for: more than one
     starts ``module`` with the same arguments under ``torchrun`` on this machine and returns its exit
-    code (unless this process already belongs to a torchrun job). Expected problems (bad params,
-    unusable data, a diverged run, a file-system error such as a full or read-only disk) print one
-    ``error:`` line, after any progress bar is closed, and give exit code 1 (130 when interrupted); set
-    ``REALUID_TRACEBACK=1`` to see where they came from.
+    code (unless this process already belongs to a torchrun job). Expected problems (a
+    :class:`realuid.errors.UserError`: bad params, unusable data or checkpoints, a diverged run; or a
+    file-system error such as a full or read-only disk) print one ``error:`` line, after any progress
+    bar is closed, and give exit code 1 (130 when interrupted); set ``REALUID_TRACEBACK=1`` to see where
+    they came from. Any other exception is a bug in the library and ends the stage with its traceback.
     """
     from ..distributed import launch_if_needed
 
@@ -52,7 +50,7 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
         close_progress_bars()
         print(f"{_rank_prefix()}error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ConfigError, StageError, ValueError, RuntimeError, OSError) as err:
+    except (UserError, OSError) as err:  # anything else is a bug: Python prints its traceback
         close_progress_bars()
         if os.environ.get("REALUID_TRACEBACK"):
             traceback.print_exc()

@@ -14,9 +14,11 @@ from ..api import load_teacher
 from ..checkpoints import family_record, file_digest
 from ..config import in_effect
 from ..data import read_split
+from ..devices import resolve_device
 from ..distributed import session
 from ..sources import code_digest
-from ..training import distill, resolve_device, state_key
+from ..training.bookkeeping import state_key
+from ..training.distillation import distill
 from . import common
 from . import families
 from . import runs

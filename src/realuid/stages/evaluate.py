@@ -62,7 +62,7 @@ def _structure_metrics(metrics: dict, gen: dict, reference: np.ndarray, dataset:
 
 
 def main(args, params) -> None:
-    from ..training import resolve_device
+    from ..devices import resolve_device
 
     with session(resolve_device(params.evaluate.device)) as dist:
         _evaluate(args, params, dist)

@@ -15,9 +15,11 @@ from ..api import family_of, load_teacher, network
 from ..checkpoints import family_record, file_digest, read_checkpoint
 from ..config import in_effect, to_dict
 from ..data import read_split
+from ..devices import resolve_device
 from ..distributed import launched_rank, session
 from ..sources import code_digest
-from ..training import distill, resolve_device, state_key
+from ..training.bookkeeping import state_key
+from ..training.distillation import distill
 from . import common
 from . import runs
 from .distill import build_evaluator, evaluation_settings

@@ -52,8 +52,8 @@ def check_batch_size(batch_size: int, split, section: str) -> None:
 
 
 def train_data(split, device: torch.device):
-    """A data split as :class:`realuid.training.TrainData` on ``device``."""
-    from ..training import TrainData
+    """A data split as :class:`realuid.training.batches.TrainData` on ``device``."""
+    from ..training.batches import TrainData
 
     as_tensor = lambda a, dtype: None if a is None else torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
     return TrainData(as_tensor(split.x1, torch.float32), as_tensor(split.y, torch.long), as_tensor(split.x0, torch.float32))

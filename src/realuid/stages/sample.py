@@ -24,9 +24,9 @@ from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_
 from ..checkpoints import read_checkpoint
 from ..config import BEST_COPY
 from ..data import read_split
+from ..devices import resolve_device
 from ..distributed import SINGLE_PROCESS, Dist, session
 from ..plots import image_grid, scatter
-from ..training import resolve_device
 from . import common
 from . import families
 

@@ -9,10 +9,12 @@ from pathlib import Path
 from ..checkpoints import Checkpoint, ema_copy_name, file_digest, save_checkpoint
 from ..config import in_effect
 from ..data import read_split
+from ..devices import resolve_device
 from ..distributed import launched_rank, session
 from ..models import model_spec
 from ..sources import code_digest
-from ..training import resolve_device, state_key, train_teacher
+from ..training.bookkeeping import state_key
+from ..training.teacher import train_teacher
 from . import common
 from . import families
 from . import runs

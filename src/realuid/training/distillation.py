@@ -1,0 +1,338 @@
+"""RealUID distillation: the fake-model and generator phases, the GAN head's use, in-training evaluation."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..checkpoints import Checkpoint, ema_copy_name, family_record
+from ..config import BEST_COPY
+from ..devices import autocast
+from ..distributed import SINGLE_PROCESS, Dist
+from ..errors import ConfigError
+from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
+from ..losses import fake_loss, generator_loss
+from ..models import OneStepGenerator, build_model
+from .batches import BatchStream, TrainData, draw, take
+from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
+from .optimization import EMA, make_optimizer, optimizer_step
+from .rng import keeps_global_rng, seeded
+
+
+class QualityLog:
+    """In-training evaluation of every generator copy (raw weights, then each EMA copy) with ``evaluator``
+    (see :mod:`realuid.quality`; any callable ``evaluator(generator) -> {metric: value}`` with
+    ``every_steps``, ``metrics`` and ``rank_by`` will do).
+
+    Rows ``{step, copy, *metrics}`` go to ``path`` (full precision) every ``evaluator.every_steps`` generator
+    updates and at the last step; like the curves, the table lives in the state folder and is trimmed to
+    the checkpoint on resume. With ``keep_best`` the weights of the best (copy, step) by
+    ``evaluator.rank_by`` (lower is better, the first of equals kept) travel in the checkpoint. Rank 0 only.
+    Each call runs on a fork of the global RNG, so training draws the same numbers with or without it.
+    """
+
+    def __init__(self, evaluator, path: Path, *, keep_best: bool):
+        self.evaluator, self.keep_best = evaluator, keep_best
+        self.log = CurveLog(path, ["copy", *evaluator.metrics], float_format=repr)
+        self.best: dict | None = None  # {"copy", "step", <rank_by>, "state_dict"}
+        self._scratch: nn.Module | None = None  # a generator to load EMA copies into
+
+    def due(self, done: int, last_step: int) -> bool:
+        return done % self.evaluator.every_steps == 0 or done == last_step
+
+    def evaluate(self, step: int, uid: "RealUID") -> None:
+        if self._scratch is None:
+            self._scratch = copy.deepcopy(uid.generator).requires_grad_(False)
+        copies = [("raw", None), *((ema_copy_name(d), shadow) for d, shadow in uid.ema.shadows.items())]
+        rank_by = self.evaluator.rank_by
+        for name, weights in copies:
+            generator = uid.generator
+            if weights is not None:
+                self._scratch.net.load_state_dict(weights)
+                generator = self._scratch
+            devices = [uid.device] if uid.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                values = self.evaluator(generator)
+            self.log.append({"step": step, "copy": name, **values})
+            if self.keep_best and (self.best is None or values[rank_by] < self.best[rank_by]):
+                state = (weights if weights is not None else uid.generator.net.state_dict())
+                self.best = {"copy": name, "step": step, rank_by: values[rank_by],
+                             "state_dict": {k: v.detach().clone() for k, v in state.items()}}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best} if self.keep_best and self.best is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+
+
+@dataclass
+class StepDraws:
+    """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
+    as in :func:`draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
+    generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
+    one per (generated, real) pair (None without the GAN)."""
+
+    x1: torch.Tensor
+    y: torch.Tensor | None
+    z: torch.Tensor
+    z_noise: torch.Tensor | None
+    x0: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor | None
+    gan_t: torch.Tensor | None = None
+    gan_noise: torch.Tensor | None = None
+
+
+class RealUID:
+    """The two phases of RealUID distillation over a frozen teacher ``f*``.
+
+    ``generator`` starts as a copy of ``student_init`` (default: the teacher), the fake model from the
+    teacher or from random weights (``cfg.fake_init``). Each phase has its own optimizer and touches only
+    its own network: the fake step samples the generator without autograd, the generator step freezes the
+    fake model so its gradients stay as the fake step left them.
+
+    Both networks run without dropout, whatever the teacher trained with (as the authors distil): they
+    stay in eval mode throughout, which for these backbones (GroupNorm, LayerNorm, no batch statistics)
+    changes dropout only. With dropout on, the generator would train stochastic but be sampled
+    deterministically, and the fake model would learn from dropout-perturbed samples. The weights'
+    layout is the teacher's, so any teacher file loads as it is.
+
+    A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
+    gradients are averaged over processes before its clip and step.
+    """
+
+    def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
+                 device: torch.device, student_init: nn.Module | None = None, dist: Dist = SINGLE_PROCESS):
+        self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
+        self.device, self.dist = device, dist
+        # Without a spec (a module of one's own) the data decide: labels, when the batch has them, condition.
+        self.labels = spec is None or spec["args"].get("num_classes", 0) > 0
+        self.data_free = alpha == 1 and beta == 1
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        init = student_init if student_init is not None else teacher
+        self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
+        torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
+        if spec is None:
+            # Nothing to build a fresh network from: the fake model starts as a copy of the teacher.
+            if cfg.fake_init != "teacher":
+                raise ConfigError("fake_init='random' needs a model spec to build the fake model from; a teacher "
+                                  "module of one's own starts its fake model as its copy (fake_init='teacher')")
+            self.fake = copy.deepcopy(teacher).eval()
+        else:
+            self.fake = build_model(spec).to(device).eval()
+        if cfg.fake_init == "teacher" and spec is not None:
+            if set(teacher.state_dict()) != set(self.fake.state_dict()):
+                raise ConfigError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
+                                 "use fake_init='random' for other teachers (e.g. a closed-form one)")
+            self.fake.load_state_dict(teacher.state_dict())
+        self.fake.requires_grad_(True)
+        # RealUID + GAN: the head sits on the fake model's encoder and trains with it, under the same
+        # optimizer settings and one joint gradient clip (the authors' head is part of the fake network).
+        self.gan = cfg.gan if cfg.gan.enabled else None
+        self.disc_head = DiscriminatorHead(feature_dim(self.fake)).to(device).train() if self.gan else None
+        for net in (self.generator, self.fake, *([self.disc_head] if self.gan else [])):
+            dist.broadcast_module_(net)  # identical starting weights on every process (before the EMA copies)
+        self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
+        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim, cfg.steps)
+        self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim,
+                                                        cfg.steps * cfg.fake_updates_per_generator_update)
+        self.ema = EMA(self.generator.net, cfg.ema_decays)
+
+    def _draws(self, batch: TrainData, rng: torch.Generator) -> StepDraws:
+        """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
+
+        Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`draw`), then the GAN
+        head's G times and path noises, last so that runs without the GAN keep their random streams.
+        Drawing for all G rows on every process makes the union over processes exactly the one-process phase.
+        """
+        total = batch.x1.shape[0]
+        rows = self.dist.rows(total)
+        y = batch.y if self.labels else None
+        z = batch.x0 if self.family.paired else self.family.sample_source(batch.x1, rng=rng)
+        z_noise = self.family.sample_noise(z, rng=rng) if self.family.generator_noise else None
+        x0, t, noise = draw(self.family, batch, rng)
+        gan_t = gan_noise = None
+        if self.gan is not None:
+            gan_t = gan_time_sample(total, rng, t_max=self.family.t_max, device=batch.x1.device)
+            gan_noise = self.family.sample_noise(batch.x1, rng=rng)
+        return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise))
+
+    def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
+        """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
+        times in (0.8, t_max].
+
+        ``x1`` stacks ``copies`` blocks of B samples (generated, or generated then real); every block gets
+        the same times, path noise, ``x0`` (the step's, as the authors reuse it) and labels, so a
+        generated sample and its real partner are seen at one point of the path. One encoder pass covers
+        all blocks (no batch-coupled layers).
+        """
+        copies = x1.shape[0] // draws.x0.shape[0]
+        repeat = lambda a: None if a is None else a.repeat(copies, *[1] * (a.dim() - 1))  # noqa: E731
+        t = repeat(draws.gan_t)
+        x_t = self.family.path_sample(repeat(draws.x0), x1, t, repeat(draws.gan_noise)).x_t
+        with autocast(self.device, self.cfg.precision):
+            return self.disc_head(encoder_features(self.fake, t, x_t, repeat(y))).float()
+
+    def fake_step(self, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of the fake model ``f`` on the global ``batch``; returns (loss, gradient norm) on the device."""
+        d = self._draws(batch, rng)
+        y, x0, t, noise = d.y, d.x0, d.t, d.noise
+        with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
+            x1_gen = self.generator(d.z, y, d.z_noise).float()
+        # Generated and real terms share t, x0 and the path noise within the step.
+        gen_path = self.family.path_sample(x0, x1_gen, t, noise)
+        with autocast(self.device, self.cfg.precision):
+            if self.data_free:
+                f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y).float(), None, None
+            else:
+                data_path = self.family.path_sample(x0, d.x1, t, noise)
+                # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
+                both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
+                                 None if y is None else y.repeat(2))
+                f_gen, f_data = both.float().chunk(2)
+                data_target = data_path.target
+        loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
+                         weight=gen_path.weight).mean()
+        if self.gan is not None:
+            logits_gen, logits_data = self._gan_logits(torch.cat([x1_gen, d.x1]), y, d).chunk(2)
+            loss = loss + self.gan.disc_coef * discriminator_loss(logits_data, logits_gen).mean()
+        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip,
+                              self.dist)
+        return loss.detach(), norm
+
+    def generator_step(self, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update of the generator through ``x1_gen`` on the global ``batch``; returns (loss, gradient norm)."""
+        d = self._draws(batch, rng)
+        y, x0, t, noise = d.y, d.x0, d.t, d.noise
+        self.fake.requires_grad_(False)  # gradients reach the generator only, through x_t and the target
+        if self.gan is not None:
+            self.disc_head.requires_grad_(False)
+        try:
+            with autocast(self.device, self.cfg.precision):
+                x1_gen = self.generator(d.z, y, d.z_noise).float()
+                gen_path = self.family.path_sample(x0, x1_gen, t, noise)
+                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
+            loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
+                                  alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
+            if self.gan is not None:
+                loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x1_gen, y, d)).mean()
+            norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
+                                  self.cfg.generator_optim.grad_clip, self.dist)
+        finally:
+            self.fake.requires_grad_(True)
+            if self.gan is not None:
+                self.disc_head.requires_grad_(True)
+        self.ema.update(self.generator.net)
+        return loss.detach(), norm
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.net.state_dict(), "fake": self.fake.state_dict(),
+                "gen_opt": self.gen_opt.state_dict(), "gen_sched": self.gen_sched.state_dict(),
+                "fake_opt": self.fake_opt.state_dict(), "fake_sched": self.fake_sched.state_dict(),
+                "ema": self.ema.state_dict(),
+                **({"disc_head": self.disc_head.state_dict()} if self.gan else {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.net.load_state_dict(state["generator"])
+        self.fake.load_state_dict(state["fake"])
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.gen_sched.load_state_dict(state["gen_sched"])
+        self.fake_opt.load_state_dict(state["fake_opt"])
+        self.fake_sched.load_state_dict(state["fake_sched"])
+        self.ema.load_state_dict(state["ema"])
+        if self.gan is not None:
+            self.disc_head.load_state_dict(state["disc_head"])
+
+
+@keeps_global_rng
+def distill(
+    family,
+    data: TrainData,
+    teacher: nn.Module,
+    spec: dict,
+    cfg,
+    state_dir: str | Path,
+    *,
+    alpha: float,
+    beta: float,
+    progress: bool = True,
+    stop_after: int | None = None,
+    student_init: nn.Module | None = None,
+    on_log: Callable[[dict, nn.Module], None] | None = None,
+    evaluator=None,
+    dist: Dist = SINGLE_PROCESS,
+) -> dict:
+    """RealUID distillation: ``cfg.fake_updates_per_generator_update`` fake steps, then one generator step.
+
+    ``teacher`` is the frozen multi-step model ``f*`` (see :class:`RealUID`) and ``spec`` its model spec, or
+    None for a module of one's own (the fake model is then a copy of it, the result's spec None); ``cfg`` is a
+    :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
+    processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
+    ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
+    with it). ``evaluator`` (a :class:`realuid.quality.QualityEvaluator`, or None) scores every copy of the
+    generator every ``evaluator.every_steps`` updates on rank 0 into ``state_dir/eval.csv``
+    (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
+    one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as
+    its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
+    ``meta["best"] = {"copy", "step", <metric>}`` saying which it is.
+    """
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = state_dir / "checkpoint.pt"
+    device = data.x1.device
+    dist.rows(cfg.batch_size)  # a batch that does not split evenly stops here, before any work
+    uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=device, student_init=student_init,
+                  dist=dist)
+    log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
+    stream = BatchStream(data, cfg.batch_size, cfg.seed)
+    phases = cfg.fake_updates_per_generator_update + 1
+    keep_best = getattr(cfg, "keep_best", False)
+    if keep_best and evaluator is None and dist.is_main:  # other ranks never evaluate
+        raise ConfigError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
+    quality = None if evaluator is None else QualityLog(evaluator, state_dir / "eval.csv", keep_best=keep_best)
+
+    start = 0
+    state = resume_state(ckpt_path, dist)
+    if state is not None:
+        uid.load_state_dict(state)
+        start = state["step"]
+        if quality is not None and dist.is_main:  # only rank 0 evaluates and publishes
+            quality.load_state_dict(state)
+    if dist.is_main:
+        log.trim(start)
+        if quality is not None:
+            quality.log.trim(start)
+
+    meter = Meter()
+    bar = progress_bar(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
+    for step in range(start, cfg.steps):
+        # Batches and draws are indexed by (step, phase): the loop's randomness is a function of `step`.
+        for k in range(phases - 1):
+            f_loss, f_norm = uid.fake_step(stream(step * phases + k), seeded(cfg.seed, step, k, device=device))
+        last = phases - 1
+        g_loss, g_norm = uid.generator_step(stream(step * phases + last), seeded(cfg.seed, step, last, device=device))
+        meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
+        if after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
+                       ckpt_path=ckpt_path, state=lambda: {**uid.state_dict(), **(quality.state_dict() if quality else {})},
+                       on_row=None if on_log is None else lambda row: on_log(row, uid.generator),
+                       evaluate=None if quality is None else
+                       lambda done: quality.evaluate(done, uid) if quality.due(done, cfg.steps) else None):
+            break
+    bar.close()
+    result = Checkpoint(kind="generator", spec=spec, family=family_record(family),
+                        weights=uid.generator.net.state_dict(),
+                        copies={ema_copy_name(d): s for d, s in uid.ema.shadows.items()},
+                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps)},
+                        config=config_record(cfg))
+    if quality is not None and quality.best is not None:
+        # One more named copy beside the EMA ones, so every reader of copies loads it the same way.
+        best = dict(quality.best)
+        result.copies[BEST_COPY] = best.pop("state_dict")
+        result.meta["best"] = best
+    return result
