@@ -488,8 +488,8 @@ def test_batch_larger_than_the_data_leaves_no_state_folder(project):
     assert snapshot(project) == before
 
 
-def test_readme_says_to_unlock_snakemake_after_killing_it():
-    text = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_say_to_unlock_snakemake_after_killing_it():
+    text = " ".join((ROOT / "docs/reliability.md").read_text().split())
     at = text.index("run the same command again")
     assert "snakemake --unlock" in text[at - 600 : at + 600]
 
