@@ -5,7 +5,8 @@ import itertools
 import pytest
 import torch
 
-from realuid.losses import fake_loss, generator_loss, matching_loss
+from realuid.distillation_losses import fake_loss, generator_loss
+from realuid.losses import matching_loss
 
 SHAPES = [(5, 2), (3, 1, 8, 8)]
 COEFFICIENTS = [(1.0, 1.0), (1.0, 0.9), (0.92, 0.94), (0.9, 1.0), (0.5, 0.3), (0.98, 0.96)]

@@ -58,7 +58,7 @@ def ve_signal_noise(t):
 
 
 def expected_path(name, opts, x0, x1, z, t):
-    """(x_t, g) from the formulas of DESIGN.md §2."""
+    """(x_t, g) from the formulas of docs/method.md §2."""
     tc = col(t, x0)
     if name == "fm":
         return tc * x1 + (1 - tc) * x0, x1 - x0

@@ -1,6 +1,6 @@
 """Where RealUID's generator settles: the fixed point for a Gaussian-mixture teacher and data.
 
-At the fake model's optimum the RealUID generator minimises (DESIGN.md §2, "What real data does")::
+At the fake model's optimum the RealUID generator minimises (docs/method.md §5)::
 
     V(p_g) = E_t w(t) ∫ (α p_g,t + (1−α) p_d,t) ‖f*_t − f̂_t‖² dx,
     f̂_t    = [β p_g,t m_g,t + (1−β) p_d,t m_d,t] / [α p_g,t + (1−α) p_d,t],

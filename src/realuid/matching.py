@@ -1,6 +1,6 @@
 """Matching families: coefficients of the path, the regression target and the conversions.
 
-Convention (DESIGN.md §2): time ``t`` runs from ``0`` (source end) to ``1`` (data end); ``x0`` is the
+Convention (docs/method.md §1): time ``t`` runs from ``0`` (source end) to ``1`` (data end); ``x0`` is the
 source endpoint (Gaussian noise, or the corrupted input of a bridge), ``x1`` the data endpoint.
 
 Every family here has an *affine* path and target::
@@ -9,7 +9,7 @@ Every family here has an *affine* path and target::
     g   = target_x0(t) x0 + target_x1(t) x1 + target_z(t) z
 
 The maths elsewhere (:mod:`realuid.analytic`, the tests) writes them ``A, B, C`` and ``P, Q, R``, as
-DESIGN.md writes the interpolant's ``A(t), B(t)``; the code spells them out so that no coefficient
+docs/method.md writes the interpolant's ``A(t), B(t)``; the code spells them out so that no coefficient
 reads like the batch size ``B`` of the shapes below.
 
 A family only says what the six coefficients are (:meth:`Family.path_coefficients`); the single
@@ -530,7 +530,7 @@ class Diffusion(Family):
 class StochasticInterpolant(Family):
     """Stochastic interpolant ``x_t = coef_x0 x0 + coef_x1 x1 + gamma z`` with ``gamma = sigma sqrt(t(1-t))``.
 
-    ``coef_x0``, ``coef_x1`` are DESIGN.md's ``A(t)``, ``B(t)``. interpolant: 'linear' (coef_x0 = 1-t,
+    ``coef_x0``, ``coef_x1`` are docs/method.md's ``A(t)``, ``B(t)``. interpolant: 'linear' (coef_x0 = 1-t,
     coef_x1 = t) or 'trig' (coef_x0 = cos(pi t/2), coef_x1 = sin(pi t/2)).
     Target ``g = coef_x0' x0 + coef_x1' x1 + gamma' z`` (the time derivative of the path); ``gamma'`` diverges at
     both ends, so training times are clipped to ``[t_eps, 1 - t_eps]``. The model output is the

@@ -16,7 +16,7 @@ from ..devices import autocast
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
-from ..losses import fake_loss, generator_loss
+from ..distillation_losses import fake_loss, generator_loss
 from ..models import OneStepGenerator, build_model
 from .batches import BatchStream, TrainData, draw, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
