@@ -59,7 +59,10 @@ def test_each_stage_declares_exactly_the_source_files_it_runs(stage):
 def test_imports_point_one_way():
     src = ROOT / "src"
     models = names(src, closure(src, "realuid.models"))
-    assert all(n.startswith("realuid/models/") or n == "realuid/__init__.py" for n in models), sorted(models)
+    # Beside models/ only the family maths: an imported network answers in its family's target, so its
+    # builder makes the family (realuid.matching, a leaf itself but for realuid.tensors).
+    allowed = {"realuid/__init__.py", "realuid/matching.py", "realuid/tensors.py"}
+    assert all(n.startswith("realuid/models/") or n in allowed for n in models), sorted(models)
     library = [p for p in (src / "realuid").rglob("*.py") if "stages" not in p.parts]
     for path in library:
         module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")

@@ -12,7 +12,7 @@ from torch import nn
 
 from realuid.analytic import exact_field, gmm8
 from realuid.matching import make_family
-from realuid.teachers.adapter import TeacherAdapter
+from realuid.models.adapter import TeacherAdapter
 
 T = 1000
 # DDPM's linear betas (Ho et al.), written out here rather than taken from the library's code.

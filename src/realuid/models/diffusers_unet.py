@@ -27,7 +27,7 @@ class DiffusersUNet2D(nn.Module):
 def build_diffusers_unet(args: dict) -> nn.Module:
     """The adapted network of a ``diffusers-unet2d`` spec: ``f(t, x_t, y)`` in our convention."""
     from ..matching import make_family
-    from ..teachers.adapter import TeacherAdapter
+    from .adapter import TeacherAdapter
 
     record = args["family"]
     family = make_family(record["name"], **record["options"])

@@ -20,7 +20,7 @@ from ..sources import code_digest
 from ..training import distill, resolve_device, state_key
 from . import common
 from . import runs
-from .distill import build_evaluator, evaluation_settings
+from .distill import build_evaluator, check_gan_backbone, evaluation_settings
 
 
 def main(args, params) -> None:
@@ -40,6 +40,7 @@ def main(args, params) -> None:
     runs.check_batch_size(params.distill.batch_size, split, "distill")
     distilled = read_checkpoint(args.generator, "generator", needed_by="finetune")
     family = family_of(distilled)  # the generator keeps reading its input where it was distilled
+    check_gan_backbone(params.distill, distilled.spec)
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
         params.distill, steps=cfg.steps, fake_init="teacher",
