@@ -109,3 +109,36 @@ def test_flow_match_euler_equals_diffusers_stepping(tmp_path):
         ours = sample_ode(family, net, noise, nfe=steps, method="euler")
     # The scheduler steps in float32 whatever the model's precision.
     torch.testing.assert_close(ours, x.double(), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ the pipeline
+
+
+@pytest.mark.slow  # one tiny dvc repro: about a minute on 2 cores
+def test_dvc_repro_distils_a_diffusers_teacher(tmp_path):
+    """A DDPM pipeline folder on the 8x8 digits through import, distill, sample and evaluate, under dvc;
+    the generator is a diffusers UNet that load_generator rebuilds from its file alone."""
+    import json
+    import math
+
+    from test_pipeline import STAGES, dvc_changed, dvc_reproduce, make_project, tiny_params
+
+    from realuid import load_generator, load_teacher
+
+    save_pipeline(tmp_path / "teacher", DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction"))
+    params = tiny_params(family__name="diffusion", train_teacher__import_checkpoint=str(tmp_path / "teacher"),
+                         train_teacher__import_format="diffusers", features__steps=5, distill__steps=2,
+                         distill__eval_samples=50, sample__n_samples=100, sample__batch_size=100,
+                         sample__teacher_nfe=4, evaluate__kid_subset_size=50)
+    project = make_project(tmp_path / "project", params)
+    assert dvc_reproduce(project) == {s.name for s in STAGES}
+    assert dvc_changed(project) == set()
+    metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
+    assert all(math.isfinite(metrics[who]["fid"]) for who in ("teacher", "student"))
+    teacher = load_teacher(project / "data/train_teacher/teacher.pt")
+    generator = load_generator(project / "data/finetune/generator.pt")
+    assert teacher.spec["arch"] == generator.spec["arch"] == "diffusers-unet2d"
+    assert teacher.family.schedule == generator.family.schedule == "table"  # the scheduler's own ᾱ
+    assert generator.family.t_src == pytest.approx(make_family(
+        "diffusion", **{**teacher.family.options(), "generator_sigma": params["generator"]["sigma"]}).t_src)
+    assert generator.sample(3).shape == (3, *SHAPE)

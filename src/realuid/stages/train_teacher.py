@@ -78,7 +78,8 @@ def imported_teacher(cfg, params, split) -> Checkpoint:
             f"the imported teacher has {classes} classes, the params ask for {wanted} "
             "(train_teacher.model.class_cond and the data's labels)"
         )
-    print(f"train_teacher: imported {cfg.import_checkpoint} ({cfg.import_format}, EMA {cfg.import_ema}), no training")
+    copy = "" if cfg.import_format == "diffusers" else f", EMA {cfg.import_ema}"
+    print(f"train_teacher: imported {cfg.import_checkpoint} ({cfg.import_format}{copy}), no training")
     copies = {} if cfg.import_ema == "none" or cfg.import_format == "diffusers" else {ema_copy_name(cfg.import_ema): state}
     settings = {"import_checkpoint": cfg.import_checkpoint, "import_format": cfg.import_format, "import_ema": cfg.import_ema}
     return Checkpoint(kind="teacher", spec=spec, family=family, weights=state, copies=copies,
