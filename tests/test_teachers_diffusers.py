@@ -142,3 +142,19 @@ def test_dvc_repro_distils_a_diffusers_teacher(tmp_path):
     assert generator.family.t_src == pytest.approx(make_family(
         "diffusion", **{**teacher.family.options(), "generator_sigma": params["generator"]["sigma"]}).t_src)
     assert generator.sample(3).shape == (3, *SHAPE)
+
+
+def test_the_native_pipeline_never_imports_diffusers():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, importlib\n"
+            "for stage in ('prepare', 'features', 'train_teacher', 'distill', 'finetune', 'sample', 'evaluate', 'report'):\n"
+            "    importlib.import_module('realuid.stages.' + stage)\n"
+            "from realuid.models import build_model\n"
+            "build_model({'arch': 'mlp', 'args': dict(dim=2, hidden_dim=8, depth=1, time_embed_dim=4, num_classes=0, dropout=0.0)})\n"
+            "assert 'diffusers' not in sys.modules, 'diffusers was imported'\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(src)})

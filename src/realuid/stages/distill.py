@@ -24,14 +24,15 @@ from . import runs
 
 def main(args, params) -> None:
     cfg = params.distill
+    split = read_split(args.data)
+    families.check_family_matches_data(families.teacher_family(params), split)
+    runs.check_batch_size(cfg.batch_size, split, "distill")
+    weights, evaluation = evaluation_settings(params, split, args.features)
+    # The teacher file's family record is the family (an imported teacher brings its own schedule).
     teacher_file = read_checkpoint(args.teacher, "teacher", needed_by="distill")
     families.check_teacher_family(teacher_file, params, "distill")
     check_gan_backbone(cfg, teacher_file.spec)
     family = families.generator_family(params, teacher_file.family)
-    split = read_split(args.data)
-    families.check_family_matches_data(family, split)
-    runs.check_batch_size(cfg.batch_size, split, "distill")
-    weights, evaluation = evaluation_settings(params, split, args.features)
     key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),
                     file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []),
                     code_digest("realuid.stages.distill"))

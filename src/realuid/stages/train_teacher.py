@@ -81,10 +81,10 @@ def imported_teacher(cfg, params, split) -> Checkpoint:
     copy = "" if cfg.import_format == "diffusers" else f", EMA {cfg.import_ema}"
     print(f"train_teacher: imported {cfg.import_checkpoint} ({cfg.import_format}{copy}), no training")
     copies = {} if cfg.import_ema == "none" or cfg.import_format == "diffusers" else {ema_copy_name(cfg.import_ema): state}
-    settings = {"import_checkpoint": cfg.import_checkpoint, "import_format": cfg.import_format, "import_ema": cfg.import_ema}
+    how = {"import_format": cfg.import_format, "import_ema": cfg.import_ema}
     return Checkpoint(kind="teacher", spec=spec, family=family, weights=state, copies=copies,
-                      meta={"step": 0, "imported_from": _import_digest(cfg.import_checkpoint), **settings},
-                      config=settings)
+                      meta={"step": 0, "imported_from": _import_digest(cfg.import_checkpoint), **how},
+                      config={"import_checkpoint": cfg.import_checkpoint, **how})
 
 
 def _import_digest(path: str) -> str:
