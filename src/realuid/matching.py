@@ -26,6 +26,7 @@ one non-batch dimension; weights are ``[B]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -150,8 +151,9 @@ def _check_table(values: Any, schedule: str) -> tuple[float, ...]:
     return table
 
 
+@functools.lru_cache(maxsize=8)  # built once per table, not at every evaluation of the schedule
 def _table_log_snr_values(alphas_cumprod: tuple[float, ...]) -> Tensor:
-    """``log(ᾱ_k / (1 - ᾱ_k))`` of each table entry, float64 ``[T]``."""
+    """``log(ᾱ_k / (1 - ᾱ_k))`` of each table entry, float64 ``[T]`` (do not modify it in place)."""
     table = torch.tensor(alphas_cumprod, dtype=torch.float64)
     return torch.log(table) - torch.log1p(-table)
 
