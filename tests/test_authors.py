@@ -158,7 +158,7 @@ def test_train_teacher_stage_imports_the_authors_file(uncond, tmp_path, monkeypa
     np.savez(tmp_path / "images.npz", x=images)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["prepare"].update(source="file", path=str(tmp_path / "images.npz"), test_fraction=0.25)
-    params["train_teacher"].update(import_checkpoint=str(ckpt), import_ema="0.9999")
+    params["train_teacher"].update(import_checkpoint=str(ckpt), import_format="authors", import_ema="0.9999")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     from realuid.stages import prepare

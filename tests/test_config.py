@@ -175,7 +175,8 @@ def test_a_backbone_for_the_other_kind_of_data_is_a_config_error(tmp_path, sourc
     {"prepare__source": "file", "prepare__path": "x.npz", "train_teacher__model__arch": "mlp"},
     {"prepare__source": "file", "prepare__path": "x.npz", "train_teacher__model__arch": "unet"},
     # An imported teacher brings its own network.
-    {"prepare__source": "toy", "train_teacher__model__arch": "unet", "train_teacher__import_checkpoint": "a.pt"},
+    {"prepare__source": "toy", "train_teacher__model__arch": "unet", "train_teacher__import_checkpoint": "a.pt",
+     "train_teacher__import_format": "authors"},
 ], ids=["digits-auto", "toy-auto", "digits-unet", "toy-mlp", "file-mlp", "file-unet", "imported"])
 def test_backbones_that_fit_or_cannot_be_judged_pass_the_config_check(tmp_path, changes):
     params = load_params(write(tmp_path, edited(**changes)))

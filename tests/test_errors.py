@@ -507,3 +507,102 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
     assert last_line(done.stderr).startswith("ValueError: matmul"), done.stderr
     assert not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stderr
     assert not (project / "data").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Imported teachers: a file or folder train_teacher cannot use
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_prepared(tmp_path_factory) -> Path:
+    """A digits project with prepare done, and a tiny class-conditional DDPM pipeline folder beside it."""
+    from diffusers import DDPMScheduler
+    from test_teachers_diffusers import save_pipeline
+
+    project = tmp_path_factory.mktemp("digits")
+    write_params(project, tiny_params())
+    assert stage(project, "prepare", "--out", "data/prepare").returncode == 0
+    save_pipeline(project / "ddpm", DDPMScheduler(num_train_timesteps=50), num_class_embeds=10)
+    return project
+
+
+@pytest.fixture
+def importing(digits_prepared, tmp_path):
+    """``run(folder_edit, **params)``: train_teacher on a private copy of the pipeline folder, edited by
+    ``folder_edit(folder)``, with params changed by ``params``; checks that nothing was written."""
+    import shutil
+
+    copy = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(digits_prepared), str(copy)], check=True)
+
+    def run(folder_edit=None, **changes):
+        if folder_edit is not None:
+            folder_edit(copy / "ddpm")
+        params = dict(family__name="diffusion", train_teacher__import_checkpoint="ddpm",
+                      train_teacher__import_format="diffusers")
+        write_params(copy, tiny_params(**{**params, **changes}))
+        before = snapshot(copy)
+        result = stage(copy, "train_teacher", *TEACHER_ARGS)
+        assert snapshot(copy) == before and not (copy / "state").exists()
+        return result
+
+    return run
+
+
+def _edit_json(path: Path, **changes) -> None:
+    import json
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+class _Code:
+    """Stands for any object whose unpickling would run code."""
+
+
+@pytest.mark.parametrize("folder_edit, changes, fragments", [
+    (None, {"train_teacher__import_format": "onnx"}, ("train_teacher.import_format", "'onnx'")),
+    (None, {"train_teacher__import_format": "none"}, ("train_teacher.import_format", "diffusers")),
+    (lambda f: (f / "scheduler" / "scheduler_config.json").unlink(), {}, ("no scheduler_config.json",)),
+    (lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", _class_name="EulerDiscreteScheduler"), {},
+     ("'EulerDiscreteScheduler' is not supported",)),
+    (lambda f: _edit_json(f / "scheduler" / "scheduler_config.json", prediction_type="flow"), {},
+     ("prediction_type 'flow'", "not supported")),
+    (lambda f: _edit_json(f / "unet" / "config.json", block_out_channels=[16, 64]), {},
+     ("do not fit the UNet2DModel", "with another shape")),
+    (lambda f: ((f / "unet" / "diffusion_pytorch_model.safetensors").unlink(),
+                __import__("torch").save({"weights": _Code()}, f / "unet" / "diffusion_pytorch_model.bin")), {},
+     ("would run code",)),
+    (None, {"family__name": "fm"}, ("set family.name: diffusion",)),
+], ids=["unknown-format", "format-none", "no-scheduler", "scheduler", "prediction", "weights", "pickle", "family"])
+def test_a_diffusers_folder_train_teacher_cannot_use_is_one_error_line(importing, folder_edit, changes, fragments):
+    assert_failed(importing(folder_edit, **changes), *fragments)
+
+
+def test_the_gan_head_on_a_diffusers_teacher_stops_distill_before_any_work(digits_prepared, tmp_path):
+    project = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(digits_prepared), str(project)], check=True)
+    write_params(project, tiny_params(family__name="diffusion", train_teacher__import_checkpoint="ddpm",
+                                      train_teacher__import_format="diffusers", distill__gan__enabled=True,
+                                      distill__eval_every_steps=0, distill__keep_best=False))
+    assert stage(project, "train_teacher", *TEACHER_ARGS).returncode == 0
+    before = snapshot(project)
+    assert_failed(stage(project, "distill", *DISTILL_ARGS), "distill.gan.enabled", "'diffusers-unet2d'")
+    assert snapshot(project) == before and not (project / "state" / "distill").exists()
+
+
+def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_path):
+    import numpy as np
+    from diffusers import DDPMScheduler
+    from test_teachers_diffusers import save_pipeline
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=pixels)
+    save_pipeline(tmp_path / "ddpm", DDPMScheduler(num_train_timesteps=50), num_class_embeds=10)
+    write_params(tmp_path, tiny_params(prepare__source="file", prepare__path="images.npz", family__name="diffusion",
+                                       train_teacher__import_checkpoint="ddpm", train_teacher__import_format="diffusers"))
+    assert stage(tmp_path, "prepare", "--out", "data/prepare").returncode == 0
+    before = snapshot(tmp_path)
+    assert_failed(stage(tmp_path, "train_teacher", *TEACHER_ARGS), "class-conditional with 10 classes",
+                  "no labels")
+    assert snapshot(tmp_path) == before and not (tmp_path / "state").exists()

@@ -142,3 +142,26 @@ def test_a_file_that_would_run_code_is_refused(tmp_path):
     torch.save({"net_model": {"w": torch.zeros(1)}, "step": slice(1)}, tmp_path / "code.pt")  # not a weights-only object
     with pytest.raises(CheckpointError, match="would run code when loaded"):
         load_torchcfm_teacher(tmp_path / "code.pt", None, model_cfg(), SHAPE, 0)
+
+
+@pytest.mark.slow  # a tiny pipeline run: about a minute on 2 cores
+def test_a_torchcfm_teacher_runs_through_the_pipeline(tmp_path):
+    """`train_teacher.import_format: torchcfm` under `dvc repro` on the 8x8 digits: the teacher the pipeline
+    writes computes torchcfm's EMA model, and every later stage runs on it."""
+    import json
+
+    from test_pipeline import make_project, sh, tiny_params
+
+    # The UNet of the committed params (two levels of 32 channels, one block each, no attention), on digits.
+    _, ema = torchcfm_checkpoint(tmp_path / "torchcfm.pt", dim=(1, 8, 8), attention_resolutions="")
+    params = tiny_params(train_teacher__import_checkpoint=str(tmp_path / "torchcfm.pt"),
+                         train_teacher__import_format="torchcfm", train_teacher__import_ema="0.9999")
+    project = make_project(tmp_path / "project", params)
+    sh(project, "dvc", "repro")
+    teacher = realuid.load_teacher(project / "data/train_teacher/teacher.pt")
+    t, x = torch.rand(4), torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(t, x), ema(t, x), rtol=0, atol=0)
+    metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
+    assert {"teacher", "student"} <= set(metrics)
+    assert sh(project, "dvc", "status").stdout.strip().endswith("up to date.")

@@ -125,6 +125,9 @@ class OptimConfig:
                      doc="cosine: after the warm-up, the rate falls to 0 at the run's last update")
 
 
+IMPORT_FORMATS = ("none", "authors", "torchcfm", "diffusers")
+
+
 @dataclass(frozen=True)
 class TrainTeacherConfig:
     model: ModelConfig = opt()
@@ -136,8 +139,12 @@ class TrainTeacherConfig:
     log_every_steps: int = opt(gt=0)
     seed: int = opt(ge=0)
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
-    import_checkpoint: str = opt("", doc="a RealUID authors' teacher file to use instead of training ('' = train)")
-    import_ema: str = opt("0.999", doc="the EMA copy of the imported file ('none' = its raw net_model)")
+    import_checkpoint: str = opt("", doc="a teacher file or folder to use instead of training ('' = train)")
+    import_format: str = opt("none", choices=IMPORT_FORMATS,
+                             doc="what import_checkpoint is: authors (RealUID authors' .pt), torchcfm (its "
+                                 "checkpoint), diffusers (a pipeline folder); none = train")
+    import_ema: str = opt("0.999", doc="the EMA copy of the imported file ('none' = its raw net_model); "
+                                       "a diffusers folder holds one network and does not use it")
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
     nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size")
 
@@ -314,6 +321,13 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}ema_decays: each decay must be in (0, 1), got {obj.ema_decays!r}")
         if len(set(obj.ema_decays)) != len(obj.ema_decays):
             raise ConfigError(f"{prefix}ema_decays: duplicate decays {obj.ema_decays!r}")
+    if isinstance(obj, TrainTeacherConfig):
+        if obj.import_checkpoint and obj.import_format == "none":
+            raise ConfigError(f"{prefix}import_format: import_checkpoint is set; say what it is: "
+                              "authors, torchcfm or diffusers")
+        if obj.import_format != "none" and not obj.import_checkpoint:
+            raise ConfigError(f"{prefix}import_checkpoint: import_format is {obj.import_format!r}; give the "
+                              "teacher's file or folder (or set import_format: none to train one)")
     if hasattr(obj, "device"):
         dev = obj.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
@@ -419,6 +433,6 @@ def in_effect(cfg) -> dict:
     if settings.get("eval_every_steps") == 0:
         settings.pop("eval_samples")
     if "import_checkpoint" in settings:
-        for key in ("model", "import_checkpoint", "import_ema"):
+        for key in ("model", "import_checkpoint", "import_format", "import_ema"):
             settings.pop(key)
     return settings

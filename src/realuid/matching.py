@@ -26,12 +26,14 @@ one non-batch dimension; weights are ``[B]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError
@@ -134,6 +136,27 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def _check_table(values: Any, schedule: str) -> tuple[float, ...]:
+    """The ``alphas_cumprod`` of a 'table' schedule as a tuple (empty for the analytic schedules)."""
+    if schedule != "table":
+        if len(values):
+            raise ConfigError(f"alphas_cumprod is only for schedule 'table', not {schedule!r}")
+        return ()
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) < 2:
+        raise ConfigError("schedule 'table' needs alphas_cumprod: at least 2 values")
+    table = tuple(_check_real(v, "alphas_cumprod[k]") for v in values)
+    if not all(0 < a < 1 for a in table) or any(b >= a for a, b in zip(table, table[1:])):
+        raise ConfigError("alphas_cumprod must be strictly decreasing values in (0, 1) (data at k = 0)")
+    return table
+
+
+@functools.lru_cache(maxsize=8)  # built once per table, not at every evaluation of the schedule
+def _table_log_snr_values(alphas_cumprod: tuple[float, ...]) -> Tensor:
+    """``log(ᾱ_k / (1 - ᾱ_k))`` of each table entry, float64 ``[T]`` (do not modify it in place)."""
+    table = torch.tensor(alphas_cumprod, dtype=torch.float64)
+    return torch.log(table) - torch.log1p(-table)
 
 
 def _check_t_eps(value: Any) -> float:
@@ -403,7 +426,10 @@ class Diffusion(Family):
     """Gaussian diffusion ``x_t = a(t) x1 + s(t) x0`` with ``x0 = eps ~ N(0, I)`` (no extra noise).
 
     schedule: 'vp' (variance preserving, a^2 + s^2 = 1, Song's linear beta in [0.1, 20] on
-              tau in [1e-3, 1]) or 've' (EDM: a = 1, s geometric from 80 at t=0 to 0.002 at t=1).
+              tau in [1e-3, 1]), 've' (EDM: a = 1, s geometric from 80 at t=0 to 0.002 at t=1) or
+              'table': a discrete VP schedule given by ``alphas_cumprod`` (diffusers' ``ᾱ_k``, data at
+              k = 0), read at the fractional timestep ``k = (1 - t)(T - 1)``; see :meth:`_table_log_snr`.
+    alphas_cumprod: ``[T]`` strictly decreasing values in (0, 1), only with schedule 'table'.
     prediction: 'eps' (target x0 = eps) or 'x1' (denoiser target x1). Weight w = 1.
     generator_sigma: noise-to-signal ratio s/a at which the one-step generator reads its input
               (SiD uses 2.5 in EDM units); ``t_src`` is the time where s(t)/a(t) equals it, so the
@@ -416,9 +442,11 @@ class Diffusion(Family):
     schedule: str = "vp"
     prediction: str = "eps"
     generator_sigma: float = 2.5
+    alphas_cumprod: tuple[float, ...] = ()
 
     def __post_init__(self):
-        _check_choice(self.schedule, "schedule", ("vp", "ve"))
+        _check_choice(self.schedule, "schedule", ("vp", "ve", "table"))
+        object.__setattr__(self, "alphas_cumprod", _check_table(self.alphas_cumprod, self.schedule))
         _check_choice(self.prediction, "prediction", ("eps", "x1"))
         sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
         lo, hi = self._ratio_at(1.0), self._ratio_at(0.0)
@@ -429,7 +457,32 @@ class Diffusion(Family):
             )
         object.__setattr__(self, "generator_sigma", sigma)
 
+    def options(self) -> dict[str, Any]:
+        options = super().options()
+        if self.schedule != "table":
+            del options["alphas_cumprod"]  # records of the analytic schedules stay as they always were
+        else:
+            options["alphas_cumprod"] = list(self.alphas_cumprod)  # JSON has no tuples
+        return options
+
     # -- schedule
+    def _table_log_snr(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(lambda(t), dlambda/dt)`` of the tabulated schedule, each shaped like ``t``.
+
+        ``lambda = log(ᾱ / (1 - ᾱ)) = log(a^2 / s^2)`` is linear in the timestep ``k = (1 - t)(T - 1)``
+        between table entries. Why log-SNR: it is exact at integer ``k``, strictly monotone when ``ᾱ``
+        is (so ``t_src`` has one solution), keeps ``a^2 + s^2 = 1`` everywhere, and it is the
+        coordinate in which the VP schedules are smooth (linear betas make log ``ᾱ`` quadratic in k,
+        the cosine schedule makes lambda nearly linear), so the chords are close to the curve. The
+        derivative is the chord's slope, consistent with the interpolant (one-sided at the knots).
+        """
+        log_snr = _table_log_snr_values(self.alphas_cumprod).to(device=t.device, dtype=t.dtype)
+        last = len(self.alphas_cumprod) - 1
+        k = (1 - t) * last
+        j = k.floor().clamp(0, last - 1).long()
+        slope = log_snr[j + 1] - log_snr[j]  # per unit k
+        return log_snr[j] + (k - j) * slope, -last * slope
+
     def _vp_log_a(self, tau: Tensor) -> Tensor:
         return -0.25 * tau**2 * (VP_BETA_MAX - VP_BETA_MIN) - 0.5 * tau * VP_BETA_MIN
 
@@ -441,6 +494,9 @@ class Diffusion(Family):
         if self.schedule == "ve":
             log_s = (1 - t) * math.log(VE_SIGMA_MAX) + t * math.log(VE_SIGMA_MIN)
             return torch.ones_like(t), torch.exp(log_s)
+        if self.schedule == "table":
+            log_snr = self._table_log_snr(t)[0]  # a^2 = sigmoid(lambda), s^2 = sigmoid(-lambda)
+            return torch.exp(0.5 * F.logsigmoid(log_snr)), torch.exp(0.5 * F.logsigmoid(-log_snr))
         two_log_a = 2 * self._vp_log_a(self._vp_tau(t))
         # s = sqrt(1 - a^2) via expm1: a -> 1 at the data end would cancel catastrophically.
         return torch.exp(0.5 * two_log_a), torch.sqrt(-torch.expm1(two_log_a))
@@ -449,6 +505,10 @@ class Diffusion(Family):
         """``(a'/a, s'/s)`` (derivatives in t), each shaped like ``t``."""
         if self.schedule == "ve":
             return torch.zeros_like(t), torch.full_like(t, math.log(VE_SIGMA_MIN / VE_SIGMA_MAX))
+        if self.schedule == "table":
+            # d log sigmoid(l) / dl = sigmoid(-l): a'/a = s^2 lambda'/2, s'/s = -a^2 lambda'/2.
+            log_snr, dlog_snr = self._table_log_snr(t)
+            return 0.5 * torch.sigmoid(-log_snr) * dlog_snr, -0.5 * torch.sigmoid(log_snr) * dlog_snr
         tau = self._vp_tau(t)
         dlog_a = 0.5 * (1.0 - VP_TAU_EPS) * (tau * (VP_BETA_MAX - VP_BETA_MIN) + VP_BETA_MIN)
         two_log_a = 2 * self._vp_log_a(tau)
@@ -464,6 +524,13 @@ class Diffusion(Family):
     def t_src(self) -> float:
         if self.schedule == "ve":
             return math.log(VE_SIGMA_MAX / self.generator_sigma) / math.log(VE_SIGMA_MAX / VE_SIGMA_MIN)
+        if self.schedule == "table":
+            # s/a = r  <=>  lambda = -2 log r; invert the piecewise-linear lambda(k) (decreasing in k).
+            log_snr = _table_log_snr_values(self.alphas_cumprod).tolist()
+            wanted = -2 * math.log(self.generator_sigma)
+            j = next(i for i in range(len(log_snr) - 1) if log_snr[i + 1] <= wanted)
+            k = j + (log_snr[j] - wanted) / (log_snr[j] - log_snr[j + 1])
+            return 1.0 - k / (len(log_snr) - 1)
         # s/a = r with a^2 + s^2 = 1  =>  log a = -log(1 + r^2)/2; solve the quadratic log a(tau) = c.
         c = -0.5 * math.log1p(self.generator_sigma**2)
         d = VP_BETA_MAX - VP_BETA_MIN
@@ -688,7 +755,8 @@ _REGISTRY: dict[str, type[Family]] = {
 def make_family(name: str, **options: Any) -> Family:
     """Build a family by name ('fm' | 'diffusion' | 'si' | 'bridge') with its keyword options.
 
-    Options: diffusion(schedule='vp'|'ve', prediction='eps'|'x1', generator_sigma=2.5);
+    Options: diffusion(schedule='vp'|'ve'|'table', prediction='eps'|'x1', generator_sigma=2.5,
+    alphas_cumprod=() or the table's ᾱ_k);
     si(interpolant='linear'|'trig', sigma=0.5, t_eps=1e-3); bridge(sigma=0.5, t_eps=1e-3); fm has none.
     Unknown names or options raise ValueError.
     """

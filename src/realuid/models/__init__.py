@@ -13,6 +13,9 @@ from ..errors import ConfigError
 from .generator import OneStepGenerator
 from .mlp import MLP
 
+# A diffusers UNet2DModel behind the teacher adapter (an imported diffusers teacher and its students).
+DIFFUSERS_UNET = "diffusers-unet2d"
+
 
 def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict:
     """The constructor spec for ``model_cfg`` (a :class:`realuid.config.ModelConfig`) on this data.
@@ -74,6 +77,10 @@ def build_model(spec: dict) -> nn.Module:
 
         args["shape"] = tuple(args["shape"])
         return UNet(**args)
+    if arch == DIFFUSERS_UNET:
+        from .diffusers_unet import build_diffusers_unet
+
+        return build_diffusers_unet(args)
     raise ValueError(f"unknown architecture {arch!r} in model spec")
 
 
@@ -83,4 +90,4 @@ def data_shape(spec: dict) -> tuple[int, ...]:
     return (int(args["dim"]),) if spec["arch"] == "mlp" else tuple(int(s) for s in args["shape"])
 
 
-__all__ = ["MLP", "OneStepGenerator", "build_model", "data_shape", "model_spec"]
+__all__ = ["DIFFUSERS_UNET", "MLP", "OneStepGenerator", "build_model", "data_shape", "model_spec"]

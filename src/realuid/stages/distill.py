@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..api import load_teacher
-from ..checkpoints import family_record, file_digest
+from ..checkpoints import family_record, file_digest, read_checkpoint
 from ..config import in_effect
 from ..data import read_split
 from ..devices import resolve_device
@@ -26,11 +26,15 @@ from . import runs
 
 def main(args, params) -> None:
     cfg = params.distill
-    family = families.generator_family(params)
     split = read_split(args.data)
-    families.check_family_matches_data(family, split)
+    families.check_family_matches_data(families.teacher_family(params), split)
     runs.check_batch_size(cfg.batch_size, split, "distill")
     weights, evaluation = evaluation_settings(params, split, args.features)
+    # The teacher file's family record is the family (an imported teacher brings its own schedule).
+    teacher_file = read_checkpoint(args.teacher, "teacher", needed_by="distill")
+    families.check_teacher_family(teacher_file, params, "distill")
+    check_gan_backbone(cfg, teacher_file.spec)
+    family = families.generator_family(params, teacher_file.family)
     key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),
                     file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []),
                     code_digest("realuid.stages.distill"))
@@ -38,7 +42,7 @@ def main(args, params) -> None:
     needs = runs.distill_needs(args.out, state_dir, args.teacher, cfg)
     with session(resolve_device(cfg.device)) as dist, common.working_folders(dist, needs, state_dir):
         device = dist.device
-        teacher = load_teacher(args.teacher, device=device, needed_by="distill", expect_family=params.family.name)
+        teacher = load_teacher(teacher_file, device=device, needed_by="distill", expect_family=params.family.name)
         if dist.is_main:
             print(f"distill: alpha={params.alpha} beta={params.beta}, {device}"
                   f"{f' x {dist.world_size} processes' if dist.parallel else ''}, state {state_dir}")
@@ -48,6 +52,13 @@ def main(args, params) -> None:
         if dist.is_main:
             runs.publish_training(args.out, "generator.pt", result, state_dir)
         dist.barrier()  # every process ends once the output is there
+
+
+def check_gan_backbone(cfg, teacher_spec: dict) -> None:
+    """The GAN head reads realuid's own MLP or UNet encoder; an imported architecture has none."""
+    if cfg.gan.enabled and teacher_spec["arch"] not in ("mlp", "unet"):
+        raise common.StageError(f"distill.gan.enabled: the GAN head reads realuid's own UNet encoder, and the "
+                                f"teacher is a {teacher_spec['arch']!r} network; set distill.gan.enabled: false")
 
 
 def evaluation_settings(params, split, features_dir: str) -> tuple[str | None, dict | None]:

@@ -22,7 +22,7 @@ from ..training.bookkeeping import state_key
 from ..training.distillation import distill
 from . import common
 from . import runs
-from .distill import build_evaluator, evaluation_settings
+from .distill import build_evaluator, check_gan_backbone, evaluation_settings
 
 
 def main(args, params) -> None:
@@ -42,6 +42,7 @@ def main(args, params) -> None:
     runs.check_batch_size(params.distill.batch_size, split, "distill")
     distilled = read_checkpoint(args.generator, "generator", needed_by="finetune")
     family = family_of(distilled)  # the generator keeps reading its input where it was distilled
+    check_gan_backbone(params.distill, distilled.spec)
     # The fake model restarts from the teacher: the distilled fake model chased the old coefficients.
     run_cfg = dataclasses.replace(
         params.distill, steps=cfg.steps, fake_init="teacher",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 
 from pathlib import Path
@@ -20,30 +21,87 @@ from . import families
 from . import runs
 
 
-def imported_teacher(cfg, params, split) -> Checkpoint:
-    """The teacher checkpoint of one of the authors' released files (no training).
-
-    The copy it imports is both its weights and, unless it is their raw ``net_model``, its EMA copy (the
-    one layout of every teacher: the copy a trained teacher samples with is its EMA).
-    """
+def _authors(cfg, params, split) -> tuple[dict, dict, dict]:
     from ..authors import load_authors_teacher
 
-    if params.family.name != "fm":
-        raise common.StageError(f"the authors' teachers are flow-matching models; family.name is {params.family.name!r}")
-    classes = split.num_classes if cfg.model.class_cond else 0
+    _check_flow_matching(params, "the authors' teachers")
     spec, state = load_authors_teacher(cfg.import_checkpoint, ema=None if cfg.import_ema == "none" else cfg.import_ema)
+    return spec, state, teacher_family_record(params)
+
+
+def _torchcfm(cfg, params, split) -> tuple[dict, dict, dict]:
+    from ..teachers.torchcfm import load_torchcfm_teacher
+
+    _check_flow_matching(params, "torchcfm's teachers")
+    spec, state = load_torchcfm_teacher(cfg.import_checkpoint, None if cfg.import_ema == "none" else cfg.import_ema,
+                                        cfg.model, tuple(split.sample_shape),
+                                        split.num_classes if cfg.model.class_cond else 0)
+    return spec, state, teacher_family_record(params)
+
+
+def _diffusers(cfg, params, split) -> tuple[dict, dict, dict]:
+    from ..teachers.diffusers import load_diffusers_teacher
+
+    spec, state, family = load_diffusers_teacher(cfg.import_checkpoint)
+    if params.family.name != family["name"]:
+        what = "a flow-matching" if family["name"] == "fm" else "a diffusion"
+        raise common.StageError(f"{cfg.import_checkpoint} is {what} teacher; set family.name: {family['name']} "
+                                f"(it is {params.family.name})")
+    return spec, state, family
+
+
+def _check_flow_matching(params, who: str) -> None:
+    if params.family.name != "fm":
+        raise common.StageError(f"{who} are flow-matching models; set family.name: fm (it is {params.family.name})")
+
+
+# train_teacher.import_format -> reader of (spec, state dict, family record); each imports its library lazily.
+IMPORTERS = {"authors": _authors, "torchcfm": _torchcfm, "diffusers": _diffusers}
+
+
+def imported_teacher(cfg, params, split) -> Checkpoint:
+    """The teacher checkpoint of a foreign file or folder (no training), as ``import_format`` reads it.
+
+    The copy it imports is both its weights and, unless it is a raw ``net_model``, its EMA copy (the
+    one layout of every teacher: the copy a trained teacher samples with is its EMA). A diffusers folder
+    holds one network: its weights alone. An imported diffusers teacher's family record is its own
+    (diffusion over its scheduler's ᾱ table, or fm), and every later stage takes the family from it.
+    """
+    spec, state, family = IMPORTERS[cfg.import_format](cfg, params, split)
+    classes = int(spec["args"]["num_classes"])
     if tuple(spec["args"]["shape"]) != tuple(split.sample_shape):
         raise common.StageError(f"the imported teacher is for images {spec['args']['shape']}, the data are {list(split.sample_shape)}")
-    if spec["args"]["num_classes"] != classes:
+    if cfg.import_format == "diffusers":
+        # The folder, not train_teacher.model, says whether the teacher is class-conditional.
+        if classes and classes != split.num_classes:
+            has = f"{split.num_classes} classes" if split.num_classes else "no labels"
+            raise common.StageError(f"the imported teacher is class-conditional with {classes} classes; the data have {has}")
+    elif classes != (wanted := split.num_classes if cfg.model.class_cond else 0):
         raise common.StageError(
-            f"the imported teacher has {spec['args']['num_classes']} classes, the params ask for {classes} "
+            f"the imported teacher has {classes} classes, the params ask for {wanted} "
             "(train_teacher.model.class_cond and the data's labels)"
         )
-    print(f"train_teacher: imported {cfg.import_checkpoint} (EMA {cfg.import_ema}), no training")
-    copies = {} if cfg.import_ema == "none" else {ema_copy_name(cfg.import_ema): state}
-    return Checkpoint(kind="teacher", spec=spec, family=teacher_family_record(params), weights=state, copies=copies,
-                      meta={"step": 0, "imported_from": file_digest(cfg.import_checkpoint), "import_ema": cfg.import_ema},
-                      config={"import_checkpoint": cfg.import_checkpoint, "import_ema": cfg.import_ema})
+    copy = "" if cfg.import_format == "diffusers" else f", EMA {cfg.import_ema}"
+    print(f"train_teacher: imported {cfg.import_checkpoint} ({cfg.import_format}{copy}), no training")
+    copies = {} if cfg.import_ema == "none" or cfg.import_format == "diffusers" else {ema_copy_name(cfg.import_ema): state}
+    how = {"import_format": cfg.import_format, "import_ema": cfg.import_ema}
+    return Checkpoint(kind="teacher", spec=spec, family=family, weights=state, copies=copies,
+                      meta={"step": 0, "imported_from": _import_digest(cfg.import_checkpoint), **how},
+                      config={"import_checkpoint": cfg.import_checkpoint, **how})
+
+
+def _import_digest(path: str) -> str:
+    """The digest of an imported file, or of every file of an imported folder (names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256("".join(f"{p.relative_to(path).as_posix()}:{file_digest(p)}\n" for p in files).encode()).hexdigest()
+
+
+def _import_bytes(path: str) -> int:
+    path = Path(path)
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def main(args, params) -> None:
@@ -55,7 +113,7 @@ def main(args, params) -> None:
         if launched_rank() != 0:
             return  # started under a torchrun job anyway: one process imports
         # teacher.pt holds the imported weights twice (weights and EMA): at most twice the file's size.
-        common.check_folders({common.output_folder(args.out): 2 * Path(cfg.import_checkpoint).stat().st_size})
+        common.check_folders({common.output_folder(args.out): 2 * _import_bytes(cfg.import_checkpoint)})
         result = imported_teacher(cfg, params, split)
         with common.atomic_dir(args.out) as tmp:
             save_checkpoint(result, tmp / "teacher.pt")
