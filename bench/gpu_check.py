@@ -98,12 +98,17 @@ def ensure_torchcfm(carry_dir: Path) -> str:
 
 
 def ensure_libraries() -> None:
-    """The realuid modules the check imports need tqdm and pyyaml besides torch."""
-    missing = [name for name in ("tqdm", "yaml", "numpy") if importlib.util.find_spec(name) is None]
+    """The realuid modules the check imports need tqdm, ruamel.yaml and numpy besides torch."""
+    missing = [name for name in ("tqdm", "ruamel.yaml", "numpy") if not _importable(name)]
     if missing:
-        raise MissingDependency(
-            f"missing Python packages: {', '.join(missing)} (pip install {' '.join(m if m != 'yaml' else 'pyyaml' for m in missing)})"
-        )
+        raise MissingDependency(f"missing Python packages: {', '.join(missing)} (pip install {' '.join(missing)})")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
 
 
 # ------------------------------------------------------------------------------------------- set-up
