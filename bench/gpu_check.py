@@ -335,10 +335,10 @@ def table(rows: list[dict], teacher_nfe: int) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
+    from realuid.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2))
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -243,12 +243,12 @@ class CurveLog:
             return list(csv.DictReader(fh))
 
     def _write(self, rows: list[dict]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
+        from .atomic import atomic_open
+
+        with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, self.fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()

@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..atomic import atomic_write, temporary_folder
 from ..config import ConfigError, Params, load_params
 
 
@@ -100,10 +100,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     made = _make_parents(out.parent)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; outputs get the usual permissions
+        tmp = temporary_folder(out)
         try:
             yield tmp
         except OSError as err:
@@ -152,14 +149,7 @@ def _named(err: OSError, path: str | Path, hint: str = "") -> OSError:
 
 def write_json(obj, path: str | Path) -> None:
     """Pretty, key-sorted JSON written atomically (small metric and info files)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise _named(err, path) from err
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
