@@ -13,7 +13,7 @@ batch in both calls, or the same ``n`` as well. In a batch of another size the n
 in another order, and samples agree to float rounding only (a few float32 units in the last place on
 CPU; more where a GPU computes in TF32 or bf16). The ``sample`` stage samples with these same
 functions: ``n = sample.n_samples``, ``seed = sample.seed`` and ``batch_size = sample.batch_size``
-reproduce its files exactly.
+reproduce its files exactly (on the same device).
 """
 
 from __future__ import annotations
