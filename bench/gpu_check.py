@@ -97,13 +97,26 @@ def ensure_torchcfm(carry_dir: Path) -> str:
     )
 
 
-def ensure_libraries() -> None:
-    """The realuid modules the check imports need tqdm and pyyaml besides torch."""
-    missing = [name for name in ("tqdm", "yaml", "numpy") if importlib.util.find_spec(name) is None]
+def ensure_libraries(carry_dir: Path) -> None:
+    """The realuid modules the check imports need tqdm, ruamel.yaml and numpy besides torch.
+
+    ruamel.yaml (pure Python; realuid reads params.yaml with it, as DVC does) may come from the copy
+    ``bench/gpu_check.sh --prepare-carry`` put in ``carry_dir/python``.
+    """
+    carried = carry_dir / "python"
+    if not _importable("ruamel.yaml") and (carried / "ruamel" / "yaml").is_dir():
+        sys.path.append(str(carried))  # last: an installed copy wins
+    missing = [name for name in ("tqdm", "ruamel.yaml", "numpy") if not _importable(name)]
     if missing:
-        raise MissingDependency(
-            f"missing Python packages: {', '.join(missing)} (pip install {' '.join(m if m != 'yaml' else 'pyyaml' for m in missing)})"
-        )
+        raise MissingDependency(f"missing Python packages: {', '.join(missing)} (pip install {' '.join(missing)}; "
+                                "or bring ruamel.yaml in .carry: bench/gpu_check.sh --prepare-carry)")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
 
 
 # ------------------------------------------------------------------------------------------- set-up
@@ -331,10 +344,10 @@ def table(rows: list[dict], teacher_nfe: int) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
+    from realuid.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2))
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -354,7 +367,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file for other distill keys")
     p.add_argument("--budget-s", type=float, default=270.0, help="skip phases that would start after this")
     p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--carry-dir", type=Path, default=ROOT / ".carry", help="where --prepare-carry put torchcfm")
+    p.add_argument("--carry-dir", type=Path, default=ROOT / ".carry", help="where --prepare-carry put torchcfm and ruamel.yaml")
     args = p.parse_args(argv)
     args.precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     if not args.precisions or any(s not in ("fp32", "bf16") for s in args.precisions):
@@ -369,7 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    ensure_libraries()
+    ensure_libraries(args.carry_dir)
     torchcfm_source = ensure_torchcfm(args.carry_dir)
     from realuid.devices import resolve_device
 

@@ -9,12 +9,14 @@
 #   bench/gpu_check.sh --help            every option of bench/gpu_check.py
 #   bench/gpu_check.sh --prepare-carry [DIR]
 #                                        run where the project's environment is installed, before a run
-#                                        on a machine that has PyTorch but not torchcfm (DIR: .carry)
+#                                        on a machine that has PyTorch but not torchcfm or ruamel.yaml
+#                                        (DIR: .carry)
 #
 # Machines with PyTorch but without torchcfm: torchcfm (pure Python) provides the UNet. --prepare-carry
-# copies its package folder into .carry/torchcfm; bring .carry with the working tree (it must stay
-# ignored by git: add /.carry/ to .gitignore or .git/info/exclude). POT, which torchcfm's package
-# import needs, is not needed: the check then imports torchcfm's models only.
+# copies its package folder into .carry/torchcfm, and ruamel.yaml (pure Python, which reads params.yaml)
+# into .carry/python/ruamel; bring .carry with the working tree (it must stay ignored by git: add /.carry/
+# to .gitignore or .git/info/exclude). POT, which torchcfm's package import needs, is not needed: the
+# check then imports torchcfm's models only.
 #
 # Python: $PYTHON if set, else .venv/bin/python if present, else python3.
 set -euo pipefail
@@ -41,6 +43,12 @@ if [[ "${1:-}" == "--prepare-carry" ]]; then
     cp -R "$src" "$carry/torchcfm"
     find "$carry/torchcfm" -name __pycache__ -type d -prune -exec rm -rf {} +
     echo "copied $src to $carry/torchcfm ($(du -sh "$carry/torchcfm" | cut -f1))"
+    yaml_src="$("$py" -c 'import pathlib, ruamel.yaml; print(pathlib.Path(ruamel.yaml.__file__).parent)')"
+    rm -rf "$carry/python/ruamel"
+    mkdir -p "$carry/python/ruamel"
+    cp -R "$yaml_src" "$carry/python/ruamel/yaml"
+    find "$carry/python" -name __pycache__ -type d -prune -exec rm -rf {} +
+    echo "copied $yaml_src to $carry/python/ruamel/yaml ($(du -sh "$carry/python" | cut -f1))"
     if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && ! git check-ignore -q "$carry/torchcfm"; then
         echo "warning: $carry/ is not ignored by git; add it to .gitignore (or .git/info/exclude)" >&2
     fi

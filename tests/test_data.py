@@ -14,6 +14,7 @@ import pytest
 from realuid import data
 from realuid.config import PrepareConfig
 from realuid.data import DataError, Split
+from conftest import current_umask
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -489,7 +490,7 @@ def test_write_is_atomic_and_cleans_up(tmp_path):
     assert list(tmp_path.iterdir()) == []
     data.save_split(split, tmp_path / "s.h5")
     assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
-    assert (tmp_path / "s.h5").stat().st_mode & 0o777 == 0o666 & ~data.current_umask()
+    assert (tmp_path / "s.h5").stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
 
 def test_write_rejects_bad_arrays(tmp_path):

@@ -377,6 +377,32 @@ def test_divergence_message_is_the_last_line_after_the_bar(project):
     assert snapshot(project / "data") == before
 
 
+@pytest.mark.parametrize("error", [ValueError("it broke"), KeyboardInterrupt()])
+def test_an_error_closes_the_bar_of_the_loop_it_came_through_before_its_line(tmp_path, capsys, error):
+    import gc
+
+    from tqdm import tqdm
+
+    from realuid.stages import common
+
+    def loop():
+        bar = tqdm(total=10, desc="looping", file=sys.stderr, mininterval=0)
+        for _ in range(3):
+            bar.update(1)
+        raise error
+
+    def main(args, params):
+        loop()
+
+    write_params(tmp_path, tiny_params())
+    code = common.run(main, common.parser("a stage"), ["--params", str(tmp_path / "params.yaml")])
+    gc.collect()  # the loop's frame is gone: a bar still open would be drawn a last time now
+    stderr = capsys.readouterr().err
+    assert "looping:  30%" in stderr
+    assert last_line(stderr) == ("error: it broke" if code == 1 else
+                                 "error: interrupted; run the same command again to resume"), stderr
+
+
 # --------------------------------------------------------------------------------------------------
 # 7. One run per state folder
 # --------------------------------------------------------------------------------------------------

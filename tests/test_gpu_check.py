@@ -71,6 +71,7 @@ def test_carried_copy_is_used_when_torchcfm_is_absent(env, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert prep.returncode == 0, prep.stderr
     assert (carry / "torchcfm" / "models" / "unet" / "unet.py").is_file()
+    assert (carry / "python" / "ruamel" / "yaml" / "main.py").is_file()  # params.yaml's reader
     assert not list(carry.rglob("__pycache__"))
     proc = run_python(f"""
         sys.modules["torchcfm"] = None  # as on a machine without torchcfm
@@ -91,6 +92,38 @@ def test_carried_copy_is_used_when_torchcfm_is_absent(env, tmp_path):
     """, env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(carry))
+
+    # ruamel.yaml: as on a machine where only the carried copy exists, params.yaml is read with it.
+    proc = run_python(f"""
+        import importlib.machinery
+        from pathlib import Path
+
+        class OnlyTheCarriedRuamel:
+            def find_spec(self, name, path=None, target=None):
+                if name != "ruamel.yaml":
+                    return None
+                carried = [p for p in path if p.startswith({str(carry)!r})]
+                spec = importlib.machinery.PathFinder.find_spec(name, carried)
+                if spec is None:
+                    raise ModuleNotFoundError(name)
+                return spec
+
+        sys.meta_path.insert(0, OnlyTheCarriedRuamel())
+        import gpu_check
+        try:
+            gpu_check.ensure_libraries(Path({str(tmp_path / 'empty')!r}))
+        except gpu_check.MissingDependency as err:
+            assert "ruamel.yaml" in str(err) and "--prepare-carry" in str(err), err
+        else:
+            raise AssertionError("no error without ruamel.yaml")
+        gpu_check.ensure_libraries(Path({str(carry)!r}))
+        from realuid.config import load_params
+        import ruamel.yaml
+        assert ruamel.yaml.__file__.startswith({str(carry)!r}), ruamel.yaml.__file__
+        print(load_params(gpu_check.ROOT / "params.yaml").distill.generator_optim.lr)
+    """, env)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) > 0
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA refusal")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import current_umask
 from realuid.config import load_params
 from realuid.stages import common
 
@@ -462,6 +463,7 @@ def test_dvc_repro_runs_the_committed_default_on_images(tmp_path):
     project = make_project(tmp_path / "project", params)
     assert dvc_reproduce(project) == {s.name for s in STAGES}
     assert dvc_changed(project) == set()
+    check_modes_follow_the_umask(project)
     metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
     for who in ("teacher", "student"):
         assert math.isfinite(metrics[who]["fid"]) and metrics[who]["fid"] >= 0, who
@@ -476,6 +478,17 @@ def test_dvc_repro_runs_the_committed_default_on_images(tmp_path):
         with Image.open(project / f"data/report/{who}.png") as picture:
             assert picture.mode == ("L" if channels == 1 else "RGB"), who
             assert picture.size == (4 * (10 * (width + 1) + 1), 4 * (rows * (height + 1) + 1)), who
+
+
+def check_modes_follow_the_umask(project: Path) -> None:
+    """Every artifact and state file has the mode a plain ``open()`` (folders: ``mkdir``) gives under the
+    umask: on a shared file system colleagues read the checkpoints as they read the data."""
+    umask = current_umask()
+    paths = [p for folder in ("data", "state") for p in (project / folder).rglob("*")]
+    assert {"teacher.pt", "generator.pt", "checkpoint.pt", "train.h5", "metrics.json", "student.png"} <= {p.name for p in paths}
+    wrong = {str(p.relative_to(project)): oct(p.stat().st_mode & 0o777) for p in paths
+             if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask}
+    assert not wrong, f"umask {umask:03o}: {wrong}"
 
 
 # Keys the toy flow-matching configuration does not use: other families' options and generator

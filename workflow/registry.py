@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-# The one strict YAML reader (duplicate keys are errors, as in DVC): the Snakefile puts src/ on sys.path.
+# The one strict YAML reader (DVC's YAML 1.2, duplicate keys are errors): the Snakefile puts src/ on sys.path.
 from realuid.yamlfile import read_yaml
 
 
@@ -121,7 +121,7 @@ def stage_processes(stage: Stage, params_yaml: str | Path = "params.yaml") -> in
     """How many processes the stage starts (the value of its ``meta.nproc`` key in params.yaml), else 1."""
     if not stage.nproc_param:
         return 1
-    value = yaml.safe_load(param_values([stage.nproc_param], params_yaml))[stage.nproc_param]
+    value = _param_value(read_yaml(params_yaml), stage.nproc_param)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"stage {stage.name}: {stage.nproc_param} must be a positive integer, got {value!r}")
     return value
@@ -206,15 +206,20 @@ def param_values(keys: list[str], params_yaml: str | Path = "params.yaml") -> st
     when a key it declares changes, like DVC.
     """
     data = read_yaml(params_yaml)
-    picked = {}
-    for key in keys:
-        node = data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise KeyError(f"dvc.yaml declares param {key!r}, which params.yaml does not have")
-            node = node[part]
-        picked[key] = node
+    picked = {key: _param_value(data, key) for key in keys}
+    # PyYAML only writes this string (Snakemake's own dependency); its text is kept as it was, so an
+    # unchanged value never looks changed to Snakemake.
     return yaml.safe_dump(picked, sort_keys=True, default_flow_style=True).strip()
+
+
+def _param_value(data: dict, key: str):
+    """The value of the dotted ``key`` in the params document ``data``."""
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"dvc.yaml declares param {key!r}, which params.yaml does not have")
+        node = node[part]
+    return node
 
 
 def final_outputs(stages: list[Stage]) -> list[str]:

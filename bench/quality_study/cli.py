@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from realuid.atomic import atomic_open, atomic_write
+
 from . import settings as presets
 from . import tasks
 
@@ -59,10 +61,8 @@ class JobCache:
             return pickle.load(fh)
 
     def put(self, key: str, value) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(self.path(key)) as fh:
             pickle.dump(value, fh)
-        os.replace(tmp, self.path(key))
 
 
 @dataclasses.dataclass
@@ -245,9 +245,7 @@ def accumulate_wall_seconds(path: Path, seconds: float, *, command: str = "", co
     if seconds > 0:
         total = {"seconds": total["seconds"] + seconds, "invocations": total["invocations"] + 1,
                  "command": total.get("command") or command, "code": total.get("code") or code}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(total))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(total))
     return total
 
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from realuid import config as config_module
 from realuid.data import build_splits, split_indices, take
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
 from realuid.training.batches import TrainData
+from realuid.yamlfile import parse_yaml, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATION_FRACTION = 0.2
@@ -72,12 +72,12 @@ def _set(tree: dict, dotted: str, value) -> None:
 
 def load_base(params_path: Path, overrides: list[str]) -> dict:
     """{"alpha", "beta", "train_teacher", "distill"} from a params file, with ``key=value`` overrides."""
-    params = yaml.safe_load(params_path.read_text())
+    params = read_yaml(params_path)
     base = {"alpha": params["alpha"], "beta": params["beta"], "train_teacher": params["train_teacher"],
             "distill": params["distill"], "features": params["features"], "prepare": params["prepare"]}
     for item in overrides:
         key, _, value = item.partition("=")
-        _set(base, key, yaml.safe_load(value))
+        _set(base, key, parse_yaml(value, f"override {item!r}"))
     return base
 
 

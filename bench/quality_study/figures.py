@@ -6,11 +6,12 @@ min to max over seeds); every figure says so in its title.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from realuid.atomic import atomic_open
 
 from .stats import summarize
 
@@ -38,11 +39,12 @@ def _pyplot():
 def _save(fig, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    # No software/date metadata: the same results give byte-identical files.
-    fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path) as fh:
+            # No software/date metadata: the same results give byte-identical files.
+            fig.savefig(fh, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        _pyplot().close(fig)
 
 
 def scatter_grid(samples: dict[str, dict[str, np.ndarray]], reference: dict[str, np.ndarray],

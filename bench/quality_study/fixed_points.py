@@ -35,6 +35,7 @@ import torch
 
 from realuid.analysis import FixedPointProblem, Quadrature
 from realuid.analytic import ExactTeacher, GaussianMixture
+from realuid.atomic import atomic_write
 from realuid.matching import make_family
 from realuid.metrics import knn_precision_recall, mode_masses, sliced_wasserstein2
 from realuid.models import OneStepGenerator, build_model, model_spec
@@ -134,9 +135,7 @@ def theory_map(case: Case, family_name: str, values: list[float], extra: list[tu
             out[f"{a:g},{b:g}"] = {"alpha": a, "beta": b, "weights": fp.weights.tolist(), "value": fp.value,
                                    "converged": fp.converged}
         if cache is not None:
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out))
-            os.replace(tmp, cache)
+            atomic_write(cache, json.dumps(out))
     return {f"{a:g},{b:g}": out[f"{a:g},{b:g}"] for a, b in points}
 
 
@@ -257,9 +256,7 @@ def train_case(case: Case, family_name: str, trained: list[tuple[float, float]],
                    "weight_spread_in_time": np.std([r["weights"] for r in second], axis=0).tolist(),
                    "final": score(final_x, final=True), "trajectory": trajectory,
                    "seconds": time.perf_counter() - start, "picture": final_x[:1000].round(4).tolist()}
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(run))
-            os.replace(tmp, cache)
+            atomic_write(cache, json.dumps(run))
             rows["runs"][key] = run
             log(f"{case.name} {family_name} alpha {a:g} beta {b:g} seed {seed}: w1 {run['weights'][0]:.3f} "
                 f"sw2 {run['sw2']:.4f} ({run['seconds']:.0f} s)")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from realuid.atomic import atomic_write
 
 from . import figures
 from .settings import FAMILY_OPTIONS, TEACHER_METHOD, StudySettings
@@ -633,6 +634,4 @@ def _json_default(obj):
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)

@@ -6,9 +6,14 @@
 
 Sample ``i`` of ``.sample(n, seed=s)`` starts from the noise of seed ``s + i`` (EDM's per-seed noise), is
 labelled ``i % num_classes`` when the model is class-conditional and no labels are given, and reads the
-``i``-th corrupted input (cycled) of ``x0`` for a paired family: the same whatever ``n`` and
-``batch_size``, and the same as the ``sample`` stage with ``sample.seed = s``. The stage samples with
-these same functions.
+``i``-th corrupted input (cycled) of ``x0`` for a paired family, whatever ``n`` and ``batch_size``.
+What the network makes of those inputs is bit-identical between two calls that evaluate sample ``i`` in
+a batch of the same size: the same ``batch_size`` (None: one batch of all ``n``) with ``i`` in a full
+batch in both calls, or the same ``n`` as well. In a batch of another size the network's kernels add
+in another order, and samples agree to float rounding only (a few float32 units in the last place on
+CPU; more where a GPU computes in TF32 or bf16). The ``sample`` stage samples with these same
+functions: ``n = sample.n_samples``, ``seed = sample.seed`` and ``batch_size = sample.batch_size``
+reproduce its files exactly (on the same device).
 """
 
 from __future__ import annotations
@@ -192,11 +197,12 @@ class Generator(OneStepGenerator):
     @torch.no_grad()
     def sample(self, n: int, *, seed: int = 0, labels=None, batch_size: int | None = None,
                x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
-        """``n`` samples ``[n, *shape]`` on the module's device (see the module doc for what sample i is).
+        """``n`` samples ``[n, *shape]`` on the module's device, in batches of ``batch_size`` (None: one).
 
-        ``noise``: the generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts
-        sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
-        noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
+        See the module doc for what sample i is, and when two calls give it bit for bit. ``noise``: the
+        generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts sample i; labels
+        and a paired family's ``x0`` as without it). For a family whose generator takes noise besides the
+        corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
         """
         device = next(self.net.parameters()).device
         _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
@@ -239,9 +245,10 @@ class Teacher(nn.Module):
                x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """``n`` samples ``[n, *shape]`` with ``nfe`` network calls by ``method`` (euler | heun | sde).
 
-        Sample ``i`` starts from the same input as the generator's sample ``i``; the SDE's own noise
-        depends on the batch (seed + its first index), so SDE samples match the stage's for the same
-        ``batch_size``. ``noise``: the start noise ``[n, *shape]`` in place of the per-seed draws (row i
+        Sample ``i`` starts from the same input as the generator's sample ``i``, and the ODE methods
+        repeat it as the generator does (see the module doc). The SDE's own noise is drawn per batch
+        (seed + its first index), so SDE samples repeat, and match the stage's, for the same
+        ``batch_size`` only. ``noise``: the start noise ``[n, *shape]`` in place of the per-seed draws (row i
         starts sample i; labels as without it), e.g. the noise another library's sampler started from.
         A paired family starts from ``x0`` instead.
         """

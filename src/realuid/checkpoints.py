@@ -39,11 +39,11 @@ import math
 import os
 import pickle
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .errors import CheckpointError
 
 FORMAT = "realuid-checkpoint/2"
@@ -148,14 +148,8 @@ def _write(record: dict, tensors: dict, path: str | os.PathLike) -> None:
     sealed = json.dumps({_HASH: _content_hash(header, tensors), "record": header})
     blob = save(tensors, metadata={_RECORD: sealed})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Durable: a run resumes from the state file after a crash of the machine, not only of the process.
+    atomic_write(path, blob, durable=True)
 
 
 def _plain_tensors(tensors: dict) -> dict:
@@ -462,14 +456,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     # random temporary name would make identical files differ byte for byte.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buffer.getbuffer())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buffer.getbuffer())
 
 
 def tensors_digest(tensors: dict) -> str:

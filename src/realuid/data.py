@@ -21,16 +21,15 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import ConfigError, DataError
 
 SOURCES = ("toy", "digits", "cifar10", "file")
@@ -738,21 +737,7 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
     image = _hdf5_image(path.name, (("x1", x1), ("y", y), ("x0", x0)), all_attrs)
     # The file image goes to disk with plain writes: a full or failing disk is one OSError naming the file.
     # (HDF5 writing to disk itself fails badly there: a crash inside h5py, a half-written file.)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(image)
-        # mkstemp creates the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp_name, 0o666 & ~current_umask())
-        os.replace(tmp_name, path)
-    except OSError as err:
-        Path(tmp_name).unlink(missing_ok=True)
-        if err.filename is None:
-            raise type(err)(err.errno, err.strerror or os.strerror(err.errno or 0), str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, image)
     return digest
 
 
@@ -783,13 +768,6 @@ def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
         return f.id.get_file_image()
     finally:
         f.close()
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (reading it requires setting it; it is restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _plain(value: Any) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_open
 
 
 def _pyplot():
@@ -19,11 +20,11 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path) as fh:
+            fig.savefig(fh, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        _pyplot().close(fig)
 
 
 def image_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, scale: int = 4) -> None:
@@ -39,10 +40,8 @@ def image_grid(images: np.ndarray, path: str | Path, *, columns: int = 10, scale
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = x[i].transpose(1, 2, 0)
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:
+        img.save(fh, format="PNG")
 
 
 def scatter(points: np.ndarray, path: str | Path, *, title: str, reference: np.ndarray | None = None) -> None:

@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..atomic import atomic_write, temporary_folder
 from ..config import Params, load_params
 from ..errors import StageError, UserError
 
@@ -46,12 +46,12 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
             if code is not None:
                 return code
         main(args, params)
-    except KeyboardInterrupt:
-        close_progress_bars()
+    except KeyboardInterrupt as err:
+        close_progress_bars(err)
         print(f"{_rank_prefix()}error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except (UserError, OSError) as err:  # anything else is a bug: Python prints its traceback
-        close_progress_bars()
+        close_progress_bars(err)
         if os.environ.get("REALUID_TRACEBACK"):
             traceback.print_exc()
         message = describe_os_error(err) if isinstance(err, OSError) else str(err)
@@ -68,16 +68,25 @@ def describe_os_error(err: OSError) -> str:
     return " ".join(str(err).split())  # h5py's messages hold the file name and a line break
 
 
-def close_progress_bars() -> None:
-    """Close every open tqdm bar, so none is redrawn below the error message.
+def close_progress_bars(err: BaseException) -> None:
+    """Close the tqdm bars of the loops ``err`` came through, so none is redrawn below the error message.
 
     A bar left open by an exception is closed (and drawn once more) only when the loop's frame is
-    freed, which is after the message was printed: the user's last line would be the bar.
+    freed, which is after the message was printed: the user's last line would be the bar. Those
+    frames are the traceback's (and those of the exceptions it chains to), alive until then.
     """
     from tqdm import tqdm
 
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, tqdm):
+                    value.close()
+            tb = tb.tb_next
+        err = err.__cause__ or err.__context__
 
 
 def _rank_prefix() -> str:
@@ -98,10 +107,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     made = _make_parents(out.parent)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private; outputs get the usual permissions
+        tmp = temporary_folder(out)
         try:
             yield tmp
         except OSError as err:
@@ -150,14 +156,7 @@ def _named(err: OSError, path: str | Path, hint: str = "") -> OSError:
 
 def write_json(obj, path: str | Path) -> None:
     """Pretty, key-sorted JSON written atomically (small metric and info files)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise _named(err, path) from err
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,13 +7,13 @@ import csv
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_open
 from ..checkpoints import read_state, save_state
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import TrainingDiverged
@@ -48,12 +48,10 @@ class CurveLog:
             return list(csv.DictReader(fh))
 
     def _write(self, rows: list[dict]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_open(self.path, "w", newline="") as fh:
             writer = csv.DictWriter(fh, self.fields)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
