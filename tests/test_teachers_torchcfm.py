@@ -152,9 +152,11 @@ def test_a_torchcfm_teacher_runs_through_the_pipeline(tmp_path):
 
     from test_pipeline import make_project, sh, tiny_params
 
-    # The UNet of the committed params (two levels of 32 channels, one block each, no attention), on digits.
-    # (torchcfm cannot parse an empty attention list: "16" puts attention at no level of an 8x8 image.)
-    _, ema = torchcfm_checkpoint(tmp_path / "torchcfm.pt", dim=(1, 8, 8), attention_resolutions="16")
+    # The UNet of the committed params on digits: two levels of 32 channels, one block each, attention only in
+    # the middle block with 4 heads (heads split the same weights, so they must match the params: the weights
+    # cannot tell). torchcfm cannot parse an empty attention list: "16" puts attention at no level of 8x8.
+    _, ema = torchcfm_checkpoint(tmp_path / "torchcfm.pt", dim=(1, 8, 8), attention_resolutions="16",
+                                 num_heads=4, num_head_channels=-1)
     params = tiny_params(train_teacher__import_checkpoint=str(tmp_path / "torchcfm.pt"),
                          train_teacher__import_format="torchcfm", train_teacher__import_ema="0.9999")
     project = make_project(tmp_path / "project", params)
