@@ -85,11 +85,14 @@ def test_a_realuid_iteration_counts_its_fake_updates_and_generator_update(tmp_pa
 
 @pytest.fixture(scope="module")
 def toy_plan(tmp_path_factory):
+    """The plan of the tiny toy run (about 20 s on a shared machine, most of it the prepare stage's data
+    validation, which the plan runs as the pipeline does)."""
     folder = tmp_path_factory.mktemp("plan")
     (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(TOY)))
     return make_plan(folder / "params.yaml", device="cpu", dvc_yaml=ROOT / "dvc.yaml", steps=1)
 
 
+@pytest.mark.slow
 def test_the_plan_has_one_entry_per_stage_and_their_sum(toy_plan):
     stages = [s.name for s in load_stages(ROOT / "dvc.yaml")]
     assert [p["stage"] for p in toy_plan["stages"]] == stages
@@ -104,14 +107,16 @@ def test_the_plan_has_one_entry_per_stage_and_their_sum(toy_plan):
     json.dumps(toy_plan)  # --json prints exactly this
 
 
-def test_the_registry_takes_the_plans_slurm_requests(tmp_path, toy_plan):
+def test_the_registry_takes_the_plans_slurm_requests(tmp_path):
     from realuid.plan import slurm_resources, write_json_atomic
 
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     before = {s.name: s.slurm for s in load_stages(tmp_path / "dvc.yaml")}
-    write_json_atomic(slurm_resources(toy_plan), tmp_path / PLAN_FILE)
+    plan = {"stages": [{"stage": name, "slurm": {"runtime": 7 + i, "mem_mb": 3000 + i, "cpus": 2, "gpus": 0}}
+                       for i, name in enumerate(before)]}
+    write_json_atomic(slurm_resources(plan), tmp_path / PLAN_FILE)
     after = {s.name: s.slurm for s in load_stages(tmp_path / "dvc.yaml")}
-    for p in toy_plan["stages"]:
+    for p in plan["stages"]:
         request = after[p["stage"]]
         assert (request.runtime, request.mem_mb, request.cpus) == (p["slurm"]["runtime"], p["slurm"]["mem_mb"],
                                                                    p["slurm"]["cpus"])

@@ -178,14 +178,30 @@ def measure_calls(call: Callable[[], object], device: torch.device, repeats: int
     return flops, _seconds(lambda: [call() for _ in range(repeats)], device) / repeats
 
 
-def process_start_seconds() -> float:
-    """Seconds a fresh Python process takes to import a stage of the library (torch included)."""
+def _library_env() -> dict:
+    """The environment of a stage's process: this library's sources first, as dvc.yaml's commands set."""
     import realuid
 
-    src = str(Path(realuid.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": src}
+    return {**os.environ, "PYTHONPATH": str(Path(realuid.__file__).resolve().parents[1])}
+
+
+def run_prepare(params_path: str | Path, out: Path) -> float:
+    """Run the prepare stage into ``out`` as the pipeline does (its own process); returns its seconds.
+    Its error line becomes the plan's."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import realuid.stages.distill"], env=env, check=True,
+    done = subprocess.run([sys.executable, "-m", "realuid.stages.prepare", "--params", str(params_path),
+                           "--out", str(out)], env=_library_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        raise PlanError(lines[-1].removeprefix("error: ") if lines else f"the prepare stage failed: {done.stderr.strip()}")
+    return seconds
+
+
+def process_start_seconds() -> float:
+    """Seconds a fresh Python process takes to import a stage of the library (torch included)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import realuid.stages.distill"], env=_library_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
@@ -245,7 +261,8 @@ def _stage(ctx: Context, name: str, *, compute_seconds: float, flops: float, pea
 
 
 def plan_prepare(ctx: Context, seconds: float) -> StagePlan:
-    return _stage(ctx, "prepare", compute_seconds=seconds, flops=0, peak_bytes=0, state_bytes=0,
+    """Timed directly: the plan runs the stage (process start included) for the data it measures on."""
+    return _stage(ctx, "prepare", compute_seconds=seconds - ctx.start_seconds, flops=0, peak_bytes=0, state_bytes=0,
                   basis="timed directly (the plan prepares the data itself)")
 
 
@@ -305,6 +322,14 @@ def _extractor_weights(ctx: Context) -> str:
     return cfg.feature_extractor_weights_path
 
 
+def train_data(split, device: torch.device):
+    """A data split as the loops take it, on ``device``."""
+    from .training import TrainData
+
+    arrays = ((split.x1, torch.float32), (split.y, torch.long), (split.x0, torch.float32))
+    return TrainData(*(None if a is None else torch.as_tensor(a, dtype=t, device=device) for a, t in arrays))
+
+
 def _families(params):
     from .matching import make_family
 
@@ -329,7 +354,6 @@ def _teacher_net(ctx: Context) -> tuple[torch.nn.Module, dict]:
 
 
 def plan_train_teacher(ctx: Context) -> StagePlan:
-    from .stages.runs import train_data
     from .training import train_teacher
 
     cfg = ctx.params.train_teacher
@@ -353,7 +377,6 @@ def plan_train_teacher(ctx: Context) -> StagePlan:
 def realuid_iteration(ctx: Context, cfg, alpha: float, beta: float, state: Path) -> Measured:
     """One RealUID iteration measured through ``distill``: ``cfg.fake_updates_per_generator_update`` fake
     updates and one generator update on the configured networks and batch."""
-    from .stages.runs import train_data
     from .training import distill
 
     _, family = _families(ctx.params)
@@ -495,11 +518,8 @@ def dvc_stages(dvc_yaml: Path) -> dict:
 def make_plan(params_path: str | Path, *, device: str = "auto", dvc_yaml: str | Path | None = None,
               steps: int | None = None) -> dict:
     """The plan of ``params_path``'s run: ``{"device", "stages": [StagePlan as dict], "total_seconds"}``."""
-    import argparse as _argparse
-
     from .config import load_params
     from .data import read_split
-    from .stages import prepare
     from .training import resolve_device
 
     params = load_params(params_path)
@@ -514,8 +534,7 @@ def make_plan(params_path: str | Path, *, device: str = "auto", dvc_yaml: str | 
     base = base_resident_bytes()
     with tempfile.TemporaryDirectory(prefix="realuid-plan-") as scratch, contextlib.redirect_stdout(sys.stderr):
         scratch = Path(scratch)
-        prepare_seconds = _seconds(lambda: prepare.main(_argparse.Namespace(out=str(scratch / "prepare")), params),
-                                   torch.device("cpu"))
+        prepare_seconds = run_prepare(params_path, scratch / "prepare")
         ctx = Context(params, dev, read_split(scratch / "prepare" / "train.h5"),
                       read_split(scratch / "prepare" / "test.h5"), scratch, steps, process_start_seconds(), base,
                       stages)
