@@ -150,7 +150,9 @@ def test_the_projection_of_a_tiny_run_is_near_its_measured_dvc_repro(tmp_path):
     The issue's ±30% on the embedded default is checked on an idle machine by bench/plan_check.py.
     """
     project = make_project(tmp_path / "project", tiny_params())
-    plan = json.loads(sh(project, sys.executable, "-m", "realuid.plan", "--json", "--device", "cpu").stdout)
+    # the project's own sources, as its stages run them
+    plan = json.loads(sh(project, "env", "PYTHONPATH=src", sys.executable, "-m", "realuid.plan", "--json",
+                         "--device", "cpu").stdout)
     start = time.perf_counter()
     sh(project, "dvc", "repro", "-q")
     measured = time.perf_counter() - start
