@@ -157,8 +157,8 @@ def measure_loop(run: Callable[[int], object], device: torch.device, steps: int)
     """Measure a resumable loop: ``run(n)`` continues it up to step ``n`` (the loops' ``stop_after``).
 
     Step 1 is the warm-up; its FLOPs and saved tensors are counted. Then the loop runs on to
-    ``1 + steps`` and to ``1 + 3 * steps``: both calls pay the same fixed cost (building, resuming,
-    checkpointing), so the difference of their times is ``steps`` steps' worth.
+    ``1 + steps`` (``steps`` steps) and on to ``1 + 3 * steps`` (``2 * steps`` more): both calls pay the
+    same fixed cost (building, resuming, checkpointing), so their difference is ``steps`` steps' worth.
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -166,7 +166,7 @@ def measure_loop(run: Callable[[int], object], device: torch.device, steps: int)
         flops = count_flops(lambda: run(1))
     short = _seconds(lambda: run(1 + steps), device)
     long = _seconds(lambda: run(1 + 3 * steps), device)
-    per_step = max((long - short) / (2 * steps), 0.0) or long / (2 * steps)  # a shared machine's noise
+    per_step = max((long - short) / steps, 0.0) or long / (2 * steps)  # the fallback: a shared machine's noise
     fixed = max(short - steps * per_step, 0.0)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else saved.peak
     return Measured(flops, per_step, fixed, peak)
@@ -235,23 +235,26 @@ class Context:
     base_bytes: float
     stages: dict
     extractor_path: str | None = None
-    teacher_spec: dict | None = None
+    teacher: tuple[torch.nn.Module, dict] | None = None
 
 
 def _stage(ctx: Context, name: str, *, compute_seconds: float, flops: float, peak_bytes: float | None,
            state_bytes: float, basis: str, processes: int = 1, fixed_seconds: float = 0.0) -> StagePlan:
-    """A stage's projection from its measured parts (see the module's docstring for the model)."""
+    """A stage's projection from its measured parts (see the module's docstring for the model). Stages
+    dvc.yaml does not mark ``gpu`` run on the CPU (``features`` trains its extractor there), so their
+    memory is the estimate."""
     seconds = ctx.start_seconds + DVC_STAGE_SECONDS + fixed_seconds + compute_seconds / processes
     data_bytes = sum(a.nbytes for split in (ctx.train, ctx.test) for a in (split.x1, split.y, split.x0) if a is not None)
-    if ctx.device.type == "cuda" and peak_bytes is not None:
+    meta = ctx.stages[name]
+    gpu = bool(meta.get("gpu"))
+    on_gpu = gpu and ctx.device.type == "cuda"
+    if on_gpu and peak_bytes is not None:
         memory, peak = "cuda max_memory_allocated", peak_bytes
     else:
         memory = "estimate: base RSS + data + saved activations + weights/optimizer/EMA"
         peak = ctx.base_bytes + data_bytes + (peak_bytes or 0.0) + state_bytes
-    meta = ctx.stages[name]
-    gpu = bool(meta.get("gpu"))
     hours = seconds / 3600.0
-    host_bytes = ctx.base_bytes + data_bytes + state_bytes + (0.0 if ctx.device.type == "cuda" else peak_bytes or 0.0)
+    host_bytes = ctx.base_bytes + data_bytes + state_bytes + (0.0 if on_gpu else peak_bytes or 0.0)
     slurm = {"runtime": max(RUNTIME_FLOOR_MINUTES, math.ceil(RUNTIME_MARGIN * seconds / 60.0)),
              "mem_mb": max(MEMORY_FLOOR_MB, 1000 * math.ceil(MEMORY_MARGIN * host_bytes / MIB / 1000.0)),
              "cpus": max(int((meta.get("slurm") or {}).get("cpus", 1)), processes),
@@ -283,9 +286,10 @@ def plan_features(ctx: Context) -> StagePlan:
     with SavedTensorPeak() as saved:
         flops = count_flops(lambda: fit(1))
     short = _seconds(lambda: fit(ctx.steps), cpu)
-    long = _seconds(lambda: fit(3 * ctx.steps), cpu)
+    fitted = []  # the extractor later stages time (any weights time the same)
+    long = _seconds(lambda: fitted.append(fit(3 * ctx.steps)), cpu)
     per_step = max((long - short) / (2 * ctx.steps), 0.0) or long / (3 * ctx.steps)
-    net = fit(1)  # any weights time the same: the extractor later stages use
+    net = fitted[0]
     ctx.extractor_path = str(ctx.scratch / "extractor.pt")
     save_feature_net(ctx.extractor_path, net, {"source": train.attrs.get("source")})
     reference = ctx.train if params.evaluate.reference == "train" else ctx.test
@@ -294,7 +298,7 @@ def plan_features(ctx: Context) -> StagePlan:
     return _stage(ctx, "features", compute_seconds=cfg.steps * per_step + extract_seconds,
                   flops=cfg.steps * flops + extract_flops, peak_bytes=saved.peak, state_bytes=state,
                   fixed_seconds=max(short - ctx.steps * per_step, 0.0),
-                  basis=f"seconds/step of {3 * ctx.steps} extractor steps x {cfg.steps} steps, "
+                  basis=f"seconds/step timed over {4 * ctx.steps} extractor steps x {cfg.steps} steps, "
                         f"plus {len(reference)} reference rows' features")
 
 
@@ -338,9 +342,12 @@ def _families(params):
 
 
 def _teacher_net(ctx: Context) -> tuple[torch.nn.Module, dict]:
-    """A teacher network as the params build it (random weights: the cost does not depend on them)."""
+    """A teacher network as the params build it (random weights: the cost does not depend on them) and
+    its spec, built once."""
     from .models import build_model, model_spec
 
+    if ctx.teacher is not None:
+        return ctx.teacher
     cfg = ctx.params.train_teacher
     if cfg.import_checkpoint:
         from .authors import load_authors_teacher
@@ -348,9 +355,9 @@ def _teacher_net(ctx: Context) -> tuple[torch.nn.Module, dict]:
         spec, _ = load_authors_teacher(cfg.import_checkpoint, ema=None if cfg.import_ema == "none" else cfg.import_ema)
     else:
         spec = model_spec(cfg.model, ctx.train.sample_shape, ctx.train.num_classes)
-    ctx.teacher_spec = spec
     torch.manual_seed(0)
-    return build_model(spec).to(ctx.device), spec
+    ctx.teacher = build_model(spec).to(ctx.device), spec
+    return ctx.teacher
 
 
 def plan_train_teacher(ctx: Context) -> StagePlan:
@@ -361,7 +368,7 @@ def plan_train_teacher(ctx: Context) -> StagePlan:
     net, spec = _teacher_net(ctx)
     weights = weight_bytes(net)
     if cfg.import_checkpoint:
-        return _stage(ctx, "train_teacher", compute_seconds=0, flops=0, peak_bytes=0, state_bytes=2 * weights,
+        return _stage(ctx, "train_teacher", compute_seconds=0, flops=0, peak_bytes=None, state_bytes=2 * weights,
                       basis="imported teacher: no training")
     data = train_data(ctx.train, ctx.device)
     state = ctx.scratch / "train_teacher"
@@ -371,7 +378,7 @@ def plan_train_teacher(ctx: Context) -> StagePlan:
     return _stage(ctx, "train_teacher", compute_seconds=cfg.steps * m.seconds_per_step, flops=cfg.steps * m.flops_per_step,
                   peak_bytes=m.peak_bytes, state_bytes=5 * weights, processes=cfg.nproc,
                   fixed_seconds=checkpoints * m.call_seconds,
-                  basis=f"seconds/step of {2 * ctx.steps} steps x {cfg.steps} steps; {checkpoints} checkpoints")
+                  basis=f"seconds/step timed over {3 * ctx.steps} steps x {cfg.steps} steps; {checkpoints} checkpoint(s)")
 
 
 def realuid_iteration(ctx: Context, cfg, alpha: float, beta: float, state: Path) -> Measured:
@@ -412,7 +419,7 @@ def plan_distill(ctx: Context, name: str = "distill") -> StagePlan:
     if name == "finetune":
         ft = params.finetune
         if not ft.enabled:
-            return _stage(ctx, name, compute_seconds=0, flops=0, peak_bytes=0, state_bytes=0,
+            return _stage(ctx, name, compute_seconds=0, flops=0, peak_bytes=None, state_bytes=0,
                           basis="disabled: the generator passes through")
         cfg = dataclasses.replace(cfg, steps=ft.steps, fake_init="teacher",
                                   generator_optim=dataclasses.replace(cfg.generator_optim, lr=ft.generator_lr),
@@ -427,19 +434,19 @@ def plan_distill(ctx: Context, name: str = "distill") -> StagePlan:
     return _stage(ctx, name, compute_seconds=cfg.steps * m.seconds_per_step,
                   flops=cfg.steps * m.flops_per_step, peak_bytes=m.peak_bytes, state_bytes=state,
                   processes=cfg.nproc, fixed_seconds=checkpoints * m.call_seconds + evaluations * eval_seconds,
-                  basis=f"seconds/iteration of {2 * ctx.steps} iterations x {cfg.steps} "
+                  basis=f"seconds/iteration timed over {3 * ctx.steps} iterations x {cfg.steps} "
                         f"({cfg.fake_updates_per_generator_update} fake + 1 generator update each); "
-                        f"{checkpoints} checkpoints; {evaluations} in-training evaluations")
+                        f"{checkpoints} checkpoint(s); {evaluations} in-training evaluations")
 
 
 def plan_sample(ctx: Context) -> StagePlan:
     """The teacher's ``teacher_nfe`` network evaluations per batch and one per generator copy."""
     cfg, distill_cfg = ctx.params.sample, ctx.params.distill
-    net, _ = _teacher_net(ctx)
+    net, spec = _teacher_net(ctx)
     batch = min(cfg.batch_size, cfg.n_samples)
     x = torch.randn(batch, *ctx.train.sample_shape, device=ctx.device)
     t = torch.full((batch,), 0.5, device=ctx.device)
-    y = torch.zeros(batch, dtype=torch.long, device=ctx.device) if ctx.teacher_spec["args"].get("num_classes") else None
+    y = torch.zeros(batch, dtype=torch.long, device=ctx.device) if spec["args"].get("num_classes") else None
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(ctx.device)
     with torch.no_grad():
@@ -486,8 +493,8 @@ def plan_evaluate(ctx: Context) -> StagePlan:
     reference = ctx.train if cfg.reference == "train" else ctx.test
     metric_seconds = rows_scored * _metric_seconds(ctx, n, len(reference))
     if ctx.train.kind == "points":
-        return _stage(ctx, "evaluate", compute_seconds=metric_seconds, flops=0, peak_bytes=None, state_bytes=0,
-                      basis=f"point metrics of {rows_scored} sample sets, timed")
+        return _stage(ctx, "evaluate", compute_seconds=0, fixed_seconds=metric_seconds, flops=0, peak_bytes=None,
+                      state_bytes=0, processes=cfg.nproc, basis=f"point metrics of {rows_scored} sample sets, timed")
     extract_seconds, extract_flops = _extraction(ctx, rows_scored * n, ctx.device)
     held = rows_scored * n * ctx.train.x1[0].nbytes
     return _stage(ctx, "evaluate", compute_seconds=extract_seconds, flops=extract_flops, peak_bytes=None,
