@@ -393,24 +393,30 @@ def realuid_iteration(ctx: Context, cfg, alpha: float, beta: float, state: Path)
                                           progress=False, stop_after=n), ctx.device, ctx.steps)
 
 
-def _in_training_evaluation(ctx: Context, cfg) -> tuple[float, int]:
-    """(seconds of one evaluation of every generator copy, evaluations in a run of ``cfg.steps``)."""
+def _in_training_evaluation(ctx: Context, cfg) -> tuple[float, int, float]:
+    """(seconds of one evaluation of every generator copy, evaluations in a run of ``cfg.steps``, seconds
+    of building the evaluator: the training split's image features, unless the features stage cached them)."""
     if cfg.eval_every_steps == 0:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     from . import quality
     from .models import OneStepGenerator
 
     _, family = _families(ctx.params)
     teacher, spec = _teacher_net(ctx)
     weights = None if ctx.train.kind == "points" else _extractor_weights(ctx)
-    evaluator = quality.build(family, ctx.train, cfg, ctx.params.evaluate, weights_path=weights, cache_root=None,
-                              num_classes=spec["args"].get("num_classes", 0), device=ctx.device)
+    built = []
+    build_seconds = _seconds(lambda: built.append(quality.build(
+        family, ctx.train, cfg, ctx.params.evaluate, weights_path=weights, cache_root=None,
+        num_classes=spec["args"].get("num_classes", 0), device=ctx.device)), ctx.device)
+    if ctx.train.kind == "images" and ctx.params.evaluate.reference == "train":
+        build_seconds = 0.0  # the stage reads the features stage's cache of the training split
+    evaluator = built[0]
     generator = OneStepGenerator(family, teacher).eval()
     evaluator(generator)  # warm-up
     seconds = _seconds(lambda: evaluator(generator), ctx.device)
     copies = 1 + len(cfg.ema_decays)
     evaluations = cfg.steps // cfg.eval_every_steps + (1 if cfg.steps % cfg.eval_every_steps else 0)
-    return copies * seconds, evaluations
+    return copies * seconds, evaluations, build_seconds
 
 
 def plan_distill(ctx: Context, name: str = "distill") -> StagePlan:
@@ -426,14 +432,15 @@ def plan_distill(ctx: Context, name: str = "distill") -> StagePlan:
                                   fake_optim=dataclasses.replace(cfg.fake_optim, lr=ft.fake_lr))
         alpha, beta = ft.alpha, ft.beta
     m = realuid_iteration(ctx, cfg, alpha, beta, ctx.scratch / name)
-    eval_seconds, evaluations = _in_training_evaluation(ctx, cfg)
+    eval_seconds, evaluations, eval_setup_seconds = _in_training_evaluation(ctx, cfg)
     checkpoints = math.ceil(cfg.steps / cfg.checkpoint_every_steps)
     weights = weight_bytes(_teacher_net(ctx)[0])
     # teacher; generator with gradients, Adam and EMA copies; fake model with gradients and Adam
     state = weights * (1 + 4 + len(cfg.ema_decays) + 4)
     return _stage(ctx, name, compute_seconds=cfg.steps * m.seconds_per_step,
                   flops=cfg.steps * m.flops_per_step, peak_bytes=m.peak_bytes, state_bytes=state,
-                  processes=cfg.nproc, fixed_seconds=checkpoints * m.call_seconds + evaluations * eval_seconds,
+                  processes=cfg.nproc,
+                  fixed_seconds=checkpoints * m.call_seconds + evaluations * eval_seconds + eval_setup_seconds,
                   basis=f"seconds/iteration timed over {3 * ctx.steps} iterations x {cfg.steps} "
                         f"({cfg.fake_updates_per_generator_update} fake + 1 generator update each); "
                         f"{checkpoints} checkpoint(s); {evaluations} in-training evaluations")
