@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run config paper test test-slow clean-state
+.PHONY: install run config paper plan test test-slow clean-state
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ config paper: $(STAMP)
 	@test -n "$(CONFIG)" -a -f "configs/$(CONFIG).yaml" || { echo "usage: make $@ CONFIG=<name of a file in configs/>"; exit 2; }
 	cp "configs/$(CONFIG).yaml" params.yaml
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+
+# What the run of params.yaml will cost, measured on this machine: wall time, peak memory, GPU-hours and
+# Slurm requests per stage. `make plan PLAN_ARGS="--json"`; `--slurm-resources plan.json` sizes the profile.
+plan: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m realuid.plan $(PLAN_ARGS)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q

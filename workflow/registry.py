@@ -6,6 +6,7 @@ cannot disagree about commands, inputs, outputs or edges.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,17 +183,39 @@ def _check_nproc_param(stage: Stage) -> None:
         raise ValueError(f"stage {stage.name}: meta.nproc names {key}, which the stage does not declare in params")
 
 
+PLAN_FILE = "plan.json"  # `python -m realuid.plan --slurm-resources plan.json`, beside dvc.yaml
+
+
+def planned_requests(plan_json: Path) -> dict:
+    """{stage: {runtime, mem_mb, cpus}} from the plan's Slurm requests (:mod:`realuid.plan`), if the file exists."""
+    if not plan_json.exists():
+        return {}
+    try:
+        planned = json.loads(plan_json.read_text())["stages"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{plan_json} is not a plan's Slurm requests ({err}): write it again with "
+                         f"`python -m realuid.plan --slurm-resources {plan_json.name}`, or remove it") from None
+    if not isinstance(planned, dict) or not all(isinstance(v, dict) for v in planned.values()):
+        raise ValueError(f"{plan_json}: 'stages' must map each stage to its requests")
+    return planned
+
+
 def load_stages(dvc_yaml: str | Path = "dvc.yaml") -> list[Stage]:
-    """The stages of ``dvc.yaml`` in file order."""
+    """The stages of ``dvc.yaml`` in file order. Where a plan's Slurm requests lie beside it
+    (:data:`PLAN_FILE`), they replace the stages' ``meta.slurm`` numbers they name."""
     spec = read_yaml(dvc_yaml)
+    planned = planned_requests(Path(dvc_yaml).with_name(PLAN_FILE))
     stages = []
     for name, s in spec["stages"].items():
         if "foreach" in s or "matrix" in s:
             raise ValueError(f"stage {name}: foreach/matrix stages are not supported by the Snakefile bridge")
         cmd = s["cmd"] if isinstance(s["cmd"], str) else " && ".join(s["cmd"])
         outs = _paths(s.get("outs")) + _paths(s.get("metrics")) + _paths(s.get("plots"))
+        meta = dict(s.get("meta") or {})
+        if name in planned:
+            meta["slurm"] = {**(meta.get("slurm") or {}), **planned[name]}
         stage = Stage(name, " ".join(cmd.split()), _paths(s.get("deps")), outs,
-                      _param_keys(s.get("params")), dict(s.get("meta") or {}))
+                      _param_keys(s.get("params")), meta)
         stage.slurm  # a bad meta.slurm block fails when the registry is read, not when a job is submitted
         _check_nproc_param(stage)
         stages.append(stage)
