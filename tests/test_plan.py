@@ -20,7 +20,8 @@ from realuid.config import load_params
 from realuid.matching import make_family
 from realuid.models import OneStepGenerator, build_model, model_spec
 from realuid.plan import cli, count_flops, make_plan, measure_loop
-from realuid.training import TrainData, distill
+from realuid.training.batches import TrainData
+from realuid.training.distillation import distill
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))

@@ -328,7 +328,7 @@ def _extractor_weights(ctx: Context) -> str:
 
 def train_data(split, device: torch.device):
     """A data split as the loops take it, on ``device``."""
-    from .training import TrainData
+    from .training.batches import TrainData
 
     arrays = ((split.x1, torch.float32), (split.y, torch.long), (split.x0, torch.float32))
     return TrainData(*(None if a is None else torch.as_tensor(a, dtype=t, device=device) for a, t in arrays))
@@ -361,7 +361,7 @@ def _teacher_net(ctx: Context) -> tuple[torch.nn.Module, dict]:
 
 
 def plan_train_teacher(ctx: Context) -> StagePlan:
-    from .training import train_teacher
+    from .training.teacher import train_teacher
 
     cfg = ctx.params.train_teacher
     family, _ = _families(ctx.params)
@@ -384,7 +384,7 @@ def plan_train_teacher(ctx: Context) -> StagePlan:
 def realuid_iteration(ctx: Context, cfg, alpha: float, beta: float, state: Path) -> Measured:
     """One RealUID iteration measured through ``distill``: ``cfg.fake_updates_per_generator_update`` fake
     updates and one generator update on the configured networks and batch."""
-    from .training import distill
+    from .training.distillation import distill
 
     _, family = _families(ctx.params)
     teacher, spec = _teacher_net(ctx)
@@ -534,7 +534,7 @@ def make_plan(params_path: str | Path, *, device: str = "auto", dvc_yaml: str | 
     """The plan of ``params_path``'s run: ``{"device", "stages": [StagePlan as dict], "total_seconds"}``."""
     from .config import load_params
     from .data import read_split
-    from .training import resolve_device
+    from .devices import resolve_device
 
     params = load_params(params_path)
     dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(params_path).resolve().parent / "dvc.yaml"
