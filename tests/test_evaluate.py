@@ -124,9 +124,9 @@ def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, mo
     params["sample"]["n_samples"] = 20
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     extracted = []
-    real_image_features = metrics_module.image_features
-    monkeypatch.setattr(metrics_module, "image_features",
-                        lambda images, **kw: extracted.append(len(images)) or real_image_features(images, **kw))
+    real_everywhere = metrics_module.FeatureExtractor.everywhere
+    monkeypatch.setattr(metrics_module.FeatureExtractor, "everywhere",
+                        lambda self, images, **kw: extracted.append(len(images)) or real_everywhere(self, images, **kw))
     argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
             "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
     assert evaluate_stage.cli(argv) == 0
