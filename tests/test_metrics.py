@@ -436,24 +436,6 @@ def test_fid_blocks_must_split_the_samples(digit_images, random_extractor_path):
             fid_block_statistics(feats, feats, blocks=blocks)
 
 
-def test_image_reference_scores_as_image_metrics_from_features(digit_images, random_extractor_path):
-    # The prepared reference (FID statistics computed once) gives the one-shot function's FID and KID.
-    from realuid.metrics import FeatureExtractor, ImageReference, image_metrics_from_features
-
-    extract = FeatureExtractor(extractor_weights_path=random_extractor_path, device="cpu")
-    generated, reference = extract(digit_images.flip(dims=[2])[:200]), extract(digit_images)
-    assert torch.equal(generated["features"], image_features(digit_images.flip(dims=[2])[:200],
-                                                               extractor_weights_path=random_extractor_path,
-                                                               device="cpu")["features"])
-    prepared = ImageReference(reference, kid_subset_size=100, kid_subsets=10, seed=5)
-    full = image_metrics_from_features(generated, reference, kid_subset_size=100, kid_subsets=10, seed=5)
-    assert prepared.score(generated) == {k: full[k] for k in ("fid", "kid_mean", "kid_std")}
-    with pytest.raises(ValueError, match="fewer than kid_subset_size"):
-        prepared.score({k: v[:99] for k, v in generated.items()})
-    with pytest.raises(ValueError, match="exceeds the 360 reference images"):
-        ImageReference(reference, kid_subset_size=361)
-
-
 # ----------------------------------------------------------------------------------------------
 # Image metrics scored by all processes (here: one; tests/test_distributed.py runs two)
 #

@@ -676,51 +676,6 @@ def cache_reference_features(reference: torch.Tensor, *, extractor: str, extract
                        batch_size=batch_size, device=device, cache_root=cache_root)
 
 
-class ImageReference:
-    """Reference features {layer: [M, F]} prepared once for repeated FID and KID (in-training evaluation).
-
-    The reference's FID statistics are computed here, once; :meth:`score` gives the ``fid``, ``kid_mean``
-    and ``kid_std`` that :func:`image_metrics_from_features` gives for the same features and options
-    (torch-fidelity's functions, KID subsets drawn with ``seed``), without precision/recall, whose
-    nearest-neighbour search would cost more than the rest together.
-    """
-
-    metrics = ("fid", "kid_mean", "kid_std")
-
-    def __init__(self, features: dict[str, torch.Tensor], *, extractor: str = feature_net_module.EXTRACTOR_NAME,
-                 kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0):
-        _torch_fidelity()
-        from torch_fidelity.metric_fid import fid_features_to_statistics
-        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-        self.layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric
-        self.features, self.extractor = features, extractor
-        self.size = features[self.layer("kid")].shape[0]
-        if kid_subset_size < 2 or kid_subsets < 1:
-            raise ValueError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
-        if kid_subset_size > self.size:
-            raise ValueError(f"kid_subset_size {kid_subset_size} exceeds the {self.size} reference images")
-        self.kid_subset_size, self.kid_subsets, self.seed = kid_subset_size, kid_subsets, seed
-        self.stats = fid_features_to_statistics(features[self.layer("fid")])
-
-    def score(self, generated: dict[str, torch.Tensor]) -> dict[str, float]:
-        """``{"fid", "kid_mean", "kid_std"}`` of generated features {layer: [N, F]}, N >= kid_subset_size."""
-        import torch_fidelity
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
-        n = generated[self.layer("kid")].shape[0]
-        if n < self.kid_subset_size:
-            raise ValueError(f"{n} generated images are fewer than kid_subset_size {self.kid_subset_size}")
-        fid = fid_statistics_to_metric(fid_features_to_statistics(generated[self.layer("fid")]), self.stats, False)
-        kid = kid_features_to_metric(generated[self.layer("kid")], self.features[self.layer("kid")],
-                                     kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
-                                     rng_seed=self.seed, verbose=False)
-        return {"fid": float(fid[torch_fidelity.KEY_METRIC_FID]),
-                "kid_mean": float(kid[torch_fidelity.KEY_METRIC_KID_MEAN]),
-                "kid_std": float(kid[torch_fidelity.KEY_METRIC_KID_STD])}
-
-
 def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], *, blocks: int,
                          extractor: str = feature_net_module.EXTRACTOR_NAME) -> dict[str, float]:
     """FID of ``blocks`` disjoint consecutive blocks of the generated features {layer: [N, F]}.
