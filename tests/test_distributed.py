@@ -561,3 +561,48 @@ def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, 
         assert outputs[2][who] == pytest.approx(outputs[1][who], rel=1e-9, abs=1e-12), who
     # The features stage's cache is read, never written: the bare folder stays bare.
     assert sorted(p.name for p in (tmp_path / "features_bare").iterdir()) == ["extractor.pt"]
+
+
+RANK0_DELAY_S = 8.0  # rank 0's own work (writing metrics.json) made this slow ...
+SHORT_TIMEOUT_S = 3  # ... against collectives that give up after this long
+
+
+def _slow_rank_zero_job(rank: int, world: int, port: int, folder: str) -> None:
+    """The evaluate stage in one process of two, with a short collective timeout; rank 0's write of the
+    metrics file (its rank-0-only work) sleeps first. Each rank records when its stage returned."""
+    import time
+
+    from realuid.stages import common
+    from realuid.stages import evaluate as evaluate_stage
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.COLLECTIVE_TIMEOUT = __import__("datetime").timedelta(seconds=SHORT_TIMEOUT_S)
+    real_write = common.write_json
+
+    def slow_write(*args, **kwargs):
+        time.sleep(RANK0_DELAY_S)
+        (Path(folder) / "rank0_wrote").write_text(repr(time.time()))
+        return real_write(*args, **kwargs)
+
+    common.write_json = slow_write
+    argv = (Path(folder) / "argv").read_text().split("\n")
+    assert evaluate_stage.cli(argv) == 0  # under torchrun's environment: this process is one of the two
+    (Path(folder) / f"rank{rank}_done").write_text(repr(time.time()))
+
+
+@pytest.mark.slow
+def test_the_other_processes_never_wait_on_rank_zeros_own_work(tmp_path):
+    # Rank 0 alone writes the metrics file; made slower than the collective timeout, it must neither time
+    # the other process out nor hold it: rank 1 returns before rank 0 has written.
+    params, argv = evaluate_inputs(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "argv").write_text("\n".join(["--params", str(tmp_path / "params.yaml"), *argv, "--features",
+                                              str(tmp_path / "features_bare"), "--out", str(tmp_path / "m.json")]))
+    mp.start_processes(_slow_rank_zero_job, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD,
+                       start_method="spawn")
+    rank1_done = float((tmp_path / "rank1_done").read_text())
+    rank0_wrote = float((tmp_path / "rank0_wrote").read_text())
+    assert rank1_done < rank0_wrote, "rank 1 waited for rank 0's write"
+    assert json.loads((tmp_path / "m.json").read_text())["student"]["fid"] > 0
