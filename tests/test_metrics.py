@@ -472,6 +472,24 @@ def test_image_scorer_equals_torch_fidelity_on_the_same_features(digit_images, r
     assert scorer.score(generated, prc=False).keys() == {"fid", "kid_mean", "kid_std"}
 
 
+def test_precision_recall_in_small_blocks_equal_torch_fidelity(digit_images, random_extractor_path, monkeypatch):
+    # Rows in chunks and columns in blocks (the k + 1 nearest merged block by block) are torch-fidelity's
+    # full rows of distances; 13-row chunks against 7-column blocks exercise every merge.
+    from realuid import metrics
+    from realuid.metrics import precision_recall_sharded
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    generated = _features(digit_images.flip(dims=[3])[:300], random_extractor_path)["features"]
+    reference = _features(digit_images, random_extractor_path)["features"]
+    theirs = prc_features_to_metric(generated, reference, prc_neighborhood=3, prc_batch_size=10000,
+                                    save_cpu_ram=True, verbose=False)
+    monkeypatch.setattr(metrics, "PRC_ROWS_PER_CHUNK", 13)
+    monkeypatch.setattr(metrics, "PRC_COLUMNS_PER_BLOCK", 7)
+    ours = precision_recall_sharded(generated, reference, neighbourhood=3)
+    for key in ("precision", "recall", "f_score"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
 def test_published_reference_statistics_give_the_feature_paths_fid(digit_images, random_extractor_path, tmp_path):
     from torch_fidelity.metric_fid import fid_features_to_statistics
 

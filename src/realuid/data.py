@@ -832,7 +832,8 @@ class SplitWriter:
 
     def _finish(self) -> None:
         if self.written != self.shape[0]:
-            raise ValueError(f"{self.written} rows written of the {self.shape[0]} announced")
+            got = self.written + sum(len(a) for a in self.pending)
+            raise ValueError(f"{got} rows written of the {self.shape[0]} announced")
         for name, array in (("y", self.y), ("x0", self.x0)):
             if array is not None:
                 self.digest.update(f"{name}|{array.dtype.str}|{tuple(array.shape)}|".encode())

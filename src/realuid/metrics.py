@@ -20,7 +20,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -764,32 +764,40 @@ def kid_sharded(generated: torch.Tensor, reference: torch.Tensor, *, subsets: in
     return {"kid_mean": float(values.mean()), "kid_std": float(values.std())}
 
 
-PRC_ROWS_PER_CHUNK = 10_000  # torch-fidelity's prc_batch_size: rows per distance block
+PRC_COLUMNS_PER_BLOCK = 10_000  # torch-fidelity's prc_batch_size: the blocks torch.cdist computes
+PRC_ROWS_PER_CHUNK = 1024  # a chunk of rows against one column block: 40 MB of float32 distances
+
+
+def _row_chunks(n: int, dist: Dist) -> Iterator[slice]:
+    share = _my_share(n, dist)
+    for start in range(share.start, share.stop, PRC_ROWS_PER_CHUNK):
+        yield slice(start, min(share.stop, start + PRC_ROWS_PER_CHUNK))
 
 
 def _kth_neighbour_distances(features: torch.Tensor, k: int, dist: Dist) -> torch.Tensor:
     """[N]: distance of each row of features [N, F] to its k-th nearest other row (torch-fidelity's radii:
-    the (k+1)-th smallest ``torch.cdist`` value, the row itself first), each process taking its share."""
-    share = _my_share(features.shape[0], dist)
+    the (k+1)-th smallest ``torch.cdist`` value, the row itself first), each process taking its share.
+    The k + 1 smallest are merged block by block, so no [rows, N] matrix is ever held."""
     radii = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
-    for start in range(share.start, share.stop, PRC_ROWS_PER_CHUNK):
-        rows = features[start:min(share.stop, start + PRC_ROWS_PER_CHUNK)]
-        radii[start:start + rows.shape[0]] = _cdist_blocks(rows, features).kthvalue(k + 1, dim=1).values
+    for rows in _row_chunks(features.shape[0], dist):
+        nearest = None
+        for block in features.split(PRC_COLUMNS_PER_BLOCK):
+            candidates = torch.cdist(features[rows], block)
+            if nearest is not None:
+                candidates = torch.cat([nearest, candidates], dim=1)
+            nearest = candidates.topk(min(k + 1, candidates.shape[1]), dim=1, largest=False).values
+        radii[rows] = nearest[:, k]
     return dist.sum_(radii)
-
-
-def _cdist_blocks(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """[len(a), len(b)] distances, computed against ``b`` in torch-fidelity's blocks of rows."""
-    return torch.cat([torch.cdist(a, part) for part in b.split(PRC_ROWS_PER_CHUNK)], dim=1)
 
 
 def _fraction_inside(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, dist: Dist) -> float:
     """Fraction of query rows within ``radii`` of some centre row (closed balls), shares summed."""
-    share = _my_share(queries.shape[0], dist)
     inside = torch.zeros((), dtype=torch.float64, device=queries.device)
-    for start in range(share.start, share.stop, PRC_ROWS_PER_CHUNK):
-        rows = queries[start:min(share.stop, start + PRC_ROWS_PER_CHUNK)]
-        inside += (_cdist_blocks(rows, centres) <= radii).any(dim=1).sum()
+    for rows in _row_chunks(queries.shape[0], dist):
+        hit = torch.zeros(rows.stop - rows.start, dtype=torch.bool, device=queries.device)
+        for block, block_radii in zip(centres.split(PRC_COLUMNS_PER_BLOCK), radii.split(PRC_COLUMNS_PER_BLOCK)):
+            hit |= (torch.cdist(queries[rows], block) <= block_radii).any(dim=1)
+        inside += hit.sum()
     return float(dist.sum_(inside)) / queries.shape[0]
 
 
