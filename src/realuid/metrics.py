@@ -634,7 +634,7 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
     kid_subset_size: clamped (with a warning) to the smaller set size when larger.
     cache_root: when given, reference features are cached there under a name hashing the reference
         images and the weights file; otherwise nothing is cached.
-    device: "cpu" or "cuda" (default: cuda when available).
+    device: "cpu", "cuda" or "cuda:N" (default: cuda when available); the extractor runs there.
 
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score"}; fid is the squared Fréchet
     distance of the extractor's features (torch-fidelity's convention); precision is the fraction of
