@@ -439,10 +439,10 @@ def test_fid_blocks_must_split_the_samples(digit_images, random_extractor_path):
 # ----------------------------------------------------------------------------------------------
 # Image metrics scored by all processes (here: one; tests/test_distributed.py runs two)
 #
-# Tolerance against torch-fidelity's functions on the same features: torch-fidelity keeps the mean and the
-# KID kernels in float32, ImageScorer works in float64, so FID agrees to ~1e-7 relative and KID to ~1e-7
-# absolute (measured on these features: 5e-8 relative for FID, 3e-8 absolute for KID); precision and
-# recall are exact fractions here and float32 means there (1e-8).
+# Against torch-fidelity's functions on the same features: KID (its own kernel_mmd on its own subsets)
+# and precision/recall (the same distances, counted) are its numbers exactly; FID's statistics are float64
+# sums here where torch-fidelity's mean is float32, so FID agrees to ~1e-7 relative (measured on these
+# features: 5e-8), checked at 1e-5.
 
 
 def _features(images, path):
@@ -461,10 +461,7 @@ def test_image_scorer_equals_torch_fidelity_on_the_same_features(digit_images, r
     ours = scorer.score(generated)
     assert ours.keys() == theirs.keys()
     assert ours["fid"] == pytest.approx(theirs["fid"], rel=1e-5)
-    for key in ("kid_mean", "kid_std"):
-        assert ours[key] == pytest.approx(theirs[key], abs=1e-6)
-    for key in ("precision", "recall", "f_score"):
-        assert ours[key] == pytest.approx(theirs[key], abs=1e-6)
+    assert {k: v for k, v in ours.items() if k != "fid"} == {k: v for k, v in theirs.items() if k != "fid"}
     assert 0.0 < ours["precision"] < 1.0 and ours["fid"] > 0.01 and ours["kid_mean"] > 1e-4  # not trivial cases
     blocks = fid_block_statistics(generated, reference, blocks=3)
     for key, value in scorer.fid_blocks(generated, 3).items():
@@ -485,9 +482,7 @@ def test_precision_recall_in_small_blocks_equal_torch_fidelity(digit_images, ran
                                     save_cpu_ram=True, verbose=False)
     monkeypatch.setattr(metrics, "PRC_ROWS_PER_CHUNK", 13)
     monkeypatch.setattr(metrics, "PRC_COLUMNS_PER_BLOCK", 7)
-    ours = precision_recall_sharded(generated, reference, neighbourhood=3)
-    for key in ("precision", "recall", "f_score"):
-        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert precision_recall_sharded(generated, reference, neighbourhood=3) == theirs
 
 
 def test_published_reference_statistics_give_the_feature_paths_fid(digit_images, random_extractor_path, tmp_path):

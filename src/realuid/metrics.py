@@ -743,23 +743,24 @@ def fid_from_statistics(generated: dict[str, np.ndarray], reference: dict[str, n
 
 def kid_sharded(generated: torch.Tensor, reference: torch.Tensor, *, subsets: int, subset_size: int, seed: int,
                 dist: Dist = SINGLE_PROCESS) -> dict[str, float]:
-    """``{"kid_mean", "kid_std"}`` of features generated [N, F] vs reference [M, F], torch-fidelity's KID.
+    """``{"kid_mean", "kid_std"}`` of features generated [N, F] vs reference [M, F]: torch-fidelity's KID.
 
-    The subsets are torch-fidelity's (the same ``RandomState(seed)`` draws, in its order); process r
-    scores subsets r, r + W, ... in float64 on the features' device with torch-fidelity's cubic kernel
-    ``(x.y / F + 1)^3`` and unbiased MMD^2; one all-reduce collects the values.
+    The subsets are torch-fidelity's (the same ``RandomState(seed)`` draws, in its order) and each is
+    scored by its own ``kernel_mmd`` (cubic kernel, unbiased MMD^2, float32 as there); process r scores
+    subsets r, r + W, ..., and one all-reduce collects the values, so the numbers are torch-fidelity's
+    exactly, for any number of processes.
     """
+    from torch_fidelity.metric_kid import kernel_mmd
+
     rng = np.random.RandomState(seed)
     picks = [(rng.choice(generated.shape[0], subset_size, replace=False),
               rng.choice(reference.shape[0], subset_size, replace=False)) for _ in range(subsets)]
+    mine = range(dist.rank, subsets, dist.world_size)
+    x, y = (features.cpu().numpy() if len(mine) else None for features in (generated, reference))
     values = torch.zeros(subsets, dtype=torch.float64, device=generated.device)
-    m, dim = subset_size, generated.shape[1]
-    for i in range(dist.rank, subsets, dist.world_size):
-        x = generated[torch.as_tensor(picks[i][0], device=generated.device)].double()
-        y = reference[torch.as_tensor(picks[i][1], device=reference.device)].double()
-        k_xx, k_yy, k_xy = ((a @ b.T / dim + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
-        values[i] = within - 2.0 * k_xy.sum() / (m * m)
+    for i in mine:
+        values[i] = float(kernel_mmd(x[picks[i][0]], y[picks[i][1]], kid_kernel="poly", kid_kernel_poly_degree=3,
+                                     kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1))
     values = dist.sum_(values).cpu().numpy()
     return {"kid_mean": float(values.mean()), "kid_std": float(values.std())}
 
@@ -798,7 +799,8 @@ def _fraction_inside(queries: torch.Tensor, centres: torch.Tensor, radii: torch.
         for block, block_radii in zip(centres.split(PRC_COLUMNS_PER_BLOCK), radii.split(PRC_COLUMNS_PER_BLOCK)):
             hit |= (torch.cdist(queries[rows], block) <= block_radii).any(dim=1)
         inside += hit.sum()
-    return float(dist.sum_(inside)) / queries.shape[0]
+    # torch-fidelity's float32 mean of 0/1 flags: the float32 rounding of the exact fraction (N < 2^24)
+    return float(np.float32(float(dist.sum_(inside))) / np.float32(queries.shape[0]))
 
 
 def precision_recall_sharded(generated: torch.Tensor, reference: torch.Tensor, *, neighbourhood: int = 3,
