@@ -707,8 +707,8 @@ def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str
 #
 # Every process holds the whole feature set of a row (FeatureExtractor.everywhere) on its device and
 # takes a share of the scoring work; one all-reduce per quantity joins the shares, so every process ends
-# with the same numbers and none waits on another's work. They equal torch-fidelity's functions on the
-# same features within float rounding (tests/test_metrics.py compares them).
+# with the same numbers and none waits on another's work. KID and precision/recall equal torch-fidelity's
+# functions on the same features exactly, FID to float rounding (tests/test_metrics.py compares them).
 
 
 def _my_share(n: int, dist: Dist) -> slice:
