@@ -609,3 +609,43 @@ def test_keys_a_source_ignores_leave_the_split_files_byte_identical(tmp_path, ba
     train, _ = data.build_splits(prepare_settings(**{**base, **changed}))
     data.save_split(train, tmp_path / "c.h5")
     assert (tmp_path / "c.h5").read_bytes() != files[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits written batch by batch
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, n, batch", [((2,), 777, 7), ((1, 8, 8), 1000, 64), ((3, 32, 32), 1200, 256),
+                                             ((3, 32, 32), 1200, 1200)])
+@pytest.mark.parametrize("paired", [False, True])
+def test_a_split_written_batch_by_batch_is_the_file_write_split_writes(tmp_path, shape, n, batch, paired):
+    # Same arrays and attrs: the same bytes, whatever the batch size (CIFAR-shaped rows span several
+    # chunk bands; the last batch is short unless one batch holds everything).
+    rng = np.random.default_rng(n + batch)
+    x1 = rng.standard_normal((n, *shape)).astype(np.float32)
+    y = np.arange(n) % 10
+    x0 = rng.standard_normal((n, *shape)).astype(np.float32) if paired else None
+    attrs = {"source": "teacher", "seed": 1_000_000}
+    data.write_split(tmp_path / "whole.h5", x1, y=y, x0=x0, attrs=attrs)
+    with data.SplitWriter(tmp_path / "streamed.h5", n, shape, y=y, x0=x0, attrs=attrs) as writer:
+        for start in range(0, n, batch):
+            writer.append(x1[start:start + batch])
+    assert (tmp_path / "streamed.h5").read_bytes() == (tmp_path / "whole.h5").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.h5", "whole.h5"]  # no temporary left
+    assert (tmp_path / "streamed.h5").stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
+
+
+def test_a_split_writer_that_fails_leaves_nothing(tmp_path):
+    x1 = np.zeros((10, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="4 rows written of the 10 announced"):
+        with data.SplitWriter(tmp_path / "s.h5", 10, (2,), attrs={"source": "s"}) as writer:
+            writer.append(x1[:4])
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        with data.SplitWriter(tmp_path / "s.h5", 10, (2,), attrs={"source": "s"}) as writer:
+            writer.append(x1[:4])
+            raise RuntimeError("sampling failed")
+    with pytest.raises(ValueError, match="more than the 10 rows"):
+        with data.SplitWriter(tmp_path / "s.h5", 10, (2,), attrs={"source": "s"}) as writer:
+            writer.append(np.zeros((11, 2), dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []

@@ -126,6 +126,22 @@ def feature_setup(folder: Path) -> tuple[torch.Tensor, str]:
     return digit_images(90)[0], str(path)
 
 
+def in_training_evaluation(folder: Path, dist: Dist = SINGLE_PROCESS) -> dict[str, float]:
+    """The in-training image evaluation (FID, KID of 60 samples in batches of 16 against 90 digits) of a
+    fixed one-step map, as the distill loop calls it on every process."""
+    from types import SimpleNamespace
+
+    from realuid import quality
+    from realuid.data import Split
+
+    images, extractor = feature_setup(folder)
+    cfg = SimpleNamespace(eval_every_steps=1, eval_samples=60, batch_size=16)
+    evaluate_cfg = SimpleNamespace(feature_extractor="realuid-features", kid_subset_size=20)
+    evaluator = quality.build(make_family("fm"), Split(images.numpy()), cfg, evaluate_cfg, weights_path=extractor,
+                              cache_root=None, num_classes=0, device=torch.device("cpu"), dist=dist)
+    return evaluator(lambda x0, y, noise: torch.tanh(1.5 * x0))
+
+
 def _equivalence_job(dist: Dist, folder: str) -> None:
     """Teacher and distillation runs, the rerun of the killed run, and sharded sampling; each rank saves
     what it ended with."""
@@ -145,6 +161,7 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     images, extractor = feature_setup(folder)
     out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
                                      device="cpu", dist=dist)
+    out["in_training"] = in_training_evaluation(folder, dist)
     out = {k: dataclasses.asdict(v) if isinstance(v, Checkpoint) else v for k, v in out.items()}
     torch.save(out, folder / f"rank{dist.rank}.pt")
 
@@ -267,6 +284,16 @@ def test_sharded_image_features_equal_one_process_exactly(two_process_runs, tmp_
     for layer in single:
         assert torch.equal(sharded[layer], single[layer]), layer
     assert ranks[1]["features"] is None  # only rank 0 receives the features
+
+
+def test_in_training_evaluation_shared_by_two_processes_equals_one(two_process_runs, tmp_path):
+    # Both processes sample, extract and score their shares and end with the one-process numbers (up to
+    # the float64 summation order of the FID statistics and KID values).
+    _, ranks = two_process_runs
+    single = in_training_evaluation(tmp_path)
+    assert set(single) == {"kid_mean", "fid"} and single["fid"] > 0
+    for rank in ranks:
+        assert rank["in_training"] == pytest.approx(single, rel=1e-9, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,6 +556,55 @@ def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, 
     assert {k: outputs[1]["protocol"][k] for k in ("fid_blocks", "fid_block_size", "n_generated", "reference_size")} == {
         "fid_blocks": 2, "fid_block_size": 50, "n_generated": 100, "reference_size": 200}
     assert outputs[1]["teacher"]["fid"] < outputs[1]["student"]["fid"] < outputs[1]["student_raw"]["fid"]
-    assert outputs[2] == outputs[1]
+    # Each process sums its share of rows (FID statistics) and scores its share of KID subsets and of
+    # precision/recall rows: the same numbers up to float64 summation order.
+    assert outputs[2]["protocol"] == outputs[1]["protocol"] and outputs[2].keys() == outputs[1].keys()
+    for who in ("teacher", "student", "student_raw", "real"):
+        assert outputs[2][who] == pytest.approx(outputs[1][who], rel=1e-9, abs=1e-12), who
     # The features stage's cache is read, never written: the bare folder stays bare.
     assert sorted(p.name for p in (tmp_path / "features_bare").iterdir()) == ["extractor.pt"]
+
+
+RANK0_DELAY_S = 8.0  # rank 0's own work (writing metrics.json) made this slow ...
+SHORT_TIMEOUT_S = 3  # ... against collectives that give up after this long
+
+
+def _slow_rank_zero_job(rank: int, world: int, port: int, folder: str) -> None:
+    """The evaluate stage in one process of two, with a short collective timeout; rank 0's write of the
+    metrics file (its rank-0-only work) sleeps first. Each rank records when its stage returned."""
+    import time
+
+    from realuid.stages import common
+    from realuid.stages import evaluate as evaluate_stage
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.COLLECTIVE_TIMEOUT = __import__("datetime").timedelta(seconds=SHORT_TIMEOUT_S)
+    real_write = common.write_json
+
+    def slow_write(*args, **kwargs):
+        time.sleep(RANK0_DELAY_S)
+        (Path(folder) / "rank0_wrote").write_text(repr(time.time()))
+        return real_write(*args, **kwargs)
+
+    common.write_json = slow_write
+    argv = (Path(folder) / "argv").read_text().split("\n")
+    assert evaluate_stage.cli(argv) == 0  # under torchrun's environment: this process is one of the two
+    (Path(folder) / f"rank{rank}_done").write_text(repr(time.time()))
+
+
+@pytest.mark.slow
+def test_the_other_processes_never_wait_on_rank_zeros_own_work(tmp_path):
+    # Rank 0 alone writes the metrics file; made slower than the collective timeout, it must neither time
+    # the other process out nor hold it: rank 1 returns before rank 0 has written.
+    params, argv = evaluate_inputs(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "argv").write_text("\n".join(["--params", str(tmp_path / "params.yaml"), *argv, "--features",
+                                              str(tmp_path / "features_bare"), "--out", str(tmp_path / "m.json")]))
+    mp.start_processes(_slow_rank_zero_job, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD,
+                       start_method="spawn")
+    rank1_done = float((tmp_path / "rank1_done").read_text())
+    rank0_wrote = float((tmp_path / "rank0_wrote").read_text())
+    assert rank1_done < rank0_wrote, "rank 1 waited for rank 0's write"
+    assert json.loads((tmp_path / "m.json").read_text())["student"]["fid"] > 0

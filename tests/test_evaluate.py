@@ -124,9 +124,9 @@ def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, mo
     params["sample"]["n_samples"] = 20
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     extracted = []
-    real_image_features = metrics_module.image_features
-    monkeypatch.setattr(metrics_module, "image_features",
-                        lambda images, **kw: extracted.append(len(images)) or real_image_features(images, **kw))
+    real_everywhere = metrics_module.FeatureExtractor.everywhere
+    monkeypatch.setattr(metrics_module.FeatureExtractor, "everywhere",
+                        lambda self, images, **kw: extracted.append(len(images)) or real_everywhere(self, images, **kw))
     argv = ["--params", str(tmp_path / "params.yaml"), "--samples", str(samples), "--train", str(tmp_path / "train.h5"),
             "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
     assert evaluate_stage.cli(argv) == 0
@@ -142,3 +142,49 @@ def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, mo
     assert evaluate_stage.cli(argv) == 0
     assert len(extracted) == 6
     assert json.loads((tmp_path / "m.json").read_text())["student"]["fid"] == metrics["student_raw"]["fid"]
+
+
+def test_published_reference_statistics_replace_the_splits_for_fid(tmp_path, capsys):
+    # Statistics computed here from the reference split's features, written as EDM / clean-fid publish them:
+    # FID must come out as on the feature path, the protocol must name the file by digest, and KID and
+    # precision/recall (which need features) stay against the split.
+    import torch
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    from realuid.checkpoints import file_digest
+    from realuid.data import read_split
+    from realuid.metrics import image_features
+    from test_distributed import evaluate_inputs
+
+    params, argv = evaluate_inputs(tmp_path)
+    features = tmp_path / "features_cached"
+    reference = torch.as_tensor(read_split(tmp_path / "test.h5").x1)
+    stats = fid_features_to_statistics(image_features(reference, extractor_weights_path=features / "extractor.pt",
+                                                      batch_size=32, device="cpu")["features"])
+    np.savez(tmp_path / "ref.npz", mu=stats["mu"].astype(np.float64), sigma=stats["sigma"])
+    outputs = {}
+    for name, path in (("own", ""), ("published", str(tmp_path / "ref.npz"))):
+        params["evaluate"]["reference_stats"] = path
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(params))
+        assert evaluate_stage.cli(["--params", str(tmp_path / f"{name}.yaml"), *argv, "--features", str(features),
+                                   "--out", str(tmp_path / f"{name}.json")]) == 0
+        outputs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    own, published = outputs["own"], outputs["published"]
+    for who in ("teacher", "student", "student_raw", "real"):
+        assert published[who] == pytest.approx(own[who], rel=1e-6, abs=1e-9), who
+    assert "reference_stats" not in own["protocol"]
+    assert published["protocol"]["reference_stats_sha256"] == file_digest(tmp_path / "ref.npz")
+    assert published["protocol"]["fid_reference"] == "reference_stats"
+    assert published["protocol"]["kid_precision_recall_reference"] == "test"
+
+    # A file without sigma: one error line, before any work, nothing written.
+    np.savez(tmp_path / "bad.npz", mu=stats["mu"])
+    params["evaluate"]["reference_stats"] = str(tmp_path / "bad.npz")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    assert evaluate_stage.cli(["--params", str(tmp_path / "bad.yaml"), *argv, "--features", str(features),
+                               "--out", str(tmp_path / "bad" / "m.json")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("error:") == 1
+    assert "evaluate.reference_stats" in captured.err and "'mu' and 'sigma'" in captured.err
+    assert not (tmp_path / "bad").exists()

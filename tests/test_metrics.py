@@ -436,19 +436,97 @@ def test_fid_blocks_must_split_the_samples(digit_images, random_extractor_path):
             fid_block_statistics(feats, feats, blocks=blocks)
 
 
-def test_image_reference_scores_as_image_metrics_from_features(digit_images, random_extractor_path):
-    # The prepared reference (FID statistics computed once) gives the one-shot function's FID and KID.
-    from realuid.metrics import FeatureExtractor, ImageReference, image_metrics_from_features
+# ----------------------------------------------------------------------------------------------
+# Image metrics scored by all processes (here: one; tests/test_distributed.py runs two)
+#
+# Against torch-fidelity's functions on the same features: KID (its own kernel_mmd on its own subsets)
+# and precision/recall (the same distances, counted) are its numbers exactly; FID's statistics are float64
+# sums here where torch-fidelity's mean is float32, so FID agrees to ~1e-7 relative (measured on these
+# features: 5e-8), checked at 1e-5.
 
-    extract = FeatureExtractor(extractor_weights_path=random_extractor_path, device="cpu")
-    generated, reference = extract(digit_images.flip(dims=[2])[:200]), extract(digit_images)
-    assert torch.equal(generated["features"], image_features(digit_images.flip(dims=[2])[:200],
-                                                               extractor_weights_path=random_extractor_path,
-                                                               device="cpu")["features"])
-    prepared = ImageReference(reference, kid_subset_size=100, kid_subsets=10, seed=5)
-    full = image_metrics_from_features(generated, reference, kid_subset_size=100, kid_subsets=10, seed=5)
-    assert prepared.score(generated) == {k: full[k] for k in ("fid", "kid_mean", "kid_std")}
-    with pytest.raises(ValueError, match="fewer than kid_subset_size"):
-        prepared.score({k: v[:99] for k, v in generated.items()})
-    with pytest.raises(ValueError, match="exceeds the 360 reference images"):
-        ImageReference(reference, kid_subset_size=361)
+
+def _features(images, path):
+    from realuid.metrics import FeatureExtractor
+
+    return FeatureExtractor(extractor_weights_path=path, device="cpu")(images)
+
+
+def test_image_scorer_equals_torch_fidelity_on_the_same_features(digit_images, random_extractor_path):
+    from realuid.metrics import ImageScorer, fid_block_statistics, image_metrics_from_features
+
+    generated = _features(digit_images.flip(dims=[3])[:300], random_extractor_path)
+    reference = _features(digit_images, random_extractor_path)
+    theirs = image_metrics_from_features(generated, reference, kid_subset_size=100, kid_subsets=10, seed=3)
+    scorer = ImageScorer(reference, kid_subset_size=100, kid_subsets=10, seed=3)
+    ours = scorer.score(generated)
+    assert ours.keys() == theirs.keys()
+    assert ours["fid"] == pytest.approx(theirs["fid"], rel=1e-5)
+    assert {k: v for k, v in ours.items() if k != "fid"} == {k: v for k, v in theirs.items() if k != "fid"}
+    assert 0.0 < ours["precision"] < 1.0 and ours["fid"] > 0.01 and ours["kid_mean"] > 1e-4  # not trivial cases
+    blocks = fid_block_statistics(generated, reference, blocks=3)
+    for key, value in scorer.fid_blocks(generated, 3).items():
+        assert value == pytest.approx(blocks[key], rel=1e-5), key
+    assert scorer.score(generated, prc=False).keys() == {"fid", "kid_mean", "kid_std"}
+
+
+def test_precision_recall_in_small_blocks_equal_torch_fidelity(digit_images, random_extractor_path, monkeypatch):
+    # Rows in chunks and columns in blocks (the k + 1 nearest merged block by block) are torch-fidelity's
+    # full rows of distances; 13-row chunks against 7-column blocks exercise every merge.
+    from realuid import metrics
+    from realuid.metrics import precision_recall_sharded
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    generated = _features(digit_images.flip(dims=[3])[:300], random_extractor_path)["features"]
+    reference = _features(digit_images, random_extractor_path)["features"]
+    theirs = prc_features_to_metric(generated, reference, prc_neighborhood=3, prc_batch_size=10000,
+                                    save_cpu_ram=True, verbose=False)
+    monkeypatch.setattr(metrics, "PRC_ROWS_PER_CHUNK", 13)
+    monkeypatch.setattr(metrics, "PRC_COLUMNS_PER_BLOCK", 7)
+    assert precision_recall_sharded(generated, reference, neighbourhood=3) == theirs
+
+
+def test_published_reference_statistics_give_the_feature_paths_fid(digit_images, random_extractor_path, tmp_path):
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    from realuid.metrics import ImageScorer, read_reference_statistics
+
+    generated = _features(digit_images.flip(dims=[3])[:300], random_extractor_path)
+    reference = _features(digit_images, random_extractor_path)
+    stats = fid_features_to_statistics(reference["features"])  # as torch-fidelity would publish them
+    np.savez(tmp_path / "ref.npz", mu=stats["mu"], sigma=stats["sigma"])
+    published = ImageScorer(reference, kid_subset_size=100, kid_subsets=10,
+                            reference_stats=read_reference_statistics(tmp_path / "ref.npz"))
+    own = ImageScorer(reference, kid_subset_size=100, kid_subsets=10)
+    assert published.score(generated) == pytest.approx(own.score(generated), rel=1e-6, abs=1e-9)
+    wrong_dim = ImageScorer(reference, reference_stats={"mu": np.zeros(3), "sigma": np.eye(3)}, kid_subset_size=100)
+    with pytest.raises(ValueError, match="another extractor"):
+        wrong_dim.fid(generated["features"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (dict(mu=np.zeros(4)), "must hold arrays 'mu' and 'sigma'"),
+    (dict(mu=np.zeros(4), sigma=np.eye(3)), "mu must be"),
+    (dict(mu=np.full(2, np.nan), sigma=np.eye(2)), "NaN"),
+    (dict(mu=np.array([{"code": 1}], dtype=object), sigma=np.eye(1)), "not a readable"),  # would unpickle
+    (None, "not a readable"),
+])
+def test_malformed_reference_statistics_are_refused(tmp_path, content, message):
+    from realuid.metrics import read_reference_statistics
+
+    path = tmp_path / "ref.npz"
+    if content is None:
+        path.write_bytes(b"not an npz")
+    else:
+        np.savez(path, **content)
+    with pytest.raises(ValueError, match=message):
+        read_reference_statistics(path)
+
+
+def test_the_extractor_runs_on_the_device_it_is_given(random_extractor_path):
+    from realuid.metrics import FeatureExtractor
+
+    extract = FeatureExtractor(extractor_weights_path=random_extractor_path, device=torch.device("cpu", 0))
+    assert extract.device == torch.device("cpu", 0)
+    assert {p.device for p in extract.net.parameters()} == {torch.device("cpu")}
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        FeatureExtractor(extractor_weights_path=random_extractor_path, device="meta")

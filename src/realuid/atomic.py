@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write", "temporary_folder"]
+__all__ = ["atomic_open", "atomic_write", "temporary_file", "temporary_folder"]
 
 
 @contextlib.contextmanager
@@ -70,6 +70,14 @@ def temporary_folder(beside: str | os.PathLike) -> Path:
             return folder
         except FileExistsError:  # another writer's temporary of the same name: draw again
             continue
+
+
+def temporary_file(beside: str | os.PathLike) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` next to ``beside`` with a plain ``open()``'s mode, for a
+    writer that must open the file by name itself (HDF5); the caller renames it into place or removes it."""
+    tmp, fh = _create_beside(Path(beside), "wb", None)
+    fh.close()
+    return tmp
 
 
 def _create_beside(path: Path, mode: str, newline: str | None) -> tuple[Path, IO]:

@@ -221,6 +221,8 @@ class EvaluateConfig:
     fid_blocks: int = opt(1, ge=1, doc="images: FID also over K disjoint seed blocks (fid_mean, fid_min, fid_std)")
     device: str = opt("auto", doc="auto | cpu | cuda | cuda:N: where image features are extracted")
     nproc: int = opt(1, ge=1, doc="processes under torchrun; feature batches are dealt round-robin")
+    reference_stats: str = opt("", doc="images: .npz of FID statistics (mu, sigma) used for FID instead of the "
+                                       "reference split's; empty: the split's own")
 
 
 @dataclass(frozen=True)

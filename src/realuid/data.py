@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_write, temporary_file
 from .errors import ConfigError, DataError
 
 SOURCES = ("toy", "digits", "cifar10", "file")
@@ -741,6 +742,100 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
     return digest
 
 
+class SplitWriter:
+    """The file :func:`write_split` writes, with ``x1`` arriving batch by batch (:meth:`append`, rows in
+    order): only one band of HDF5 chunks (``chunks[0]`` rows) is held, never the whole array. ``y`` and
+    ``x0`` are given whole at the start (labels and inputs are known before sampling).
+
+    Leaving the ``with`` block completes the file: byte-identical to ``write_split`` of the concatenated
+    rows, because the chunks reach the file in the same order (whole bands, each flushed at once, as
+    one full write flushes them) and the other datasets and the attributes follow as there. It is built
+    under a temporary name beside ``path`` and renamed into place; an error leaves nothing behind.
+    Unlike ``write_split``, HDF5 writes to disk itself here.
+    """
+
+    def __init__(self, path: str | Path, n: int, sample_shape: tuple[int, ...], *, y: np.ndarray | None = None,
+                 x0: np.ndarray | None = None, attrs: dict):
+        import h5py
+
+        shape = (n, *(int(s) for s in sample_shape))
+        kind_of(np.empty((0, *shape[1:])))
+        if n < 1:
+            raise ValueError("cannot write an empty split")
+        if "source" not in attrs:
+            raise ValueError("attrs must name the data's 'source'")
+        self.path, self.shape, self.attrs = Path(path), shape, attrs
+        self.y = None if y is None else np.ascontiguousarray(y, dtype=np.int64)
+        self.x0 = None if x0 is None else np.ascontiguousarray(x0, dtype=np.float32)
+        if self.y is not None and self.y.shape != shape[:1]:
+            raise ValueError(f"labels have shape {self.y.shape}; expected ({n},)")
+        if self.x0 is not None and self.x0.shape != shape:
+            raise ValueError(f"x0 has shape {self.x0.shape}; expected the shape of x1, {shape}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temporary_file(self.path)
+        self.file = h5py.File(self.tmp, "w", libver=H5_LIBVER, track_order=False)
+        self.x1 = self.file.create_dataset("x1", shape=shape, dtype=np.float32, **H5_DATASET_OPTIONS)
+        # content_hash's x1 part, fed as the rows come
+        self.digest = hashlib.sha256(f"x1|{np.dtype(np.float32).str}|{shape}|".encode())
+        self.pending: list[np.ndarray] = []
+        self.written = 0
+
+    def append(self, x1: np.ndarray) -> None:
+        """Rows ``[b, *sample_shape]`` that follow those appended before."""
+        x1 = np.ascontiguousarray(x1, dtype=np.float32)
+        if x1.shape[1:] != self.shape[1:]:
+            raise ValueError(f"rows of shape {x1.shape[1:]} appended to a split of {self.shape[1:]}")
+        held = sum(len(a) for a in self.pending) + len(x1)
+        if self.written + held > self.shape[0]:
+            raise ValueError(f"more than the {self.shape[0]} rows announced")
+        self.digest.update(x1.tobytes())
+        self.pending.append(x1)
+        last = self.written + held == self.shape[0]
+        band = self.x1.chunks[0]
+        if last or held >= band:
+            rows = held if last else held - held % band
+            block = np.concatenate(self.pending)
+            self.x1[self.written:self.written + rows] = block[:rows]
+            self.x1.id.flush()  # these chunks go to the file now, in order, as one full write puts them
+            self.written += rows
+            self.pending = [block[rows:]] if rows < held else []
+
+    def __enter__(self) -> "SplitWriter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self._finish()
+        finally:
+            if self.file.id.valid:
+                self.file.close()
+            self.tmp.unlink(missing_ok=True)  # gone already after a successful rename
+
+    def _finish(self) -> None:
+        if self.written != self.shape[0]:
+            got = self.written + sum(len(a) for a in self.pending)
+            raise ValueError(f"{got} rows written of the {self.shape[0]} announced")
+        for name, array in (("y", self.y), ("x0", self.x0)):
+            if array is not None:
+                self.digest.update(f"{name}|{array.dtype.str}|{tuple(array.shape)}|".encode())
+                self.digest.update(array.tobytes())
+                self.file.create_dataset(name, data=array, **H5_DATASET_OPTIONS)
+        all_attrs = {"num_classes": 0, **self.attrs, "kind": kind_of(np.empty((0, *self.shape[1:]))),
+                     "shape": list(self.shape[1:]), "paired": self.x0 is not None,
+                     "content_hash": self.digest.hexdigest()}
+        for key in sorted(all_attrs):
+            _write_attr(self.file.attrs, key, all_attrs[key])
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+
+H5_DATASET_OPTIONS = dict(chunks=True, compression="gzip", compression_opts=H5_GZIP_LEVEL, shuffle=True,
+                          fletcher32=True,
+                          # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
+                          track_times=False)
+
+
 def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
     """The bytes of an HDF5 file holding ``arrays`` ((name, array or None) pairs) and ``attrs``, built in
     memory (HDF5's core driver, no backing file): the same bytes HDF5 would write to disk."""
@@ -751,17 +846,7 @@ def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
     try:
         for dataset, array in arrays:
             if array is not None:
-                f.create_dataset(
-                    dataset,
-                    data=array,
-                    chunks=True,
-                    compression="gzip",
-                    compression_opts=H5_GZIP_LEVEL,
-                    shuffle=True,
-                    fletcher32=True,
-                    # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
-                    track_times=False,
-                )
+                f.create_dataset(dataset, data=array, **H5_DATASET_OPTIONS)
         for key in sorted(attrs):
             _write_attr(f.attrs, key, attrs[key])
         f.flush()

@@ -96,7 +96,42 @@ class Dist:
         batches = {start: out for shard in shards for start, out in shard.items()}
         return [batches[start] for start in sorted(batches)]
 
+    def all_gather_batches(self, mine: dict[int, torch.Tensor], n_items: int, batch_size: int) -> torch.Tensor:
+        """Every process's batches ``{start: rows [b, ...]}`` (as dealt by :meth:`batch_starts`) joined in
+        batch order, ``[n_items, ...]``, on every process and on the batches' device.
+
+        One tensor all-gather (NCCL needs equal sizes: each shard is padded to the largest and trimmed
+        after), so every rank can score the whole set without a rank-0 bottleneck.
+        """
+        if not self.parallel:
+            return torch.cat([mine[start] for start in sorted(mine)])
+        starts = [list(range(rank * batch_size, n_items, batch_size * self.world_size)) for rank in range(self.world_size)]
+        sizes = [sum(min(batch_size, n_items - s) for s in rank_starts) for rank_starts in starts]
+        # A process with no batch (fewer batches than processes) learns the row shape from the others.
+        shard = torch.cat([mine[start] for start in sorted(mine)]) if mine else None
+        row, dtype = next(meta for meta in self.all_gather(None if shard is None else (shard.shape[1:], shard.dtype))
+                          if meta is not None)
+        padded = torch.zeros((max(sizes), *row), dtype=dtype, device=self.device)
+        if shard is not None:
+            padded[:shard.shape[0]] = shard
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        torch_dist.all_gather(parts, padded)
+        batches = {}
+        for rank, rank_starts in enumerate(starts):
+            offset = 0
+            for start in rank_starts:
+                size = min(batch_size, n_items - start)
+                batches[start] = parts[rank][offset:offset + size]
+                offset += size
+        return torch.cat([batches[start] for start in sorted(batches)])
+
     # -- collectives (no-ops in one process)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Replace ``tensor`` by its sum over processes, in place (returned for chaining)."""
+        if self.parallel:
+            torch_dist.all_reduce(tensor)
+        return tensor
 
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor by its mean over processes, in place: one flat all-reduce per dtype.

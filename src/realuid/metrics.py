@@ -20,7 +20,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -475,34 +475,48 @@ class FeatureExtractor:
                  internal_dtype: str | None = None):
         self.weights_path = _check_extractor(extractor, extractor_weights_path)
         self.extractor = extractor
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {str(self.device)!r}")
         _torch_fidelity()
         from torch_fidelity.utils import create_feature_extractor
 
-        self.net = create_feature_extractor(extractor, feature_layers(extractor), cuda=self.device == "cuda",
+        # Built on the CPU and moved: torch-fidelity's own `cuda=True` would put it on GPU 0 whatever
+        # the run's device (cuda:1 must mean GPU 1 for the extractor too).
+        self.net = create_feature_extractor(extractor, feature_layers(extractor), cuda=False,
                                             feature_extractor_weights_path=self.weights_path,
-                                            feature_extractor_internal_dtype=internal_dtype, verbose=False)
+                                            feature_extractor_internal_dtype=internal_dtype,
+                                            verbose=False).to(self.device)
 
     def __call__(self, images: torch.Tensor, *, batch_size: int = 64,
                  dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor] | None:
-        images = _check_image_batch(images, "images")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        quantised = _extractor_input(images, self.extractor)
-        mine: dict[int, dict[str, torch.Tensor]] = {}
-        with torch.no_grad():
-            for start in dist.batch_starts(quantised.shape[0], batch_size):
-                batch = quantised[start:start + batch_size]
-                if self.device == "cuda":
-                    batch = batch.cuda(non_blocking=True)
-                out = self.net.convert_features_tuple_to_dict(self.net(batch))
-                mine[start] = {layer: value.cpu() for layer, value in out.items()}
-        ordered = dist.gather_batches(mine)
+        ordered = dist.gather_batches(self._my_batches(images, batch_size, dist, to_cpu=True))
         if ordered is None:
             return None
         return {layer: torch.cat([b[layer] for b in ordered]) for layer in ordered[0]}
+
+    def everywhere(self, images: torch.Tensor, *, batch_size: int = 64,
+                   dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor]:
+        """The features {layer: [N, F]} of :meth:`__call__`, on every process and on the extractor's
+        device: each process extracts its batches, one all-gather joins them (the sharded metrics below
+        then split the scoring work instead of leaving it to rank 0)."""
+        mine = self._my_batches(images, batch_size, dist, to_cpu=False)
+        n = images.shape[0]
+        return {layer: dist.all_gather_batches({start: out[layer] for start, out in mine.items()}, n, batch_size)
+                for layer in feature_layers(self.extractor)}
+
+    def _my_batches(self, images: torch.Tensor, batch_size: int, dist: Dist, *, to_cpu: bool) -> dict:
+        images = _check_image_batch(images, "images")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        mine: dict[int, dict[str, torch.Tensor]] = {}
+        with torch.no_grad():
+            for start in dist.batch_starts(images.shape[0], batch_size):
+                # Quantised batch by batch: a whole uint8 copy of 150k images is not needed at once.
+                batch = _extractor_input(images[start:start + batch_size], self.extractor).to(self.device)
+                out = self.net.convert_features_tuple_to_dict(self.net(batch))
+                mine[start] = {layer: value.cpu() if to_cpu else value for layer, value in out.items()}
+        return mine
 
 
 def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_module.EXTRACTOR_NAME,
@@ -515,7 +529,7 @@ def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_
     (read with ``weights_only=True``) and, on a miss, is written atomically by rank 0 unless ``write_cache``
     is false (a cache that is another stage's output).
     """
-    from .checkpoints import atomic_save, load_torch_file
+    from .checkpoints import atomic_save
 
     weights_path = _check_extractor(extractor, extractor_weights_path)
     reference = _check_image_batch(reference, "reference")
@@ -524,18 +538,39 @@ def reference_features(reference: torch.Tensor, *, extractor: str = feature_net_
         path = Path(cache_root) / _reference_cache_name(_extractor_input(reference, extractor), extractor, weights_path)
         # Every process must take the same branch: the extraction below is a collective.
         if dist.same_everywhere(path.is_file(), f"whether {path} exists"):
-            if not dist.is_main:
-                return None
-            cached = load_torch_file(path, needed_by="the reference-feature cache", expected="feature file")
-            if (not isinstance(cached, dict) or set(cached) != set(feature_layers(extractor))
-                    or any(not torch.is_tensor(v) or v.shape[0] != reference.shape[0] for v in cached.values())):
-                raise DataError(f"{path} does not hold the reference features: delete it to recompute")
-            return cached
+            return _read_reference_cache(path, reference.shape[0], extractor) if dist.is_main else None
     features = image_features(reference, extractor=extractor, extractor_weights_path=weights_path,
                               batch_size=batch_size, device=device, dist=dist)
     if path is not None and write_cache and features is not None:
         atomic_save(features, path)
     return features
+
+
+def _read_reference_cache(path: Path, size: int, extractor: str) -> dict[str, torch.Tensor]:
+    from .checkpoints import load_torch_file
+
+    cached = load_torch_file(path, needed_by="the reference-feature cache", expected="feature file")
+    if (not isinstance(cached, dict) or set(cached) != set(feature_layers(extractor))
+            or any(not torch.is_tensor(v) or v.shape[0] != size for v in cached.values())):
+        raise DataError(f"{path} does not hold the reference features: delete it to recompute")
+    return cached
+
+
+def reference_features_everywhere(reference: torch.Tensor, extract: "FeatureExtractor", *, batch_size: int = 64,
+                                  cache_root: str | os.PathLike | None = None,
+                                  dist: Dist = SINGLE_PROCESS) -> dict[str, torch.Tensor]:
+    """The reference features {layer: [M, F]} on every process, on the extractor's device: each process
+    reads the cache of :func:`reference_features` (read only) when it is there, else they are extracted
+    by all processes together (:meth:`FeatureExtractor.everywhere`)."""
+    reference = _check_image_batch(reference, "reference")
+    if cache_root is not None:
+        name = _reference_cache_name(_extractor_input(reference, extract.extractor), extract.extractor,
+                                     extract.weights_path)
+        path = Path(cache_root) / name
+        if dist.same_everywhere(path.is_file(), f"whether {path} exists"):
+            cached = _read_reference_cache(path, reference.shape[0], extract.extractor)
+            return {layer: value.to(extract.device) for layer, value in cached.items()}
+    return extract.everywhere(reference, batch_size=batch_size, dist=dist)
 
 
 def image_metrics_from_features(generated: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], *,
@@ -600,7 +635,7 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
     kid_subset_size: clamped (with a warning) to the smaller set size when larger.
     cache_root: when given, reference features are cached there under a name hashing the reference
         images and the weights file; otherwise nothing is cached.
-    device: "cpu" or "cuda" (default: cuda when available).
+    device: "cpu", "cuda" or "cuda:N" (default: cuda when available); the extractor runs there.
 
     Returns {"fid", "kid_mean", "kid_std", "precision", "recall", "f_score"}; fid is the squared Fréchet
     distance of the extractor's features (torch-fidelity's convention); precision is the fraction of
@@ -611,7 +646,7 @@ def image_metrics(generated: torch.Tensor, reference: torch.Tensor, *,
     generated = _check_image_batch(generated, "generated")
     reference = _check_image_batch(reference, "reference")
     if generated.shape[1:] != reference.shape[1:]:
-        raise ValueError(f"generated and reference images differ in shape: {tuple(generated.shape[1:])} "
+        raise DataError(f"generated and reference images differ in shape: {tuple(generated.shape[1:])} "
                          f"vs {tuple(reference.shape[1:])}")
     smaller = min(generated.shape[0], reference.shape[0])
     if smaller < max(2, prc_neighborhood + 1):  # checked again on the features; here before any computation
@@ -642,51 +677,6 @@ def cache_reference_features(reference: torch.Tensor, *, extractor: str, extract
                        batch_size=batch_size, device=device, cache_root=cache_root)
 
 
-class ImageReference:
-    """Reference features {layer: [M, F]} prepared once for repeated FID and KID (in-training evaluation).
-
-    The reference's FID statistics are computed here, once; :meth:`score` gives the ``fid``, ``kid_mean``
-    and ``kid_std`` that :func:`image_metrics_from_features` gives for the same features and options
-    (torch-fidelity's functions, KID subsets drawn with ``seed``), without precision/recall, whose
-    nearest-neighbour search would cost more than the rest together.
-    """
-
-    metrics = ("fid", "kid_mean", "kid_std")
-
-    def __init__(self, features: dict[str, torch.Tensor], *, extractor: str = feature_net_module.EXTRACTOR_NAME,
-                 kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0):
-        _torch_fidelity()
-        from torch_fidelity.metric_fid import fid_features_to_statistics
-        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-        self.layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric
-        self.features, self.extractor = features, extractor
-        self.size = features[self.layer("kid")].shape[0]
-        if kid_subset_size < 2 or kid_subsets < 1:
-            raise ConfigError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
-        if kid_subset_size > self.size:
-            raise ConfigError(f"kid_subset_size {kid_subset_size} exceeds the {self.size} reference images")
-        self.kid_subset_size, self.kid_subsets, self.seed = kid_subset_size, kid_subsets, seed
-        self.stats = fid_features_to_statistics(features[self.layer("fid")])
-
-    def score(self, generated: dict[str, torch.Tensor]) -> dict[str, float]:
-        """``{"fid", "kid_mean", "kid_std"}`` of generated features {layer: [N, F]}, N >= kid_subset_size."""
-        import torch_fidelity
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-        from torch_fidelity.metric_kid import kid_features_to_metric
-
-        n = generated[self.layer("kid")].shape[0]
-        if n < self.kid_subset_size:
-            raise ConfigError(f"{n} generated images are fewer than kid_subset_size {self.kid_subset_size}")
-        fid = fid_statistics_to_metric(fid_features_to_statistics(generated[self.layer("fid")]), self.stats, False)
-        kid = kid_features_to_metric(generated[self.layer("kid")], self.features[self.layer("kid")],
-                                     kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size,
-                                     rng_seed=self.seed, verbose=False)
-        return {"fid": float(fid[torch_fidelity.KEY_METRIC_FID]),
-                "kid_mean": float(kid[torch_fidelity.KEY_METRIC_KID_MEAN]),
-                "kid_std": float(kid[torch_fidelity.KEY_METRIC_KID_STD])}
-
-
 def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], *, blocks: int,
                          extractor: str = feature_net_module.EXTRACTOR_NAME) -> dict[str, float]:
     """FID of ``blocks`` disjoint consecutive blocks of the generated features {layer: [N, F]}.
@@ -711,3 +701,191 @@ def fid_block_statistics(generated: dict[str, torch.Tensor], reference: dict[str
                                                       reference_stats, False)[torch_fidelity.KEY_METRIC_FID])
                        for b in range(blocks)])
     return {"fid_mean": float(values.mean()), "fid_min": float(values.min()), "fid_std": float(values.std())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image metrics scored by every process together
+#
+# Every process holds the whole feature set of a row (FeatureExtractor.everywhere) on its device and
+# takes a share of the scoring work; one all-reduce per quantity joins the shares, so every process ends
+# with the same numbers and none waits on another's work. KID and precision/recall equal torch-fidelity's
+# functions on the same features exactly, FID to float rounding (tests/test_metrics.py compares them).
+
+
+def _my_share(n: int, dist: Dist) -> slice:
+    """This process's contiguous share of ``n`` rows (the last ones may be empty)."""
+    per_rank = -(-n // dist.world_size)
+    return slice(min(n, dist.rank * per_rank), min(n, (dist.rank + 1) * per_rank))
+
+
+def fid_statistics(features: torch.Tensor, dist: Dist = SINGLE_PROCESS) -> dict[str, np.ndarray]:
+    """``{"mu" [F], "sigma" [F, F]}`` (float64; unbiased covariance as torch-fidelity) of features [N, F].
+
+    Two passes in float64 on the features' device, each process summing its share of rows: the mean,
+    then the centred outer products (no E[xx^T] - mu mu^T cancellation).
+    """
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 feature rows for a covariance, got {n}")
+    mine = features[_my_share(n, dist)].double()
+    mu = dist.sum_(mine.sum(dim=0)) / n
+    centred = mine - mu
+    sigma = dist.sum_(centred.T @ centred) / (n - 1)
+    return {"mu": mu.cpu().numpy(), "sigma": sigma.cpu().numpy()}
+
+
+def fid_from_statistics(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """torch-fidelity's FID of two ``{"mu", "sigma"}`` (computed in float64 by every process alike)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    as64 = lambda stats: {k: np.asarray(stats[k], dtype=np.float64) for k in ("mu", "sigma")}  # noqa: E731
+    return float(fid_statistics_to_metric(as64(generated), as64(reference), False)[KEY_METRIC_FID])
+
+
+def kid_sharded(generated: torch.Tensor, reference: torch.Tensor, *, subsets: int, subset_size: int, seed: int,
+                dist: Dist = SINGLE_PROCESS) -> dict[str, float]:
+    """``{"kid_mean", "kid_std"}`` of features generated [N, F] vs reference [M, F]: torch-fidelity's KID.
+
+    The subsets are torch-fidelity's (the same ``RandomState(seed)`` draws, in its order) and each is
+    scored by its own ``kernel_mmd`` (cubic kernel, unbiased MMD^2, float32 as there); process r scores
+    subsets r, r + W, ..., and one all-reduce collects the values, so the numbers are torch-fidelity's
+    exactly, for any number of processes.
+    """
+    from torch_fidelity.metric_kid import kernel_mmd
+
+    rng = np.random.RandomState(seed)
+    picks = [(rng.choice(generated.shape[0], subset_size, replace=False),
+              rng.choice(reference.shape[0], subset_size, replace=False)) for _ in range(subsets)]
+    mine = range(dist.rank, subsets, dist.world_size)
+    x, y = (features.cpu().numpy() if len(mine) else None for features in (generated, reference))
+    values = torch.zeros(subsets, dtype=torch.float64, device=generated.device)
+    for i in mine:
+        values[i] = float(kernel_mmd(x[picks[i][0]], y[picks[i][1]], kid_kernel="poly", kid_kernel_poly_degree=3,
+                                     kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1))
+    values = dist.sum_(values).cpu().numpy()
+    return {"kid_mean": float(values.mean()), "kid_std": float(values.std())}
+
+
+PRC_COLUMNS_PER_BLOCK = 10_000  # torch-fidelity's prc_batch_size: the blocks torch.cdist computes
+PRC_ROWS_PER_CHUNK = 1024  # a chunk of rows against one column block: 40 MB of float32 distances
+
+
+def _row_chunks(n: int, dist: Dist) -> Iterator[slice]:
+    share = _my_share(n, dist)
+    for start in range(share.start, share.stop, PRC_ROWS_PER_CHUNK):
+        yield slice(start, min(share.stop, start + PRC_ROWS_PER_CHUNK))
+
+
+def _kth_neighbour_distances(features: torch.Tensor, k: int, dist: Dist) -> torch.Tensor:
+    """[N]: distance of each row of features [N, F] to its k-th nearest other row (torch-fidelity's radii:
+    the (k+1)-th smallest ``torch.cdist`` value, the row itself first), each process taking its share.
+    The k + 1 smallest are merged block by block, so no [rows, N] matrix is ever held."""
+    radii = torch.zeros(features.shape[0], dtype=features.dtype, device=features.device)
+    for rows in _row_chunks(features.shape[0], dist):
+        nearest = None
+        for block in features.split(PRC_COLUMNS_PER_BLOCK):
+            candidates = torch.cdist(features[rows], block)
+            if nearest is not None:
+                candidates = torch.cat([nearest, candidates], dim=1)
+            nearest = candidates.topk(min(k + 1, candidates.shape[1]), dim=1, largest=False).values
+        radii[rows] = nearest[:, k]
+    return dist.sum_(radii)
+
+
+def _fraction_inside(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, dist: Dist) -> float:
+    """Fraction of query rows within ``radii`` of some centre row (closed balls), shares summed."""
+    inside = torch.zeros((), dtype=torch.float64, device=queries.device)
+    for rows in _row_chunks(queries.shape[0], dist):
+        hit = torch.zeros(rows.stop - rows.start, dtype=torch.bool, device=queries.device)
+        for block, block_radii in zip(centres.split(PRC_COLUMNS_PER_BLOCK), radii.split(PRC_COLUMNS_PER_BLOCK)):
+            hit |= (torch.cdist(queries[rows], block) <= block_radii).any(dim=1)
+        inside += hit.sum()
+    # torch-fidelity's float32 mean of 0/1 flags: the float32 rounding of the exact fraction (N < 2^24)
+    return float(np.float32(float(dist.sum_(inside))) / np.float32(queries.shape[0]))
+
+
+def precision_recall_sharded(generated: torch.Tensor, reference: torch.Tensor, *, neighbourhood: int = 3,
+                             dist: Dist = SINGLE_PROCESS) -> dict[str, float]:
+    """torch-fidelity's k-NN precision, recall and F-score of features generated [N, F] vs reference [M, F]."""
+    precision = _fraction_inside(generated, reference, _kth_neighbour_distances(reference, neighbourhood, dist), dist)
+    recall = _fraction_inside(reference, generated, _kth_neighbour_distances(generated, neighbourhood, dist), dist)
+    return {"precision": precision, "recall": recall,
+            "f_score": 2 * precision * recall / max(1e-5, precision + recall)}
+
+
+def read_reference_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{"mu" [F], "sigma" [F, F]}`` (float64) from a ``.npz`` as EDM's fid-refs and ADM/clean-fid write
+    them; read without unpickling. A ValueError names what is wrong with any other file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stats = {key: np.asarray(npz[key], dtype=np.float64) for key in ("mu", "sigma") if key in npz}
+            keys = sorted(npz.files)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path} is not a readable .npz of FID statistics ({error})") from error
+    if set(stats) != {"mu", "sigma"}:
+        raise DataError(f"{path} must hold arrays 'mu' and 'sigma', it holds {keys}")
+    mu, sigma = stats["mu"], stats["sigma"]
+    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+        raise DataError(f"{path}: mu must be [F] and sigma [F, F], got {mu.shape} and {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{path}: mu or sigma contains NaN or Inf")
+    return stats
+
+
+class ImageScorer:
+    """FID, KID and precision/recall against one reference, prepared once and scored by all processes.
+
+    ``reference`` {layer: [M, F]} on the device (every process holds all of it); its FID statistics are
+    computed here once, unless ``reference_stats`` ({"mu", "sigma"}, e.g. published ones) replaces them
+    for FID. :meth:`score` gives the keys of :func:`image_metrics_from_features` (``prc=False``: FID and
+    KID only); every process gets the same numbers. Call it on every process: it is a collective.
+    """
+
+    def __init__(self, reference: dict[str, torch.Tensor], *, extractor: str = feature_net_module.EXTRACTOR_NAME,
+                 kid_subset_size: int = 1000, kid_subsets: int = 100, prc_neighbourhood: int = 3, seed: int = 0,
+                 reference_stats: dict[str, np.ndarray] | None = None, dist: Dist = SINGLE_PROCESS):
+        _torch_fidelity()
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+        self.layer = FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric
+        self.reference, self.dist = reference, dist
+        if kid_subset_size < 2 or kid_subsets < 1:
+            raise ConfigError(f"need kid_subset_size >= 2 and kid_subsets >= 1; got {kid_subset_size}, {kid_subsets}")
+        self.kid_subset_size, self.kid_subsets, self.seed = kid_subset_size, kid_subsets, seed
+        self.prc_neighbourhood = prc_neighbourhood
+        self.stats = reference_stats if reference_stats is not None else fid_statistics(reference[self.layer("fid")], dist)
+
+    def fid(self, generated: torch.Tensor) -> float:
+        """FID of generated features [N, F] (the FID layer) against the reference statistics."""
+        if generated.shape[1] != self.stats["mu"].size:
+            raise DataError(f"the reference statistics have {self.stats['mu'].size} features, the extractor "
+                             f"gives {generated.shape[1]}: they come from another extractor")
+        return fid_from_statistics(fid_statistics(generated, self.dist), self.stats)
+
+    def score(self, generated: dict[str, torch.Tensor], *, prc: bool = True) -> dict[str, float]:
+        smaller = min(generated[self.layer("kid")].shape[0], self.reference[self.layer("kid")].shape[0])
+        if smaller < max(2, self.prc_neighbourhood + 1):
+            raise ConfigError(f"need at least {max(2, self.prc_neighbourhood + 1)} images in each set, got {smaller}")
+        subset_size = self.kid_subset_size
+        if subset_size > smaller:
+            warnings.warn(f"kid_subset_size {subset_size} exceeds the smaller image set ({smaller}); using {smaller}",
+                          stacklevel=2)
+            subset_size = smaller
+        out = {"fid": self.fid(generated[self.layer("fid")]),
+               **kid_sharded(generated[self.layer("kid")], self.reference[self.layer("kid")],
+                             subsets=self.kid_subsets, subset_size=subset_size, seed=self.seed, dist=self.dist)}
+        if prc:
+            out.update(precision_recall_sharded(generated[self.layer("prc")], self.reference[self.layer("prc")],
+                                                neighbourhood=self.prc_neighbourhood, dist=self.dist))
+        return out
+
+    def fid_blocks(self, generated: dict[str, torch.Tensor], blocks: int) -> dict[str, float]:
+        """:func:`fid_block_statistics` (``fid_mean``, ``fid_min``, ``fid_std`` over ``blocks`` consecutive
+        blocks of the generated features), with the reference statistics computed once."""
+        features = generated[self.layer("fid")]
+        n = features.shape[0]
+        if blocks < 1 or n % blocks or n // blocks < 2:
+            raise ConfigError(f"{n} generated samples do not split into {blocks} blocks of at least 2")
+        size = n // blocks
+        values = np.array([self.fid(features[b * size:(b + 1) * size]) for b in range(blocks)])
+        return {"fid_mean": float(values.mean()), "fid_min": float(values.min()), "fid_std": float(values.std())}

@@ -15,6 +15,10 @@ and the KID subsets are drawn with ``EVAL_SEED``. Evaluations at different steps
 of runs with other coefficients or training seeds are therefore scored on the same inputs, and a resumed
 run computes the very rows an uninterrupted one does. The evaluator uses its own generators only, so the
 training's random streams do not depend on whether it runs.
+
+Under torchrun every process evaluates, together: each draws the samples of its own batches (dealt as the
+sample stage deals them) and extracts their features, and the scoring is split among the processes
+(:class:`realuid.metrics.ImageScorer`); every process gets the same numbers, those of one process.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .metrics import FeatureExtractor, ImageReference, PointReference, reference_features
+from .distributed import SINGLE_PROCESS, Dist
+from .metrics import FeatureExtractor, ImageScorer, PointReference, reference_features_everywhere
 from .sampling import seeded_noise
 
 EVAL_SEED = 2_000_000  # generator inputs use seeds EVAL_SEED + i: far from sample.seed's usual 1_000_000 + i
@@ -55,17 +60,21 @@ class EvalInputs:
 class QualityEvaluator:
     """``evaluator(generator) -> {metric: value}`` for a :class:`realuid.models.OneStepGenerator`.
 
-    ``score(samples [n, ...] on CPU)`` computes the metrics; ``metrics`` names them in table order and its
+    ``score(samples [n, ...] on device)`` computes the metrics; ``metrics`` names them in table order and its
     last entry, the headline (FID, sliced W2), ranks copies (lower is better). Last, because DVC plots a
     table's last column when a plot names no column, which lets one plot definition in dvc.yaml serve both
     kinds of data. Samples are drawn in batches of ``batch_size`` on
-    ``device`` without autograd; non-finite samples score ``inf`` (the run's own finite check stops it).
+    ``device`` without autograd, each process drawing its batches of ``dist`` and all of them receiving all
+    samples; non-finite samples score ``inf`` (the run's own finite check stops it). A collective: every
+    process calls it.
     """
 
     def __init__(self, inputs: EvalInputs, score: Callable[[torch.Tensor], dict[str, float]], metrics: tuple[str, ...],
-                 *, every_steps: int, batch_size: int, device: torch.device, describe: str):
+                 *, every_steps: int, batch_size: int, device: torch.device, describe: str,
+                 dist: Dist = SINGLE_PROCESS):
         self.inputs, self.score, self.metrics = inputs, score, tuple(metrics)
         self.every_steps, self.batch_size, self.device, self.describe = every_steps, batch_size, device, describe
+        self.dist = dist
 
     @property
     def rank_by(self) -> str:
@@ -73,16 +82,17 @@ class QualityEvaluator:
 
     @torch.no_grad()
     def samples(self, generator) -> torch.Tensor:
-        out = []
-        for start in range(0, len(self.inputs), self.batch_size):
+        """All ``len(inputs)`` samples [n, ...] on ``device``, every process drawing only its own batches."""
+        mine = {}
+        for start in self.dist.batch_starts(len(self.inputs), self.batch_size):
             rows = slice(start, start + self.batch_size)
             pick = lambda a: None if a is None else a[rows].to(self.device)  # noqa: E731
-            out.append(generator(pick(self.inputs.x0), pick(self.inputs.y), pick(self.inputs.noise)).float().cpu())
-        return torch.cat(out)
+            mine[start] = generator(pick(self.inputs.x0), pick(self.inputs.y), pick(self.inputs.noise)).float()
+        return self.dist.all_gather_batches(mine, len(self.inputs), self.batch_size)
 
     def __call__(self, generator) -> dict[str, float]:
         x = self.samples(generator)
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x).all():  # the same samples everywhere: every process returns here
             return {name: math.inf for name in self.metrics}
         values = self.score(x)
         return {name: values[name] for name in self.metrics}
@@ -116,36 +126,40 @@ def check_settings(cfg, evaluate_cfg, split) -> None:
                               "(KID subsets of the reference)")
 
 
-def point_evaluator(family, split, cfg, *, num_classes: int, device: torch.device) -> QualityEvaluator:
-    """Sliced W2 and energy distance against a fixed subset of ``cfg.eval_samples`` training points."""
+def point_evaluator(family, split, cfg, *, num_classes: int, device: torch.device,
+                    dist: Dist = SINGLE_PROCESS) -> QualityEvaluator:
+    """Sliced W2 and energy distance against a fixed subset of ``cfg.eval_samples`` training points
+    (every process scores the gathered samples: a few thousand points cost less than another collective)."""
     rows = np.sort(np.random.default_rng(EVAL_SEED).choice(len(split), size=cfg.eval_samples, replace=False))
     reference = PointReference(np.asarray(split.x1[rows]), seed=0)
-    return QualityEvaluator(eval_inputs(family, split, rows, num_classes), lambda x: reference.score(x.numpy()),
+    return QualityEvaluator(eval_inputs(family, split, rows, num_classes), lambda x: reference.score(x.cpu().numpy()),
                             ("energy_distance", "sliced_wasserstein2"), every_steps=cfg.eval_every_steps,
-                            batch_size=cfg.batch_size, device=device,
+                            batch_size=cfg.batch_size, device=device, dist=dist,
                             describe=f"sliced W2 and energy distance of {cfg.eval_samples} samples vs "
                                      f"{cfg.eval_samples} training points")
 
 
 def image_evaluator(family, split, cfg, evaluate_cfg, *, weights_path: str | os.PathLike,
-                    cache_root: str | os.PathLike | None, num_classes: int, device: torch.device) -> QualityEvaluator:
+                    cache_root: str | os.PathLike | None, num_classes: int, device: torch.device,
+                    dist: Dist = SINGLE_PROCESS) -> QualityEvaluator:
     """FID and KID (evaluate's extractor and KID subset size) against the whole training split.
 
     The training split's features come from ``cache_root`` (the features stage's cache, read only) when
-    that stage computed the same ones (``evaluate.reference: train``), else they are extracted here once.
+    that stage computed the same ones (``evaluate.reference: train``), else they are extracted here once,
+    by all processes; the extractor runs on ``device``.
     """
-    extract = FeatureExtractor(evaluate_cfg.feature_extractor, weights_path, device=device.type)
+    extract = FeatureExtractor(evaluate_cfg.feature_extractor, weights_path, device=device)
     batch = cfg.batch_size
-    cached = reference_features(torch.as_tensor(split.x1), extractor=evaluate_cfg.feature_extractor,
-                                extractor_weights_path=weights_path, batch_size=batch, device=device.type,
-                                cache_root=cache_root, write_cache=False)
-    reference = ImageReference(cached, extractor=evaluate_cfg.feature_extractor,
-                               kid_subset_size=evaluate_cfg.kid_subset_size, seed=EVAL_SEED)
+    reference = reference_features_everywhere(torch.as_tensor(split.x1), extract, batch_size=batch,
+                                              cache_root=cache_root, dist=dist)
+    scorer = ImageScorer(reference, extractor=evaluate_cfg.feature_extractor,
+                         kid_subset_size=evaluate_cfg.kid_subset_size, seed=EVAL_SEED, dist=dist)
     rows = np.arange(cfg.eval_samples)  # only paired families read training rows; images use noise
-    score = lambda x: reference.score(extract(x.clamp(-1, 1), batch_size=batch))  # noqa: E731
+    score = lambda x: scorer.score(extract.everywhere(x.clamp(-1, 1), batch_size=batch, dist=dist),  # noqa: E731
+                                   prc=False)
     return QualityEvaluator(eval_inputs(family, split, rows % len(split), num_classes), score,
                             ("kid_mean", "fid"), every_steps=cfg.eval_every_steps, batch_size=batch,
-                            device=device, describe=f"FID and KID ({evaluate_cfg.feature_extractor}) of "
+                            device=device, dist=dist, describe=f"FID and KID ({evaluate_cfg.feature_extractor}) of "
                                                     f"{cfg.eval_samples} samples vs {len(split)} training images")
 
 
@@ -160,11 +174,11 @@ def identity(cfg, evaluate_cfg, split, weights_path: str | os.PathLike | None) -
 
 
 def build(family, split, cfg, evaluate_cfg, *, weights_path, cache_root: Path | None, num_classes: int,
-          device: torch.device) -> QualityEvaluator | None:
-    """The evaluator the distill loop calls, or None when ``cfg.eval_every_steps`` is 0."""
+          device: torch.device, dist: Dist = SINGLE_PROCESS) -> QualityEvaluator | None:
+    """The evaluator the distill loop calls (on every process), or None when ``cfg.eval_every_steps`` is 0."""
     if cfg.eval_every_steps == 0:
         return None
     if split.kind == "points":
-        return point_evaluator(family, split, cfg, num_classes=num_classes, device=device)
+        return point_evaluator(family, split, cfg, num_classes=num_classes, device=device, dist=dist)
     return image_evaluator(family, split, cfg, evaluate_cfg, weights_path=weights_path, cache_root=cache_root,
-                           num_classes=num_classes, device=device)
+                           num_classes=num_classes, device=device, dist=dist)

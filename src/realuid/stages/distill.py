@@ -83,16 +83,18 @@ def evaluation_settings(params, split, features_dir: str) -> tuple[str | None, d
 
 
 def build_evaluator(params, cfg, family, split, teacher_spec: dict, weights: str | None, features_dir: str, dist):
-    """The in-training evaluator (rank 0 only; None elsewhere or when ``cfg.eval_every_steps`` is 0)."""
+    """The in-training evaluator, on every process (they share the work), or None when
+    ``cfg.eval_every_steps`` is 0."""
     from .. import quality
 
-    if cfg.eval_every_steps == 0 or not dist.is_main:
+    if cfg.eval_every_steps == 0:
         return None
     evaluator = quality.build(family, split, cfg, params.evaluate, weights_path=weights,
                               cache_root=Path(features_dir) / "reference_cache",
-                              num_classes=teacher_spec["args"].get("num_classes", 0), device=dist.device)
-    print(f"in-training evaluation: every {cfg.eval_every_steps} generator updates, {evaluator.describe}"
-          f"{'; keeps the best copy' if cfg.keep_best else ''}")
+                              num_classes=teacher_spec["args"].get("num_classes", 0), device=dist.device, dist=dist)
+    if dist.is_main:
+        print(f"in-training evaluation: every {cfg.eval_every_steps} generator updates, {evaluator.describe}"
+              f"{'; keeps the best copy' if cfg.keep_best else ''}")
     return evaluator
 
 

@@ -7,10 +7,17 @@ reference split and size, number of generated samples, seeds, FID blocks), so ``
 like with like. Images also get ``fid_mean``, ``fid_min`` and ``fid_std`` over ``evaluate.fid_blocks``
 disjoint seed blocks of the samples (RealUID's code reports the mean of 3 x 50k, EDM the min of 3).
 
-With ``evaluate.nproc`` > 1 the stage runs under torchrun: image features (the costly part: 50k Inception
-passes per row for standard FID) are extracted batch by batch across the processes, as ``sample`` deals its
-batches, and rank 0 computes the metrics from the gathered features — the same numbers as one process on
-the same device type.
+With ``evaluate.nproc`` > 1 the stage runs under torchrun: image features (50k Inception passes per row
+for standard FID) are extracted batch by batch across the processes, as ``sample`` deals its batches, and
+joined on every process's device; FID statistics, KID subsets and precision/recall distances are then split
+among the processes too (:class:`realuid.metrics.ImageScorer`), so every process ends with the same numbers
+(those of one process within float rounding) and rank 0 only writes them: no process waits in a
+collective while another works alone.
+
+``evaluate.reference_stats`` (a ``.npz`` of ``mu`` and ``sigma``, as EDM's fid-refs and ADM/clean-fid publish
+them) replaces the reference split's statistics for FID (``fid`` and the seed blocks), so numbers compare
+with published ones; KID and precision/recall, which need the reference's features, stay against the
+reference split, and the protocol says both.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import read_split
+from ..data import Split, read_split
 from ..distributed import Dist, session
 from . import common
 
@@ -64,12 +71,26 @@ def _structure_metrics(metrics: dict, gen: dict, reference: np.ndarray, dataset:
 def main(args, params) -> None:
     from ..devices import resolve_device
 
+    stats = _reference_stats(params.evaluate.reference_stats)  # a bad file stops here, before any work
     with session(resolve_device(params.evaluate.device)) as dist:
-        _evaluate(args, params, dist)
-        dist.barrier()  # every process ends once the output is there
+        # No barrier after: the other processes have their numbers when rank 0 writes them, and torchrun
+        # waits for every process anyway; a barrier would hold them in a collective while rank 0 works.
+        _evaluate(args, params, dist, stats)
 
 
-def _evaluate(args, params, dist: Dist) -> None:
+def _reference_stats(path: str) -> dict | None:
+    """The published FID statistics of ``evaluate.reference_stats`` (None when empty)."""
+    if not path:
+        return None
+    from ..metrics import read_reference_statistics
+
+    try:
+        return read_reference_statistics(path)
+    except (OSError, ValueError) as error:
+        raise common.StageError(f"evaluate.reference_stats: {error}") from error
+
+
+def _evaluate(args, params, dist: Dist, reference_stats: dict | None = None) -> None:
     from ..data import read_split
 
     cfg = params.evaluate
@@ -78,18 +99,18 @@ def _evaluate(args, params, dist: Dist) -> None:
     train, test = read_split(args.train), read_split(args.test)
     # teacher, student (the headline copy) and every copy of the generator (student_raw, student_ema_*)
     names = ["teacher", "student", *sorted(p.stem for p in samples.glob("student_*.h5"))]
-    drawn = {who: read_split(samples / f"{who}.h5") for who in names}
-    gen = {who: split.x1 for who, split in drawn.items()}
+    student = read_split(samples / "student.h5")
     timing = json.loads((samples / "timing.json").read_text())
-    n = len(gen["student"])
+    n = len(student)
     if train.kind == "images" and (n % cfg.fid_blocks or n // cfg.fid_blocks < 2):
         raise common.StageError(f"evaluate.fid_blocks: {n} samples do not split into {cfg.fid_blocks} blocks "
                                 "of at least 2; rerun sample")
     reference, other = (train, test) if cfg.reference == "train" else (test, train)
     floor_rows = _real_floor(other, n, cfg.seed)
-    gen["real"] = other.x1[floor_rows]
 
     if train.kind == "points":
+        drawn = {who: student if who == "student" else read_split(samples / f"{who}.h5") for who in names}
+        gen = {**{who: split.x1 for who, split in drawn.items()}, "real": other.x1[floor_rows]}
         if not dist.is_main:
             return
         if dist.parallel:
@@ -105,11 +126,14 @@ def _evaluate(args, params, dist: Dist) -> None:
             sources = {who: split.x0 for who, split in drawn.items()}
             _joint_metrics(metrics, gen, {**sources, "real": other.x0[floor_rows]}, reference, cfg.seed)
     else:
-        metrics = _image_metrics(gen, reference, params, Path(args.features), dist, same=_headline_row(gen, timing))
-        if metrics is None:
+        # One row's images at a time: at paper scale each is 50k-150k images (0.6-1.8 GB for CIFAR-10).
+        rows = {who: (lambda who=who: student if who == "student" else read_split(samples / f"{who}.h5"))
+                for who in names}
+        rows["real"] = lambda: Split(other.x1[floor_rows])
+        metrics = _image_metrics(rows, reference, params, Path(args.features), dist,
+                                 same=_headline_row(student, samples, timing), reference_stats=reference_stats)
+        if not dist.is_main:
             return
-        _class_accuracy(metrics, drawn, params, Path(args.features))
-        _class_masses(metrics, gen, reference.x1, params, Path(args.features))
     for who in ("teacher", "student"):
         metrics[who].update(timing[who])
     for who, row in metrics.items():
@@ -117,7 +141,7 @@ def _evaluate(args, params, dist: Dist) -> None:
         if bad:
             raise common.StageError(f"non-finite {who} metrics: {bad}")
 
-    protocol = _protocol(params, train.kind, drawn["student"], reference, len(floor_rows), Path(args.features))
+    protocol = _protocol(params, train.kind, student, reference, len(floor_rows), Path(args.features))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     common.write_json({**metrics, "protocol": protocol}, args.out)
     for who in metrics:
@@ -144,83 +168,113 @@ def _protocol(params, kind: str, student, reference, floor_size: int, features_d
     from .features import reference_weights
 
     weights = reference_weights(params, features_dir)
-    return {**protocol, "extractor": cfg.feature_extractor, "extractor_weights_sha256": file_digest(weights),
-            "kid_subset_size": cfg.kid_subset_size, "fid_blocks": cfg.fid_blocks, "fid_block_size": n // cfg.fid_blocks}
+    protocol = {**protocol, "extractor": cfg.feature_extractor, "extractor_weights_sha256": file_digest(weights),
+                "kid_subset_size": cfg.kid_subset_size, "fid_blocks": cfg.fid_blocks,
+                "fid_block_size": n // cfg.fid_blocks}
+    if cfg.reference_stats:  # absent otherwise, so the default's metrics file keeps its keys
+        protocol.update(fid_reference="reference_stats", reference_stats=cfg.reference_stats,
+                        reference_stats_sha256=file_digest(cfg.reference_stats),
+                        kid_precision_recall_reference=cfg.reference)
+    return protocol
 
 
-def _headline_row(gen: dict, timing: dict) -> dict[str, str]:
+def _headline_row(student, samples: Path, timing: dict) -> dict[str, str]:
     """``{"student": <its copy>}`` when ``student`` holds exactly the samples of the copy it headlines
-    (as the sample stage writes it), else ``{}``: that row then needs no extraction or FID of its own."""
+    (as the sample stage writes it), else ``{}``: that row then needs no extraction or FID of its own.
+
+    Compared by the content hash the copy's file records (its arrays are checked against it when the
+    copy's row is read), so the copy's images need not be in memory beside the student's.
+    """
+    import h5py
+
     copy = timing.get("student_copy")
-    if copy in gen and copy != "student" and np.array_equal(gen["student"], gen[copy]):
-        return {"student": copy}
-    return {}
+    if copy == "student" or not (samples / f"{copy}.h5").is_file():
+        return {}
+    with h5py.File(samples / f"{copy}.h5", "r") as f:
+        recorded = f.attrs.get("content_hash")
+    recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
+    return {"student": copy} if recorded == student.attrs["content_hash"] else {}
 
 
-def _image_metrics(gen: dict, reference, params, features_dir: Path, dist: Dist,
-                   same: dict[str, str] | None = None) -> dict | None:
-    """FID, KID and precision/recall of every row; features are extracted by all processes, scored on rank 0.
+def _image_metrics(rows: dict, reference, params, features_dir: Path, dist: Dist,
+                   same: dict[str, str] | None = None, reference_stats: dict | None = None) -> dict:
+    """FID, KID and precision/recall of every row, scored by all processes together (every process returns
+    the same numbers): the extractor and the reference (features and FID statistics) are prepared once.
+    ``rows`` maps each row to a function reading its split: one row's images and features are held at a
+    time besides the reference's.
 
     ``same`` maps a row to another row with identical samples (the headline ``student`` and its copy):
     it gets that row's numbers, as computing them again would (at paper scale: 150k Inception passes
-    and K + 1 FIDs saved).
+    and K + 1 FIDs saved). ``reference_stats`` ({"mu", "sigma"}) replace the reference's own for FID.
 
     The reference features come from the features stage's cache (``reference_cache``), which is read,
     never written (it is that stage's output): a miss (other images, other weights) recomputes them here.
+    Class-conditional pipelines also get the classifier's metrics (:class:`_ClassMetrics`).
     """
-    from ..metrics import fid_block_statistics, image_features, image_metrics_from_features, reference_features
+    from ..metrics import FeatureExtractor, ImageScorer, reference_features_everywhere
     from .features import reference_weights
 
     cfg = params.evaluate
-    extraction = dict(extractor=cfg.feature_extractor, extractor_weights_path=reference_weights(params, features_dir),
-                      batch_size=cfg.batch_size, device=dist.device.type, dist=dist)
-    real = reference_features(torch.as_tensor(reference.x1), cache_root=features_dir / "reference_cache",
-                              write_cache=False, **extraction)
+    extract = FeatureExtractor(cfg.feature_extractor, reference_weights(params, features_dir), device=dist.device)
+    real = reference_features_everywhere(torch.as_tensor(reference.x1), extract, batch_size=cfg.batch_size,
+                                         cache_root=features_dir / "reference_cache", dist=dist)
+    scorer = ImageScorer(real, extractor=cfg.feature_extractor, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed,
+                         reference_stats=reference_stats, dist=dist)
+    classes = _ClassMetrics.build(params, features_dir, reference.x1, dist.device)
     same = same or {}
-    features = {who: image_features(torch.as_tensor(x), **extraction) for who, x in gen.items() if who not in same}
-    if not dist.is_main:
-        return None
-    metrics = {who: image_metrics_from_features(feats, real, extractor=cfg.feature_extractor,
-                                                kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
-               for who, feats in features.items()}
-    for who, feats in features.items():
-        if who != "real":  # the floor's size follows the other split, not the seed blocks
-            metrics[who].update(fid_block_statistics(feats, real, blocks=cfg.fid_blocks, extractor=cfg.feature_extractor))
+    metrics = {}
+    for who, read in rows.items():
+        if who in same:
+            continue
+        split = read()
+        try:
+            features = extract.everywhere(torch.as_tensor(split.x1), batch_size=cfg.batch_size, dist=dist)
+            metrics[who] = scorer.score(features)
+            if who != "real":  # the floor's size follows the other split, not the seed blocks
+                metrics[who].update(scorer.fid_blocks(features, cfg.fid_blocks))
+        except ValueError as error:  # e.g. published statistics of another extractor's dimension
+            raise common.StageError(f"{who}: {error}") from error
+        del features
+        if classes is not None:  # every process: the pipeline's small classifier, no collective
+            metrics[who].update(classes.row(split, labelled=who != "real"))
     metrics.update({who: dict(metrics[copy]) for who, copy in same.items()})
-    return {who: metrics[who] for who in gen}  # the rows in the order of gen, as before
+    return {who: metrics[who] for who in rows}  # the rows in the order of rows, as before
 
 
-def _class_accuracy(metrics: dict, drawn: dict, params, features_dir: Path) -> None:
-    """Class-conditional models: does the pipeline's classifier see the class each sample was asked for?"""
-    if params.evaluate.feature_extractor != "realuid-features" or drawn["student"].y is None:
-        return
-    from ..features import classifier_accuracy, load_feature_net
+class _ClassMetrics:
+    """The pipeline's classifier on each row (``evaluate.feature_extractor: realuid-features`` trained for
+    classification): ``class_accuracy`` (class-conditional samples: does it see the class each sample was
+    asked for?) and ``class_tv`` with ``class_mass_<c>`` (does the model draw the classes as often as the
+    reference does? the fraction labelled c, and the total variation distance of those fractions to the
+    reference's own, 0 for the same histogram)."""
 
-    net = load_feature_net(features_dir / "extractor.pt")
-    if net.task != "classification":
-        return
-    for who, split in drawn.items():
-        acc = classifier_accuracy(net, torch.as_tensor(split.x1).clamp(-1, 1), torch.as_tensor(split.y))
-        metrics[who]["class_accuracy"] = acc["accuracy"]
-        metrics[who].update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
+    def __init__(self, net, target: np.ndarray):
+        self.net, self.target = net, target
 
+    @classmethod
+    def build(cls, params, features_dir: Path, reference: np.ndarray, device: torch.device) -> "_ClassMetrics | None":
+        if params.evaluate.feature_extractor != "realuid-features":
+            return None
+        from ..features import class_masses, load_feature_net
 
-def _class_masses(metrics: dict, gen: dict, reference: np.ndarray, params, features_dir: Path) -> None:
-    """Does each model draw the classes as often as the reference does? The pipeline's classifier labels
-    every sample; ``class_mass_<c>`` is the fraction labelled c and ``class_tv`` the total variation
-    distance of those fractions to the reference's own (0: the same histogram)."""
-    if params.evaluate.feature_extractor != "realuid-features":
-        return
-    from ..features import class_masses, load_feature_net
+        net = load_feature_net(features_dir / "extractor.pt").to(device)
+        if net.task != "classification":
+            return None
+        return cls(net, class_masses(net, torch.as_tensor(reference)))
 
-    net = load_feature_net(features_dir / "extractor.pt")
-    if net.task != "classification":
-        return
-    target = class_masses(net, torch.as_tensor(reference))
-    for who, x in gen.items():
-        masses = class_masses(net, torch.as_tensor(x).clamp(-1, 1))
-        metrics[who]["class_tv"] = float(0.5 * np.abs(masses - target).sum())
-        metrics[who].update({f"class_mass_{c}": float(m) for c, m in enumerate(masses)})
+    def row(self, split, *, labelled: bool) -> dict[str, float]:
+        from ..features import class_masses, classifier_accuracy
+
+        images = torch.as_tensor(split.x1).clamp(-1, 1)
+        out = {}
+        if labelled and split.y is not None:
+            acc = classifier_accuracy(self.net, images, torch.as_tensor(split.y))
+            out["class_accuracy"] = acc["accuracy"]
+            out.update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
+        masses = class_masses(self.net, images)
+        out["class_tv"] = float(0.5 * np.abs(masses - self.target).sum())
+        out.update({f"class_mass_{c}": float(m) for c, m in enumerate(masses)})
+        return out
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -5,15 +5,19 @@ corrupted input of the test split, cycled, and a bridge generator that takes noi
 noise), so it is the same whatever the batch size or device.
 
 With ``sample.nproc`` > 1 the stage runs under torchrun and deals whole batches to the processes
-round-robin (batch ``j`` to rank ``j % nproc``); rank 0 gathers and writes. A batch is computed exactly as
-in one process, SDE noise included, so the files are identical to a one-process run on the same device
-type.
+round-robin (batch ``j`` to rank ``j % nproc``); after each round of batches rank 0 gathers them and
+streams them into the files. A batch is computed exactly as in one process, SDE noise included, so the
+files are identical to a one-process run on the same device type.
+
+Memory: samples are never all held; each batch goes into its HDF5 file as it comes
+(:class:`realuid.data.SplitWriter`, the same bytes as writing the whole array at once), and only the
+first ``GRID_IMAGES`` images of each row are kept for its picture (points: all of them, for the plot).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-
 import time
 from typing import Callable
 
@@ -23,7 +27,7 @@ import torch
 from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_batch
 from ..checkpoints import read_checkpoint
 from ..config import BEST_COPY
-from ..data import read_split
+from ..data import SplitWriter, read_split
 from ..devices import resolve_device
 from ..distributed import SINGLE_PROCESS, Dist, session
 from ..plots import image_grid, scatter
@@ -49,37 +53,53 @@ def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
     return torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None
 
 
-def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
-                 dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
-    """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator.
+def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
+                   dist: Dist = SINGLE_PROCESS, sink: Callable[[dict[str, torch.Tensor]], None] | None = None,
+                   ) -> dict[str, float]:
+    """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator, batch by batch.
 
     ``inputs(start, n)`` gives the generator inputs, labels and generator noise of samples
     ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
-    makes only those of its own batches. Returns
-    ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere), {who: seconds})``; seconds are the
-    slowest process's (the wall time of a parallel run).
+    makes only those of its own batches. Rank 0 calls ``sink({who: samples [b, ...] on CPU})`` for every
+    batch in order (batches of a round of processes are gathered together, so at most ``world_size``
+    batches are held). Returns ``{who: seconds}``, the slowest process's (the wall time of a parallel run).
     """
     device = dist.device
-    mine: dict[int, dict[str, torch.Tensor]] = {}
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
+    batches = -(-n_samples // cfg.batch_size)
     with torch.no_grad():
-        for start in dist.batch_starts(n_samples, cfg.batch_size):
-            xb, yb, nb = (None if a is None else a.to(device) for a in inputs(start, min(cfg.batch_size, n_samples - start)))
-            # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
-            out, sec = _timed(lambda: sample_teacher_batch(family, teacher, xb, yb, nfe=cfg.teacher_nfe,
-                                                           method=cfg.teacher_method, seed=cfg.seed, start=start),
-                              device)
-            mine[start] = {"teacher": out.cpu()}
-            seconds["teacher"] += sec
-            for name, generator in generators.items():
-                out, sec = _timed(lambda: generator(xb, yb, nb), device)
-                mine[start][name] = out.cpu()
-                seconds[name] += sec
-    slowest = {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
-    ordered = dist.gather_batches(mine)
-    if ordered is None:
-        return None, slowest
-    return {who: torch.cat([b[who] for b in ordered]) for who in seconds}, slowest
+        for first in range(0, batches, dist.world_size):  # one round: batch first + rank on each process
+            mine = {}
+            start = (first + dist.rank) * cfg.batch_size
+            if start < n_samples:
+                xb, yb, nb = (None if a is None else a.to(device)
+                              for a in inputs(start, min(cfg.batch_size, n_samples - start)))
+                # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
+                out, sec = _timed(lambda: sample_teacher_batch(family, teacher, xb, yb, nfe=cfg.teacher_nfe,
+                                                               method=cfg.teacher_method, seed=cfg.seed, start=start),
+                                  device)
+                mine[start] = {"teacher": out.cpu()}
+                seconds["teacher"] += sec
+                for name, generator in generators.items():
+                    out, sec = _timed(lambda: generator(xb, yb, nb), device)
+                    mine[start][name] = out.cpu()
+                    seconds[name] += sec
+            ordered = dist.gather_batches(mine)
+            if ordered is not None and sink is not None:
+                for batch in ordered:
+                    sink(batch)
+    return {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
+
+
+def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
+                 dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+    """:func:`stream_samples` collected: ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere),
+    {who: seconds})``."""
+    batches: list[dict[str, torch.Tensor]] = []
+    seconds = stream_samples(family, teacher, generators, inputs, n_samples, cfg, dist, sink=batches.append)
+    if not dist.is_main:
+        return None, seconds
+    return {who: torch.cat([b[who] for b in batches]) for who in seconds}, seconds
 
 
 def main(args, params) -> None:
@@ -88,13 +108,12 @@ def main(args, params) -> None:
         if dist.parallel and dist.is_main and -(-cfg.n_samples // cfg.batch_size) < dist.world_size:
             print(f"sample: only {-(-cfg.n_samples // cfg.batch_size)} batches for {dist.world_size} processes; "
                   "lower sample.batch_size to keep every process busy")
+        # No barrier after: rank 0 finishes the files alone (pictures, timing) and torchrun waits for
+        # every process anyway; a barrier would hold the others in a collective meanwhile.
         _sample(args, params, dist)
-        dist.barrier()  # every process ends once the output is there
 
 
 def _sample(args, params, dist: Dist) -> None:
-    from ..data import write_split
-
     cfg = params.sample
     device = dist.device
     split = read_split(args.data)
@@ -121,30 +140,43 @@ def _sample(args, params, dist: Dist) -> None:
     per_sample = split.x1[0].nbytes * (2 if family.paired else 1) + 8
     common.check_folders({common.output_folder(args.out): (len(copies) + 2) * cfg.n_samples * per_sample}, dist)
 
-    outputs, by_who = draw_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
-    if not dist.is_main:
-        return
-    outputs["student"] = outputs[headline]
-    seconds = {"teacher": by_who["teacher"], "student": by_who[headline]}
-
     nfe = {"teacher": cfg.teacher_nfe, "student": 1}
+    who_files = ["teacher", *generators, "student"]  # `student`: the headline copy's samples once more
+    if not dist.is_main:
+        stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
+        return
     labels = class_labels(np.arange(cfg.n_samples), classes)
     labels = None if labels is None else labels.numpy()
     # Paired families: each sample is stored with the input it was drawn from, so evaluate scores the pairs.
     inputs_x0 = split.x0[np.arange(cfg.n_samples) % len(split)] if family.paired else None
-    with common.atomic_dir(args.out) as tmp:
-        for who, samples in outputs.items():
-            x = samples.float().numpy()
-            if not np.isfinite(x).all():
-                raise common.StageError(f"the {who} generator produced non-finite samples")
-            # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
-            write_split(tmp / f"{who}.h5", x, y=labels, x0=inputs_x0, attrs={"source": who, "seed": cfg.seed})
-            if who in nfe:
-                title = f"{who} ({params.family.name}, NFE {nfe[who]})"
-                if x.ndim == 4:
-                    image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
-                else:
-                    scatter(x, tmp / f"{who}.png", title=title, reference=split.x1)
+    images = len(split.sample_shape) == 3
+    with common.atomic_dir(args.out) as tmp, contextlib.ExitStack() as files:
+        writers = {who: files.enter_context(SplitWriter(tmp / f"{who}.h5", cfg.n_samples, split.sample_shape,
+                                                        y=labels, x0=inputs_x0,
+                                                        attrs={"source": who, "seed": cfg.seed}))
+                   for who in who_files}
+        shown: dict[str, list[np.ndarray]] = {who: [] for who in nfe}  # what the pictures need
+
+        def sink(batch: dict[str, torch.Tensor]) -> None:
+            batch = {**batch, "student": batch[headline]}
+            for who in who_files:
+                x = batch[who].float().numpy()
+                if not np.isfinite(x).all():
+                    raise common.StageError(f"the {who} generator produced non-finite samples")
+                # Samples may leave [-1, 1] slightly; they are stored as drawn (metrics see the truth).
+                writers[who].append(x)
+                if who in shown and not (images and sum(len(a) for a in shown[who]) >= GRID_IMAGES):
+                    shown[who].append(x)
+
+        by_who = stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist, sink=sink)
+        for who in nfe:
+            x = np.concatenate(shown[who])
+            if images:
+                image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
+            else:
+                scatter(x, tmp / f"{who}.png", title=f"{who} ({params.family.name}, NFE {nfe[who]})",
+                        reference=split.x1)
+        seconds = {"teacher": by_who["teacher"], "student": by_who[headline]}
         timing = {who: {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)} for who in nfe}
         common.write_json({**timing, "device": str(device), "processes": dist.world_size,
                            "n_samples": cfg.n_samples, "student_copy": headline,

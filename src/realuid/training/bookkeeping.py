@@ -102,7 +102,8 @@ def after_step(done: int, *, cfg, stop_after, meter: Meter, dist: Dist, log: Cur
                 on_row: Callable[[dict], None] | None = None,
                 evaluate: Callable[[int], None] | None = None) -> bool:
     """Bookkeeping after step ``done`` of either loop: at log boundaries read the meter (one host sync),
-    stop on a non-finite loss, append the curves row; then ``evaluate(done)`` on rank 0; at checkpoint
+    stop on a non-finite loss, append the curves row; then ``evaluate(done)`` on every process (the
+    evaluation is shared among them; rank 0 writes its rows); at checkpoint
     boundaries save ``state()`` (rank 0). Evaluating before the checkpoint means a checkpoint at step s
     never precedes the rows of step s, so trimming to the checkpoint on resume loses no row.
     Returns True when the loop should stop here (``stop_after``)."""
@@ -117,7 +118,7 @@ def after_step(done: int, *, cfg, stop_after, meter: Meter, dist: Dist, log: Cur
             if on_row is not None:
                 on_row(row)
         bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if not k.endswith("grad_norm")})
-    if evaluate is not None and dist.is_main:
+    if evaluate is not None:
         evaluate(done)
     if at_ckpt:
         if dist.is_main:

@@ -32,12 +32,14 @@ class QualityLog:
     Rows ``{step, copy, *metrics}`` go to ``path`` (full precision) every ``evaluator.every_steps`` generator
     updates and at the last step; like the curves, the table lives in the state folder and is trimmed to
     the checkpoint on resume. With ``keep_best`` the weights of the best (copy, step) by
-    ``evaluator.rank_by`` (lower is better, the first of equals kept) travel in the checkpoint. Rank 0 only.
+    ``evaluator.rank_by`` (lower is better, the first of equals kept) travel in the checkpoint. Every
+    process evaluates (the evaluator shares the work and returns the same values everywhere); only ``write``
+    (rank 0) appends the rows.
     Each call runs on a fork of the global RNG, so training draws the same numbers with or without it.
     """
 
-    def __init__(self, evaluator, path: Path, *, keep_best: bool):
-        self.evaluator, self.keep_best = evaluator, keep_best
+    def __init__(self, evaluator, path: Path, *, keep_best: bool, write: bool = True):
+        self.evaluator, self.keep_best, self.write = evaluator, keep_best, write
         self.log = CurveLog(path, ["copy", *evaluator.metrics], float_format=repr)
         self.best: dict | None = None  # {"copy", "step", <rank_by>, "state_dict"}
         self._scratch: nn.Module | None = None  # a generator to load EMA copies into
@@ -58,7 +60,8 @@ class QualityLog:
             devices = [uid.device] if uid.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 values = self.evaluator(generator)
-            self.log.append({"step": step, "copy": name, **values})
+            if self.write:
+                self.log.append({"step": step, "copy": name, **values})
             if self.keep_best and (self.best is None or values[rank_by] < self.best[rank_by]):
                 state = (weights if weights is not None else uid.generator.net.state_dict())
                 self.best = {"copy": name, "step": step, rank_by: values[rank_by],
@@ -276,7 +279,7 @@ def distill(
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
     with it). ``evaluator`` (a :class:`realuid.quality.QualityEvaluator`, or None) scores every copy of the
-    generator every ``evaluator.every_steps`` updates on rank 0 into ``state_dir/eval.csv``
+    generator every ``evaluator.every_steps`` updates (on every process, rank 0 writing) into ``state_dir/eval.csv``
     (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
     one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as
     its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
@@ -293,16 +296,17 @@ def distill(
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     phases = cfg.fake_updates_per_generator_update + 1
     keep_best = getattr(cfg, "keep_best", False)
-    if keep_best and evaluator is None and dist.is_main:  # other ranks never evaluate
+    if keep_best and evaluator is None:
         raise ConfigError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
-    quality = None if evaluator is None else QualityLog(evaluator, state_dir / "eval.csv", keep_best=keep_best)
+    quality = (None if evaluator is None
+               else QualityLog(evaluator, state_dir / "eval.csv", keep_best=keep_best, write=dist.is_main))
 
     start = 0
     state = resume_state(ckpt_path, dist)
     if state is not None:
         uid.load_state_dict(state)
         start = state["step"]
-        if quality is not None and dist.is_main:  # only rank 0 evaluates and publishes
+        if quality is not None:
             quality.load_state_dict(state)
     if dist.is_main:
         log.trim(start)
