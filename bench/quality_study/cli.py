@@ -180,7 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="parallel jobs (default 2, one torch thread each)")
     p.add_argument("--no-digits", action="store_true", help="skip the 8x8 digits part")
     p.add_argument("--work", help="folder for checkpoints and cached job results (default: a temp folder)")
-    p.add_argument("--out", default=str(BENCH), help="where RESULTS.md, results JSON and figures/ go")
+    p.add_argument("--out", default=str(BENCH / "results"), help="where RESULTS.md, results JSON and figures/ go")
     return p.parse_args(argv)
 
 
