@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VALIDATION_FRACTION = 0.2
 KID_SUBSET = 200  # <= the validation split's 287 images
 
+
 def both_optimizers(**changes) -> dict:
     """The same change of the generator's and the fake model's optimizer."""
     return {"distill": {"generator_optim": changes, "fake_optim": changes}}
@@ -211,7 +212,7 @@ def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dic
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])
     cfg = distill_config(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
-                       steps=args["steps"], seed=seed)
+                         steps=args["steps"], seed=seed)
     state = work / f"run-{run_digest(setting, shared['teacher'], args, seed)}"
     # A resumed run adds this session's seconds and updates to those of the sessions before it.
     timing_path = state / "timing.json"
