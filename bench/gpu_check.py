@@ -202,19 +202,15 @@ def synchronize(device: torch.device) -> None:
 # ------------------------------------------------------------------------------------ measurements
 
 
-def run_iteration(uid, batch, fake_updates: int, device: torch.device, seed: int) -> list[torch.Tensor]:
-    """One distillation iteration: ``fake_updates`` fake steps, one generator step; losses stay on device."""
-    losses = []
-    for k in range(fake_updates + 1):
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed * (fake_updates + 1) + k)
-        step = uid.fake_step if k < fake_updates else uid.generator_step
-        loss, _grad_norm = step(batch, rng)
-        losses.append(loss)
-    return losses
+def run_iteration(uid, batch, step: int) -> list[torch.Tensor]:
+    """Distillation update ``step`` as the loop runs it (its fake phases, then the generator phase), every
+    phase on the one synthetic ``batch``; the losses stay on the device."""
+    from realuid.training.distillation import distillation_update
+
+    return [loss for loss, _grad_norm in distillation_update(uid, lambda _index: batch, step, seed=0)]
 
 
-def count_host_syncs(uid, batch, fake_updates: int, device: torch.device, precision_ctx) -> int | None:
+def count_host_syncs(uid, batch, device: torch.device, precision_ctx) -> int | None:
     """Synchronising CUDA calls in one iteration, by torch's sync debug mode (None off CUDA)."""
     if device.type != "cuda":
         return None
@@ -223,7 +219,7 @@ def count_host_syncs(uid, batch, fake_updates: int, device: torch.device, precis
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with precision_ctx():
-                run_iteration(uid, batch, fake_updates, device, seed=10**6)
+                run_iteration(uid, batch, step=10**6)
             synchronize(device)
         finally:
             torch.cuda.set_sync_debug_mode("default")
@@ -254,15 +250,15 @@ def measure_distillation(size: Size, cfg, precision: str, device: torch.device, 
     losses = []
     with precision_ctx():
         for i in range(size.warmup_iterations):
-            losses += run_iteration(uid, batch, fake_updates, device, seed=i)
+            losses += run_iteration(uid, batch, step=i)
     synchronize(device)
     start = time.perf_counter()
     with precision_ctx():
         for i in range(size.timed_iterations):
-            losses += run_iteration(uid, batch, fake_updates, device, seed=size.warmup_iterations + i)
+            losses += run_iteration(uid, batch, step=size.warmup_iterations + i)
     synchronize(device)
     seconds = time.perf_counter() - start
-    syncs = count_host_syncs(uid, batch, fake_updates, device, precision_ctx)
+    syncs = count_host_syncs(uid, batch, device, precision_ctx)
     stacked = torch.stack([loss.float() for loss in losses])
     row = {
         "iterations_per_s": size.timed_iterations / seconds,

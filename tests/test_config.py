@@ -188,3 +188,14 @@ def test_the_toy_config_is_the_former_default_on_points():
     assert toy.prepare.source == "toy" and toy.train_teacher.model.arch in ("auto", "mlp")
     default = load_params(ROOT / "params.yaml")
     assert default.prepare.source in ("digits", "cifar10") and default.train_teacher.model.arch in ("auto", "unet")
+
+
+def test_with_changes_merges_nested_sections_and_leaves_its_inputs_alone():
+    from realuid.config import with_changes
+
+    settings = {"steps": 10, "optim": {"lr": 1e-3, "betas": [0.9, 0.999]}, "gan": {"enabled": False}}
+    changes = {"optim": {"betas": (0.0, 0.99)}, "steps": 20}
+    before = copy.deepcopy((settings, changes))
+    assert with_changes(settings, changes) == {"steps": 20, "optim": {"lr": 1e-3, "betas": [0.0, 0.99]},
+                                               "gan": {"enabled": False}}
+    assert (settings, changes) == before

@@ -104,6 +104,25 @@ def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, opt
     assert not same_weights(straight.weights, teacher.state_dict())  # it did train
 
 
+def test_distillation_update_is_the_loops_schedule(tmp_path):
+    """Stepping the public update by hand (what the benchmarks time) ends where the loop does, bit for bit,
+    and each update runs the fake phases, then the generator phase."""
+    from realuid.training.batches import BatchStream
+
+    family = make_family("fm")
+    data, spec = toy_data(family), spec_for()
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    looped = distill(family, data, teacher, spec, DISTILL, tmp_path, alpha=0.9, beta=0.95, progress=False)
+    uid = RealUID(family, teacher, spec, DISTILL, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+    stream = BatchStream(data, DISTILL.batch_size, DISTILL.seed)
+    for step in range(DISTILL.steps):
+        phases = distillation.distillation_update(uid, stream, step, DISTILL.seed)
+    assert len(phases) == DISTILL.fake_updates_per_generator_update + 1
+    assert all(loss.dim() == 0 and norm.dim() == 0 for loss, norm in phases)
+    assert same_weights(looped.weights, uid.generator.net.state_dict())
+
+
 def test_finished_run_is_not_repeated(tmp_path, monkeypatch):
     family = make_family("fm")
     data, spec = toy_data(family), spec_for()

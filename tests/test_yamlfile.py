@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from realuid.config import load_params
+from realuid.config import ConfigError, load_params
 from realuid.yamlfile import parse_yaml, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,13 @@ def test_the_levers_study_reads_params_and_overrides_as_dvc_does():
     sys.path.insert(0, str(ROOT / "bench"))
     from quality_study.digits_levers import load_base
 
-    base = load_base(ROOT / "params.yaml", ["distill.generator_optim.lr=5e-4", "distill.fake_init=off"])
-    assert base["distill"]["generator_optim"]["lr"] == 0.0005 and base["distill"]["fake_init"] == "off"
+    base = load_base(ROOT / "params.yaml", ["distill.generator_optim.lr=5e-4", "distill.fake_init=random"])
+    assert base["distill"]["generator_optim"]["lr"] == 0.0005 and base["distill"]["fake_init"] == "random"
+    # YAML 1.2 as DVC reads it (`off` stays a string, not false), then the pipeline's own checks of params.
+    with pytest.raises(ConfigError, match="^distill.fake_init: 'off' is not one of random, teacher$"):
+        load_base(ROOT / "params.yaml", ["distill.fake_init=off"])
+    with pytest.raises(ConfigError, match="^unknown key distil "):
+        load_base(ROOT / "params.yaml", ["distil.steps=5"])
 
 
 @pytest.mark.parametrize("text, message", [

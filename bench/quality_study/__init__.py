@@ -3,5 +3,5 @@
 Modules: ``settings`` (every size and hyper-parameter, full and quick), ``tasks`` (data sets, held-out
 and floor samples, user point files), ``toy`` (one teacher + two students per job, with distances and
 convergence curves), ``digits`` (8x8 digits with the offline FID), ``stats`` (means, spreads, verdicts),
-``figures`` and ``report`` (bench/RESULTS.md), ``cli`` (the command and its job scheduler).
+``figures`` and ``report`` (bench/results/RESULTS.md), ``cli`` (the command and its job scheduler).
 """

@@ -180,7 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="parallel jobs (default 2, one torch thread each)")
     p.add_argument("--no-digits", action="store_true", help="skip the 8x8 digits part")
     p.add_argument("--work", help="folder for checkpoints and cached job results (default: a temp folder)")
-    p.add_argument("--out", default=str(BENCH), help="where RESULTS.md, results JSON and figures/ go")
+    p.add_argument("--out", default=str(BENCH / "results"), help="where RESULTS.md, results JSON and figures/ go")
     return p.parse_args(argv)
 
 
@@ -250,20 +250,14 @@ def accumulate_wall_seconds(path: Path, seconds: float, *, command: str = "", co
 
 
 def code_version() -> str:
-    """``git`` commit of the repository, with a note when the working tree has uncommitted changes."""
-    import subprocess
+    """The repository's commit (short), with a note when tracked files under src/ or bench/ differ from it:
+    the code a study ran, for its report."""
+    from realuid.checkpoints import code_provenance
 
-    root = BENCH.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
-    if not commit:
-        return "unknown (not a git checkout)"
-    return commit + (" with uncommitted changes" if dirty else "")
+    code = code_provenance(BENCH.parent / "src", BENCH)
+    if code["commit"] is None:
+        return "unknown (not a git checkout, or git not available)"
+    return code["commit"][:12] + (" with uncommitted changes under src/ or bench/" if code["dirty"] else "")
 
 
 def report_name(study: presets.StudySettings, user: tasks.UserPoints | None) -> str:

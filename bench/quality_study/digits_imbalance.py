@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import stats
-from .digits_levers import (_code_version, _distill_cfg, _evaluator, add_study_arguments, distil_setting,
-                            prepare_shared, splits, start_study, summarize)
+from . import cli, stats
+from .digits_levers import (add_study_arguments, distil_setting, distill_config, fid_evaluator, prepare_shared, splits,
+                            start_study, summarize)
 
 HISTOGRAM_SEED = 3_000_000  # sample i starts from the noise of seed HISTOGRAM_SEED + i (far from EVAL_SEED's)
 GRID_IMAGES = 50  # the first scored images of every row that --grid shows
@@ -83,7 +83,7 @@ def score_images(x: torch.Tensor, shared: dict, base: dict, heavy: list[int], re
     finite = bool(torch.isfinite(x).all())
     x = torch.nan_to_num(x.float()).clamp(-1, 1)  # what the evaluator scores too
     masses = class_masses(load_feature_net(shared["features"]), x)
-    evaluator = _evaluator(shared, _distill_cfg(base["distill"], eval_every=1, eval_samples=len(x)), val)
+    evaluator = fid_evaluator(shared, distill_config(base["distill"], eval_every=1, eval_samples=len(x)), val)
     scores = evaluator.score(x)
     return {"images": len(x), "finite": finite, "class_masses": masses.tolist(),
             "heavy_mass": float(masses[heavy].sum()), "class_tv": float(0.5 * np.abs(masses - reference).sum()),
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                                             args.copy) for a, b in settings}
     result = {
         "command": "bench/digits_imbalance " + " ".join(sys.argv[1:] if argv is None else argv),
-        "code": _code_version(), "base": base, "heavy_classes": heavy, "heavy_weight": args.heavy_weight,
+        "code": cli.code_version(), "base": base, "heavy_classes": heavy, "heavy_weight": args.heavy_weight,
         "settings": [list(s) for s in settings], "steps": steps, "seeds": args.seeds, "copy": args.copy,
         "nfe": args.nfe, "samples": args.samples, "eval_samples": args.eval_samples, "workers": args.workers,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "n_fit": shared["n_fit"], "n_val": shared["n_val"],

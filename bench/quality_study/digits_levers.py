@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import functools
 import hashlib
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,51 +35,53 @@ from realuid.models import build_model, model_spec
 from realuid.training.batches import TrainData
 from realuid.yamlfile import parse_yaml, read_yaml
 
+from . import cli
+
 ROOT = Path(__file__).resolve().parents[2]
 VALIDATION_FRACTION = 0.2
 KID_SUBSET = 200  # <= the validation split's 287 images
 
-# name -> overrides of the distill block (dotted keys), each group changed alone against the base.
-LEVERS: dict[str, dict] = {
+
+def both_optimizers(**changes) -> dict:
+    """The same change of the generator's and the fake model's optimizer."""
+    return {"distill": {"generator_optim": changes, "fake_optim": changes}}
+
+
+# name -> changes of a run's setting ({"alpha", "beta", "distill"}, in the form of
+# realuid.config.with_changes), each lever alone against the base; a function of the base's distill
+# section where the change is relative to it.
+LEVERS: dict[str, dict | Callable[[dict], dict]] = {
     "base": {},
-    "lr 2e-4": {"generator_optim.lr": 2e-4, "fake_optim.lr": 2e-4},
-    "lr 1e-3": {"generator_optim.lr": 1e-3, "fake_optim.lr": 1e-3},
-    "lr 2e-3": {"generator_optim.lr": 2e-3, "fake_optim.lr": 2e-3},
-    "constant lr": {"generator_optim.decay": "constant", "fake_optim.decay": "constant"},
-    "warm-up 200": {"generator_optim.warmup_steps": 200, "fake_optim.warmup_steps": 200},
-    "lr 1e-3, warm-up 200": {"generator_optim.lr": 1e-3, "fake_optim.lr": 1e-3,
-                             "generator_optim.warmup_steps": 200, "fake_optim.warmup_steps": 200},
-    "batch 128": {"batch_size": 128},
-    "batch 32": {"batch_size": 32},
-    "fake lr x2": {"fake_optim.lr": "2x"},
-    "fake updates 2": {"fake_updates_per_generator_update": 2},
-    "fake updates 5": {"fake_updates_per_generator_update": 5},
-    "fake init random": {"fake_init": "random"},
-    "generator betas (0.9, 0.999)": {"generator_optim.betas": [0.9, 0.999], "fake_optim.betas": [0.9, 0.999]},
+    "lr 2e-4": both_optimizers(lr=2e-4),
+    "lr 1e-3": both_optimizers(lr=1e-3),
+    "lr 2e-3": both_optimizers(lr=2e-3),
+    "constant lr": both_optimizers(decay="constant"),
+    "warm-up 200": both_optimizers(warmup_steps=200),
+    "lr 1e-3, warm-up 200": both_optimizers(lr=1e-3, warmup_steps=200),
+    "batch 128": {"distill": {"batch_size": 128}},
+    "batch 32": {"distill": {"batch_size": 32}},
+    "fake lr x2": lambda distill: {"distill": {"fake_optim": {"lr": 2 * distill["fake_optim"]["lr"]}}},
+    "fake updates 2": {"distill": {"fake_updates_per_generator_update": 2}},
+    "fake updates 5": {"distill": {"fake_updates_per_generator_update": 5}},
+    "fake init random": {"distill": {"fake_init": "random"}},
+    "generator betas (0.9, 0.999)": both_optimizers(betas=[0.9, 0.999]),
     "data-free": {"alpha": 1.0, "beta": 1.0},
     "beta 1 (alpha 0.94)": {"beta": 1.0},
     "alpha 0.2, beta 1": {"alpha": 0.2, "beta": 1.0},
 }
 
 
-def _set(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        tree = tree[key]
-    if isinstance(value, str) and value.endswith("x") and isinstance(tree[leaf], (int, float)):
-        value = float(value[:-1]) * tree[leaf]  # "2x": a multiple of the base's value
-    tree[leaf] = value
-
-
 def load_base(params_path: Path, overrides: list[str]) -> dict:
-    """{"alpha", "beta", "train_teacher", "distill"} from a params file, with ``key=value`` overrides."""
+    """{"alpha", "beta", "train_teacher", "distill", "features", "prepare"} from a params file, with dotted
+    ``key=value`` overrides (as ``dvc exp run --set-param`` takes them), checked as the pipeline checks params."""
     params = read_yaml(params_path)
-    base = {"alpha": params["alpha"], "beta": params["beta"], "train_teacher": params["train_teacher"],
-            "distill": params["distill"], "features": params["features"], "prepare": params["prepare"]}
     for item in overrides:
         key, _, value = item.partition("=")
-        _set(base, key, parse_yaml(value, f"override {item!r}"))
-    return base
+        change = functools.reduce(lambda inner, name: {name: inner}, reversed(key.split(".")),
+                                  parse_yaml(value, f"override {item!r}"))
+        params = config_module.with_changes(params, change)
+    config_module.build(config_module.Params, params)  # an unknown key or a bad value stops here, named
+    return {key: params[key] for key in ("alpha", "beta", "train_teacher", "distill", "features", "prepare")}
 
 
 def splits(prepare: dict):
@@ -134,7 +137,8 @@ def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None 
     return out
 
 
-def _evaluator(shared: dict, distill_cfg, val):
+def fid_evaluator(shared: dict, distill_cfg, val):
+    """In-training FID (and KID) against the validation digits ``val``, with the study's feature extractor."""
     from realuid import quality
 
     evaluate_cfg = argparse.Namespace(feature_extractor="realuid-features", kid_subset_size=KID_SUBSET)
@@ -151,8 +155,8 @@ def score_teacher(shared: dict, base: dict, eval_samples: int, nfe: int) -> dict
 
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])
-    cfg = _distill_cfg(base["distill"], eval_every=1, eval_samples=eval_samples)
-    evaluator = _evaluator(shared, cfg, val)
+    cfg = distill_config(base["distill"], eval_every=1, eval_samples=eval_samples)
+    evaluator = fid_evaluator(shared, cfg, val)
     net, family = load_teacher(shared["teacher"]).net, make_family("fm")
     start = time.perf_counter()
     with torch.no_grad():
@@ -166,15 +170,16 @@ def score_teacher(shared: dict, base: dict, eval_samples: int, nfe: int) -> dict
             "sample_seconds": time.perf_counter() - start}
 
 
-def _distill_cfg(distill: dict, *, eval_every: int, eval_samples: int, steps: int | None = None, seed: int | None = None):
-    tree = json.loads(json.dumps(distill))
-    tree.update(eval_every_steps=eval_every, eval_samples=eval_samples, keep_best=False, device="cpu", nproc=1)
+def distill_config(distill: dict, *, eval_every: int, eval_samples: int, steps: int | None = None,
+                   seed: int | None = None):
+    """The :class:`realuid.config.DistillConfig` of a study run: ``distill`` with what the study sets itself."""
+    changes = {"eval_every_steps": eval_every, "eval_samples": eval_samples, "keep_best": False, "device": "cpu",
+               "nproc": 1, "checkpoint_every_steps": eval_every}  # a killed study resumes its runs where they stopped
     if steps is not None:
-        tree["steps"] = steps
+        changes["steps"] = steps
     if seed is not None:
-        tree["seed"] = seed
-    tree["checkpoint_every_steps"] = eval_every  # a killed study resumes its runs where they stopped
-    return config_module.build(config_module.DistillConfig, tree, "distill.")
+        changes["seed"] = seed
+    return config_module.build(config_module.DistillConfig, config_module.with_changes(distill, changes), "distill.")
 
 
 # Keys the study sets itself (per run or for all runs), whatever the params file says.
@@ -190,11 +195,11 @@ def run_digest(setting: dict, teacher: str, args: dict, seed: int) -> str:
 
 def run_student(lever: str, seed: int, shared: dict, base: dict, args: dict, work: Path) -> dict:
     """Distil one student under ``LEVERS[lever]`` applied to the base and return its curve."""
-    setting = json.loads(json.dumps({"alpha": base["alpha"], "beta": base["beta"], "distill": base["distill"]}))
-    for key, value in LEVERS[lever].items():
-        _set(setting if key in ("alpha", "beta") else setting["distill"], key, value)
+    changes = LEVERS[lever](base["distill"]) if callable(LEVERS[lever]) else LEVERS[lever]
+    setting = config_module.with_changes({"alpha": base["alpha"], "beta": base["beta"], "distill": base["distill"]},
+                                         changes)
     _, run = distil_setting(setting, seed, shared, base, args, work)
-    return {"lever": lever, "seed": seed, "overrides": LEVERS[lever], **run}
+    return {"lever": lever, "seed": seed, "overrides": changes, **run}
 
 
 def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dict, work: Path):
@@ -206,8 +211,8 @@ def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dic
 
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])
-    cfg = _distill_cfg(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
-                       steps=args["steps"], seed=seed)
+    cfg = distill_config(setting["distill"], eval_every=args["eval_every"], eval_samples=args["eval_samples"],
+                         steps=args["steps"], seed=seed)
     state = work / f"run-{run_digest(setting, shared['teacher'], args, seed)}"
     # A resumed run adds this session's seconds and updates to those of the sessions before it.
     timing_path = state / "timing.json"
@@ -216,7 +221,7 @@ def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dic
     start = time.perf_counter()
     generator = distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
                         shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
-                        evaluator=_evaluator(shared, cfg, val))
+                        evaluator=fid_evaluator(shared, cfg, val))
     if cfg.steps > done_before:
         timing = {"seconds": timing["seconds"] + time.perf_counter() - start,
                   "updates": timing["updates"] + cfg.steps - done_before}
@@ -246,14 +251,6 @@ def summarize(run: dict, teacher_fid: float, copy: str) -> dict:
     best = min(rows, key=lambda r: r["fid"])
     return {"final_fid": last["fid"], "final_ratio": last["fid"] / teacher_fid, "best_fid": best["fid"],
             "best_step": int(best["step"]), "seconds_per_update": run["seconds_per_update"]}
-
-
-def _code_version() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -329,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher_fid = teacher[f"nfe{args.nfe}"]["fid"]
     result = {
         "command": "bench/digits_levers " + " ".join(os.sys.argv[1:] if argv is None else argv),
-        "code": _code_version(), "base": base, "steps": steps, "seeds": args.seeds, "copy": args.copy,
+        "code": cli.code_version(), "base": base, "steps": steps, "seeds": args.seeds, "copy": args.copy,
         "nfe": args.nfe, "eval_samples": args.eval_samples, "workers": args.workers, "teacher": teacher,
         "n_fit": shared["n_fit"], "n_val": shared["n_val"], "teacher_parameters": shared["teacher_parameters"],
         "summary": {lever: [summarize(done[(lever, s)], teacher_fid, args.copy) for s in args.seeds]

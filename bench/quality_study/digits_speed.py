@@ -1,8 +1,9 @@
 """Seconds per distillation update of the 8x8 digits UNet on CPU, one setting changed at a time.
 
-Every variant runs the library's own :class:`realuid.training.distillation.RealUID` phases (``fake_step`` then
-``generator_step``) on the digits for ``--updates`` timed updates after ``--warmup`` untimed ones, in
-this one process, one after the other, so the ratios come from one run on one machine state. Run it on
+Every variant runs the library's own distillation updates
+(:func:`realuid.training.distillation.distillation_update`: the loop's fake phases, then its generator
+phase) on the digits for ``--updates`` timed updates after ``--warmup`` untimed ones, in this one
+process, one after the other, so the ratios come from one run on one machine state. Run it on
 an idle machine: another busy process slows torch's threads many times over.
 """
 
@@ -21,8 +22,7 @@ from realuid.data import build_splits
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec
 from realuid.training.batches import BatchStream, TrainData
-from realuid.training.distillation import RealUID
-from realuid.training.rng import seeded
+from realuid.training.distillation import RealUID, distillation_update
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,12 +55,7 @@ def time_updates(params, *, threads: int, updates: int, warmup: int, alpha: floa
         for net in (uid.teacher, uid.fake, uid.generator.net):
             net.compile()
     stream = BatchStream(TrainData(torch.as_tensor(train.x1)), cfg.batch_size, 0)
-    phases = cfg.fake_updates_per_generator_update + 1
-
-    def update(step: int) -> None:
-        for k in range(phases - 1):
-            uid.fake_step(stream(step * phases + k), seeded(0, step, k, device=torch.device("cpu")))
-        uid.generator_step(stream(step * phases + phases - 1), seeded(0, step, phases - 1, device=torch.device("cpu")))
+    update = lambda step: distillation_update(uid, stream, step, seed=0)  # noqa: E731
 
     start = time.perf_counter()
     update(0)

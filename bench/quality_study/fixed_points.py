@@ -24,7 +24,6 @@ import math
 import os
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher
 
+from . import cli
 from .settings import FAMILY_OPTIONS, _toy_settings
 from .stats import summarize
 
@@ -459,17 +459,6 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _code_version() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "bench"], cwd=ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return commit + (" (with uncommitted changes under src/ or bench/)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
 def _grid_from(theory: dict) -> list[float]:
     """The grid values of a theory map (the trained points off the grid appear with one beta each)."""
     counts: dict[float, int] = {}
@@ -522,7 +511,7 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     start = time.perf_counter()
-    code_version = _code_version()  # at the start: other commits may land while it runs
+    code_version = cli.code_version()  # at the start: other commits may land while it runs
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results, times = {}, {}

@@ -1,4 +1,4 @@
-"""bench/RESULTS.md: tables, figures and conclusions computed from the job results.
+"""bench/results/RESULTS.md: tables, figures and conclusions computed from the job results.
 
 Every conclusion sentence below is derived from the numbers with the rule of :mod:`.stats` (a
 difference smaller than the spread over seeds is "no difference"), never written by hand, so a rerun

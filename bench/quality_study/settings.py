@@ -98,7 +98,7 @@ def _toy_settings() -> ToySettings:
     # ~3x more per step and the toy sets do not need it.
     model = dataclasses.replace(PIPELINE_MODEL, arch="mlp", hidden_dim=128, depth=3, time_embed_dim=32)
     # The teacher's step count is chosen per family and data set from a ladder of budgets, on a
-    # validation set (toy.run_teacher_budget): in bench/RESULTS.md 1500 steps left the toy teachers with
+    # validation set (toy.run_teacher_budget): in bench/results/RESULTS.md 1500 steps left the toy teachers with
     # k-NN precision 0.50-0.77 against the data's 0.98 (mass smeared between the modes) while their
     # sliced W2 looked close to the floor. The ladder stops at 6000 steps, the most that 2 cores can
     # afford for 33 teachers.
@@ -118,7 +118,7 @@ def _toy_settings() -> ToySettings:
 
 def _digits_settings() -> DigitsSettings:
     # The pipeline's digits teacher (params.yaml: torchcfm UNet, 32 channels, two levels) at the budget
-    # that scored best on the validation split of bench/RESULTS-digits.md: 3000 steps at batch 128, FID
+    # that scored best on the validation split of bench/results/RESULTS-digits.md: 3000 steps at batch 128, FID
     # 0.466 against a floor of 0.193 (1500 steps: 0.642; the one-level net of 3000 steps: 1.055).
     model = dataclasses.replace(PIPELINE_MODEL, arch="unet", channels=32, channel_mult=[1, 2], num_res_blocks=1)
     teacher = dataclasses.replace(PIPELINE_TEACHER, model=model, steps=3000, batch_size=128,

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 ALPHAS = (0.86, 0.90, 0.94)
 RATIOS = (0.94, 0.98, 1.0, 1.02, 1.06)
 METRICS_FILE = "data/evaluate/metrics.json"
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # bench/results
 # The headline distance of the data params.yaml distils: FID for images, sliced W2 for points.
 DEFAULT_METRICS = ("student.fid", "student.sliced_wasserstein2")
 
@@ -134,7 +135,7 @@ def table(values: dict, metric: str) -> str:
 
 
 def results_page(values: dict, metric: str, heatmap_name: str, found: dict[str, list[float]] | None = None) -> str:
-    """``bench/RESULTS-sweep.md``: the teacher and the floor, the table, what it says against data-free,
+    """``bench/results/RESULTS-sweep.md``: the teacher and the floor, the table, what it says against data-free,
     and how it was made."""
     rows = table(values, metric)
     verdicts = [line.rsplit("|", 2)[1].strip() for line in rows.splitlines()[2:]]
@@ -199,8 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--metric", default=None, help=f"collect: dotted key in {METRICS_FILE} (default: "
                    f"the first of {', '.join(DEFAULT_METRICS)} the experiments report)")
     p.add_argument("--from-json", help="collect: read a saved `dvc exp show --json` instead of running it")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "figures" / "sweep_heatmap.png"))
-    p.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "RESULTS-sweep.md"),
+    p.add_argument("--out", default=str(RESULTS / "figures" / "sweep_heatmap.png"))
+    p.add_argument("--results", default=str(RESULTS / "RESULTS-sweep.md"),
                    help="collect: the Markdown page written next to the heatmap ('' for none)")
     p.add_argument("--dry-run", action="store_true", help="print the dvc commands without running them")
     args = p.parse_args(argv)

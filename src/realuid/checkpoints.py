@@ -179,12 +179,14 @@ def _content_hash(header: str, tensors: dict) -> str:
     return h.hexdigest()
 
 
-def code_provenance() -> dict:
+def code_provenance(*folders: str | Path) -> dict:
     """The project version and, when the package sits in a git work tree, its commit and whether the
-    package's files differ from it. Without git (or outside a repository) the commit is None."""
+    tracked files under ``folders`` (default: the package's own) differ from it. Without git (or outside a
+    repository) the commit is None."""
     from . import __version__
 
     package = Path(__file__).resolve().parent
+    folders = folders or (package,)
     commit = dirty = None
     try:
         head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -192,7 +194,7 @@ def code_provenance() -> dict:
         if head.returncode == 0:
             commit = head.stdout.strip()
             status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no", "--",
-                                     "."], capture_output=True, text=True, timeout=10)
+                                     *map(str, folders)], capture_output=True, text=True, timeout=10)
             dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         pass  # git absent or hanging: the version alone is recorded

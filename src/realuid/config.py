@@ -412,6 +412,19 @@ def load_params(path: str | Path) -> Params:
     return build(Params, data)
 
 
+def with_changes(settings: dict, changes: dict) -> dict:
+    """``settings`` (a params mapping or one of its sections) with ``changes``: a nested section takes a dict of
+    the keys it changes and keeps the others; tuples become lists, as YAML gives them. Neither input is
+    modified; :func:`build` checks the result."""
+    out = dict(settings)
+    for key, value in changes.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        out[key] = (with_changes(settings[key], value)
+                    if isinstance(value, dict) and isinstance(settings.get(key), dict) else value)
+    return out
+
+
 def to_dict(obj: Any) -> dict:
     """Plain-dict view of a config dataclass (for checkpoints, hashes and logs)."""
     return dataclasses.asdict(obj)

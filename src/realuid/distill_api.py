@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .api import Generator, Teacher
 from .checkpoints import family_record, save_checkpoint, tensors_digest
-from .config import DistillConfig, build, in_effect, to_dict
+from .config import DistillConfig, build, in_effect, to_dict, with_changes
 from .matching import Family, make_family
 from .devices import resolve_device
 from .training.batches import TrainData
@@ -47,16 +47,8 @@ def distill_settings(**overrides) -> DistillConfig:
     result passes the pipeline's own checks: an unknown key or a value out of range is one
     :class:`realuid.config.ConfigError` naming it (``distill.<key>``).
     """
-    def merged(base: dict, changes: dict) -> dict:
-        out = dict(base)
-        for key, value in changes.items():
-            if isinstance(value, tuple):
-                value = list(value)
-            out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        return out
-
     changes = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in overrides.items()}
-    return build(DistillConfig, merged(DEFAULT_SETTINGS, changes), "distill.")
+    return build(DistillConfig, with_changes(DEFAULT_SETTINGS, changes), "distill.")
 
 
 def distill(teacher: nn.Module, data: Tensor, *, alpha: float, beta: float, out: str | os.PathLike,

@@ -253,6 +253,24 @@ class RealUID:
             self.disc_head.load_state_dict(state["disc_head"])
 
 
+def distillation_update(uid: RealUID, batches: Callable[[int], TrainData], step: int,
+                        seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Generator update ``step`` of the loop: ``uid.cfg.fake_updates_per_generator_update`` fake phases, then
+    the generator phase.
+
+    Phase ``k`` of update ``step`` takes batch ``batches(step * phases + k)`` (a :class:`BatchStream`, or
+    any function of the index) and its draws from ``seeded(seed, step, k)``: the loop's randomness is a
+    function of ``step``, which is what makes resuming exact. Returns each phase's (loss, grad norm), 0-d
+    tensors left on the device, the generator phase's last.
+    """
+    phases = uid.cfg.fake_updates_per_generator_update + 1
+    results = []
+    for k in range(phases):
+        phase = uid.generator_step if k == phases - 1 else uid.fake_step
+        results.append(phase(batches(step * phases + k), seeded(seed, step, k, device=uid.device)))
+    return results
+
+
 @keeps_global_rng
 def distill(
     family,
@@ -294,7 +312,6 @@ def distill(
                   dist=dist)
     log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
-    phases = cfg.fake_updates_per_generator_update + 1
     keep_best = getattr(cfg, "keep_best", False)
     if keep_best and evaluator is None:
         raise ConfigError("keep_best needs an evaluator: the best copy is chosen by the in-training metric")
@@ -316,11 +333,8 @@ def distill(
     meter = Meter()
     bar = progress_bar(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
     for step in range(start, cfg.steps):
-        # Batches and draws are indexed by (step, phase): the loop's randomness is a function of `step`.
-        for k in range(phases - 1):
-            f_loss, f_norm = uid.fake_step(stream(step * phases + k), seeded(cfg.seed, step, k, device=device))
-        last = phases - 1
-        g_loss, g_norm = uid.generator_step(stream(step * phases + last), seeded(cfg.seed, step, last, device=device))
+        *fakes, (g_loss, g_norm) = distillation_update(uid, stream, step, cfg.seed)
+        f_loss, f_norm = fakes[-1]
         meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
         if after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
                        ckpt_path=ckpt_path, state=lambda: {**uid.state_dict(), **(quality.state_dict() if quality else {})},
