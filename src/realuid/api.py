@@ -8,7 +8,9 @@ Sample ``i`` of ``.sample(n, seed=s)`` starts from the noise of seed ``s + i`` (
 labelled ``i % num_classes`` when the model is class-conditional and no labels are given, and reads the
 ``i``-th corrupted input (cycled) of ``x0`` for a paired family: the same whatever ``n`` and
 ``batch_size``, and the same as the ``sample`` stage with ``sample.seed = s``. The stage samples with
-these same functions.
+these same functions. A k-step student's re-noising noise continues each seed's own stream
+(:func:`renoise_noise`), so sample i is also the same whatever ``n``, and its first draw stays the
+one-step sample's.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
+from .errors import ConfigError
 from .models import OneStepGenerator, build_model, data_shape
+from .models.generator import generate_steps, renoise_inputs
 
 __all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
-           "one_step_inputs", "sample_layout", "sample_teacher_batch"]
+           "one_step_inputs", "renoise_noise", "sample_layout", "sample_teacher_batch"]
 
 
 def family_of(checkpoint: Checkpoint):
@@ -121,6 +125,19 @@ def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[in
     return z, y, noise
 
 
+def renoise_noise(family, z: Tensor, start: int, stages: int, *, seed: int, shape: Sequence[int]) -> list[tuple]:
+    """Inputs ``(x0_j, noise_j)`` of ``stages`` re-noising stages of samples ``start .. start+len(z)-1``
+    (:func:`realuid.models.generator.renoise_inputs`): the draws after the first of seeds ``seed + i``,
+    on z's device. z: ``[n, ...]``, the chain's source (a bridge's corrupted inputs are reused as they are).
+    """
+    from .sampling import seeded_noise_draws
+
+    per_stage = (not family.paired) + family.needs_noise
+    seeds = list(range(seed + start, seed + start + len(z)))
+    draws = iter(seeded_noise_draws(seeds, tuple(shape), per_stage * stages, skip=1, dtype=z.dtype))
+    return renoise_inputs(family, z, stages, lambda like: next(draws).to(like.device))
+
+
 def check_noise(noise: Tensor | None, n: int, shape: Sequence[int], module: nn.Module) -> None:
     """One clear error unless ``noise`` is None or a floating-point ``[n, *shape]`` tensor of the module's
     dtype, on the CPU or on the module's device (batches are moved there as the per-seed noise is)."""
@@ -174,7 +191,9 @@ class Generator(OneStepGenerator):
     """A distilled one-step generator: ``generator(z, y, noise)`` as in training, and :meth:`sample`.
 
     Attributes: ``family``, ``net``, ``spec``, ``shape`` (one sample), ``num_classes`` (0: unconditional),
-    ``copy`` (the weights it holds: None for raw, else the copy's name) and ``checkpoint_meta``.
+    ``copy`` (the weights it holds: None for raw, else the copy's name), ``checkpoint_meta`` and ``times``,
+    the re-noising times ``t_2 < ... < t_k`` of a k-step student (``()`` for one step; ``steps`` = k).
+    Calling it is one step; :meth:`sample` runs any number of its trained steps.
     """
 
     def __init__(self, family, net: nn.Module, spec: dict | None, *, copy: str | None = None,
@@ -182,6 +201,12 @@ class Generator(OneStepGenerator):
         super().__init__(family, net)
         self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
         self.shape, self.num_classes = sample_layout(spec, self.checkpoint_meta)
+        self.times = tuple(float(t) for t in self.checkpoint_meta.get("generator_times", ()))
+
+    @property
+    def steps(self) -> int:
+        """k, the number of steps the student was trained for."""
+        return len(self.times) + 1
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = None,
@@ -190,23 +215,34 @@ class Generator(OneStepGenerator):
                    copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
 
     @torch.no_grad()
-    def sample(self, n: int, *, seed: int = 0, labels=None, batch_size: int | None = None,
+    def sample(self, n: int, *, steps: int | None = None, seed: int = 0, labels=None, batch_size: int | None = None,
                x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """``n`` samples ``[n, *shape]`` on the module's device (see the module doc for what sample i is).
+
+        ``steps``: generator evaluations per sample, from 1 (the one-step sample) to the trained k
+        (default); a k-step student read with fewer steps stops its chain early (NFE = steps).
 
         ``noise``: the generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts
         sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
         noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
         """
+        steps = self.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.steps:
+            raise ConfigError(f"steps must be an integer from 1 to {self.steps} (the steps this generator was "
+                              f"trained for), got {steps!r}")
         device = next(self.net.parameters()).device
         _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
         check_noise(noise, n, self.shape, self.net)
         if noise is not None and self.family.paired and not self.family.generator_noise:
             raise ValueError(f"this {self.family.name} generator starts from x0 alone: it takes no noise")
-        out = [self(*_to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                  num_classes=self.num_classes, x0=x0, labels=labels,
-                                                  noise=noise)))
-               for start, m in _batches(n, batch_size)]
+        out = []
+        for start, m in _batches(n, batch_size):
+            z, y, z_noise = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
+                                                         num_classes=self.num_classes, x0=x0, labels=labels,
+                                                         noise=noise))
+            renoise = renoise_noise(self.family, z, start, steps - 1, seed=seed, shape=self.shape)
+            out.append(generate_steps(self.family, self.net, z, y, z_noise, times=self.times[:steps - 1],
+                                      renoise=renoise))
         return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
 
 

@@ -173,6 +173,10 @@ class DistillConfig:
                                              "generator updates (0 = off; finetune too)")
     eval_samples: int = opt(1000, ge=2, doc="size of the fixed noise set scored at each evaluation")
     keep_best: bool = opt(False, doc="keep the best (copy, step) by the in-training metric as generator copy 'best'")
+    # A k-step student (defaults so hand-built configs stay valid; params files list them).
+    generator_steps: int = opt(1, ge=1, doc="k: generator evaluations per sample (1 = the one-step generator)")
+    generator_times: list[float] = opt([], doc="the k-1 times t_2 < ... < t_k the student re-noises its estimate "
+                                               "to, after its own start (empty for k = 1)")
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,12 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}ema_decays: each decay must be in (0, 1), got {obj.ema_decays!r}")
         if len(set(obj.ema_decays)) != len(obj.ema_decays):
             raise ConfigError(f"{prefix}ema_decays: duplicate decays {obj.ema_decays!r}")
+        times = obj.generator_times
+        if len(times) != obj.generator_steps - 1:
+            raise ConfigError(f"{prefix}generator_times: a {obj.generator_steps}-step student re-noises at "
+                              f"{obj.generator_steps - 1} times t_2 < ... < t_k, got {len(times)}: {times!r}")
+        if any(not 0 < t < 1 for t in times) or any(a >= b for a, b in zip(times, times[1:])):
+            raise ConfigError(f"{prefix}generator_times: expected strictly increasing times in (0, 1), got {times!r}")
     if hasattr(obj, "device"):
         dev = obj.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
@@ -410,7 +420,7 @@ def in_effect(cfg) -> dict:
     configuration does not use never start a run afresh: the GAN's coefficients while it is off, the
     evaluation's sample count while it is off, and for the teacher the model keys (its spec, hashed
     beside this, holds those the architecture uses) and the import settings (an imported teacher keeps
-    no state).
+    no state); a one-step student's (empty) re-noising times.
     """
     settings = to_dict(cfg)
     settings.pop("nproc", None)
@@ -418,6 +428,9 @@ def in_effect(cfg) -> dict:
         settings["gan"] = {"enabled": False}
     if settings.get("eval_every_steps") == 0:
         settings.pop("eval_samples")
+    if settings.get("generator_steps") == 1:  # the one-step generator: its runs keep their state folders
+        settings.pop("generator_steps")
+        settings.pop("generator_times")
     if "import_checkpoint" in settings:
         for key in ("model", "import_checkpoint", "import_ema"):
             settings.pop(key)

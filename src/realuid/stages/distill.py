@@ -18,7 +18,7 @@ from ..devices import resolve_device
 from ..distributed import session
 from ..sources import code_digest
 from ..training.bookkeeping import state_key
-from ..training.distillation import distill
+from ..training.distillation import distill, generator_times
 from . import common
 from . import families
 from . import runs
@@ -29,6 +29,7 @@ def main(args, params) -> None:
     family = families.generator_family(params)
     split = read_split(args.data)
     families.check_family_matches_data(family, split)
+    generator_times(family, cfg)  # a k-step student's times in the family's range, before any work
     runs.check_batch_size(cfg.batch_size, split, "distill")
     weights, evaluation = evaluation_settings(params, split, args.features)
     key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),

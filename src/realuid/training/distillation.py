@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +18,8 @@ from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
 from ..models import OneStepGenerator, build_model
+from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
+from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
 from .optimization import EMA, make_optimizer, optimizer_step
@@ -76,7 +78,8 @@ class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
     as in :func:`draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
     generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
-    one per (generated, real) pair (None without the GAN)."""
+    one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
+    ``(x0_j, noise_j)`` of the re-noising stages up to the one this phase trains on (empty: the first)."""
 
     x1: torch.Tensor
     y: torch.Tensor | None
@@ -87,6 +90,7 @@ class StepDraws:
     noise: torch.Tensor | None
     gan_t: torch.Tensor | None = None
     gan_noise: torch.Tensor | None = None
+    renoise: list = field(default_factory=list)
 
 
 class RealUID:
@@ -117,6 +121,7 @@ class RealUID:
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         init = student_init if student_init is not None else teacher
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
+        self.times = generator_times(family, cfg)
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
         if spec is None:
             # Nothing to build a fresh network from: the fake model starts as a copy of the teacher.
@@ -148,7 +153,9 @@ class RealUID:
         """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
 
         Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`draw`), then the GAN
-        head's G times and path noises, last so that runs without the GAN keep their random streams.
+        head's G times and path noises, last so that runs without the GAN keep their random streams; then,
+        for a k-step student only, the stage ``s ~ U{0..k-1}`` and the inputs of its ``s`` re-noising stages
+        (DMD2's backward simulation), after every draw a one-step run makes.
         Drawing for all G rows on every process makes the union over processes exactly the one-process phase.
         """
         total = batch.x1.shape[0]
@@ -161,7 +168,23 @@ class RealUID:
         if self.gan is not None:
             gan_t = gan_time_sample(total, rng, t_max=self.family.t_max, device=batch.x1.device)
             gan_noise = self.family.sample_noise(batch.x1, rng=rng)
-        return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise))
+        renoise = []
+        if self.times:
+            stage = int(torch.randint(len(self.times) + 1, (1,), generator=rng, device=rng.device))
+            renoise = [take(rows, *inputs)
+                       for inputs in renoise_inputs(self.family, z, stage, lambda like: standard_normal_like(like, rng))]
+        return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise), renoise=renoise)
+
+    def _generate(self, d: StepDraws, y: torch.Tensor | None) -> torch.Tensor:
+        """The student's output ``[b, ...]`` at the phase's stage: the chain runs without gradients up to the
+        stage before it, and only the stage itself is differentiated (a one-step student: its one step)."""
+        if not d.renoise:
+            return self.generator(d.z, y, d.z_noise)
+        *before, (source, noise) = d.renoise
+        with torch.no_grad():
+            x1 = generate_steps(self.family, self.generator.net, d.z, y, d.z_noise, times=self.times[:len(before)],
+                                renoise=before)
+        return renoise_step(self.family, self.generator.net, x1, self.times[len(before)], source, y, noise)
 
     def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
@@ -184,7 +207,7 @@ class RealUID:
         d = self._draws(batch, rng)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
-            x1_gen = self.generator(d.z, y, d.z_noise).float()
+            x1_gen = self._generate(d, y).float()
         # Generated and real terms share t, x0 and the path noise within the step.
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
@@ -215,7 +238,7 @@ class RealUID:
             self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
-                x1_gen = self.generator(d.z, y, d.z_noise).float()
+                x1_gen = self._generate(d, y).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
                 f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
@@ -248,6 +271,18 @@ class RealUID:
         self.ema.load_state_dict(state["ema"])
         if self.gan is not None:
             self.disc_head.load_state_dict(state["disc_head"])
+
+
+def generator_times(family, cfg) -> tuple[float, ...]:
+    """The re-noising times ``t_2 < ... < t_k`` of ``cfg``'s k-step student (``()`` for one step), checked
+    against ``family`` (:class:`realuid.errors.ConfigError` otherwise)."""
+    steps, times = getattr(cfg, "generator_steps", 1), getattr(cfg, "generator_times", [])
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"distill.generator_steps must be an integer >= 1, got {steps!r}")
+    if len(times) != steps - 1:
+        raise ConfigError(f"distill.generator_times: a {steps}-step student re-noises at {steps - 1} times "
+                          f"t_2 < ... < t_k, got {len(times)}: {list(times)}")
+    return check_generator_times(family, times)
 
 
 @keeps_global_rng
@@ -328,7 +363,9 @@ def distill(
     result = Checkpoint(kind="generator", spec=spec, family=family_record(family),
                         weights=uid.generator.net.state_dict(),
                         copies={ema_copy_name(d): s for d, s in uid.ema.shadows.items()},
-                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps)},
+                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps),
+                              # The re-noising times of a k-step student (load_generator reads them).
+                              **({"generator_times": list(uid.times)} if uid.times else {})},
                         config=config_record(cfg))
     if quality is not None and quality.best is not None:
         # One more named copy beside the EMA ones, so every reader of copies loads it the same way.
