@@ -507,3 +507,21 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
     assert last_line(done.stderr).startswith("ValueError: matmul"), done.stderr
     assert not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stderr
     assert not (project / "data").exists()
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"generator_steps": 0}, ("distill.generator_steps", ">= 1")),
+    ({"generator_steps": 3, "generator_times": [0.6, 0.3]}, ("distill.generator_times", "strictly increasing")),
+    ({"generator_steps": 3, "generator_times": [0.5]}, ("distill.generator_times", "2 times")),
+    # In (0, 1), so the file is valid, but before the diffusion generator's own start t = 0.559.
+    ({"generator_steps": 2, "generator_times": [0.3], "family": "diffusion"}, ("generator_times", "start t = 0.559"))])
+def test_bad_k_step_student_stops_distill_before_any_work(project, change, fragments):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    change = dict(change)
+    if "family" in change:
+        params["family"]["name"] = change.pop("family")
+    params["distill"].update(change)
+    write_params(project, params)
+    before = snapshot(project)
+    assert_failed(stage(project, "distill", *DISTILL_ARGS), *fragments)
+    assert snapshot(project) == before
