@@ -187,3 +187,21 @@ def test_the_toy_config_is_the_former_default_on_points():
     assert toy.prepare.source == "toy" and toy.train_teacher.model.arch in ("auto", "mlp")
     default = load_params(ROOT / "params.yaml")
     assert default.prepare.source in ("digits", "cifar10") and default.train_teacher.model.arch in ("auto", "unet")
+
+
+def test_label_dropout_and_guidance_settings_are_checked_across_sections(tmp_path):
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    cases = [({"class_cond": False, "class_dropout": 0.1}, 1.0, "class_dropout: label dropout needs class_cond"),
+             ({"class_cond": True, "class_dropout": 0.0}, 2.0, "distill.guidance_scale"),
+             ({"class_cond": True, "class_dropout": 0.1}, 2.0, None)]
+    for model, scale, message in cases:
+        params = copy.deepcopy(base)
+        params["train_teacher"]["model"].update(model)
+        params["distill"]["guidance_scale"] = scale
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        if message is None:
+            assert load_params(path).distill.guidance_scale == scale
+        else:
+            with pytest.raises(ConfigError, match=message):
+                load_params(path)

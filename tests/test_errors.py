@@ -514,8 +514,10 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
     ({"generator_steps": 3, "generator_times": [0.6, 0.3]}, ("distill.generator_times", "strictly increasing")),
     ({"generator_steps": 3, "generator_times": [0.5]}, ("distill.generator_times", "2 times")),
     # In (0, 1), so the file is valid, but before the diffusion generator's own start t = 0.559.
-    ({"generator_steps": 2, "generator_times": [0.3], "family": "diffusion"}, ("generator_times", "start t = 0.559"))])
-def test_bad_k_step_student_stops_distill_before_any_work(project, change, fragments):
+    ({"generator_steps": 2, "generator_times": [0.3], "family": "diffusion"}, ("generator_times", "start t = 0.559")),
+    # Guidance on the toy's unconditional teacher.
+    ({"guidance_scale": 2.0}, ("distill.guidance_scale", "label dropout"))])
+def test_bad_k_step_or_guidance_settings_stop_distill_before_any_work(project, change, fragments):
     params = yaml.safe_load((project / "params.yaml").read_text())
     change = dict(change)
     if "family" in change:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .errors import ConfigError
-from .models import OneStepGenerator, build_model, data_shape
+from .models import OneStepGenerator, build_model, check_guidance, data_shape
 from .models.generator import generate_steps, renoise_inputs
 
 __all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
@@ -170,16 +170,18 @@ def _to(device, *tensors):
 
 
 def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int, method: str, seed: int,
-                         start: int) -> Tensor:
+                         start: int, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
     """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
 
     SDE noise is drawn per batch from ``seed + start`` (on the inputs' device): reproducible for a
-    fixed batch size; the ODE methods depend on the inputs only.
+    fixed batch size; the ODE methods depend on the inputs only. ``guidance_scale`` and ``null_label``
+    as in :func:`realuid.sampling.sample_teacher`.
     """
     from .sampling import sample_teacher
 
     rng = torch.Generator(device=x0.device).manual_seed(seed + start)
-    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng)
+    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng, guidance_scale=guidance_scale,
+                          null_label=null_label)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,15 +274,17 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, nfe: int, method: str, seed: int = 0, labels=None, batch_size: int | None = None,
-               x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+               x0: Tensor | None = None, noise: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """``n`` samples ``[n, *shape]`` with ``nfe`` network calls by ``method`` (euler | heun | sde).
 
         Sample ``i`` starts from the same input as the generator's sample ``i``; the SDE's own noise
         depends on the batch (seed + its first index), so SDE samples match the stage's for the same
         ``batch_size``. ``noise``: the start noise ``[n, *shape]`` in place of the per-seed draws (row i
         starts sample i; labels as without it), e.g. the noise another library's sampler started from.
-        A paired family starts from ``x0`` instead.
+        A paired family starts from ``x0`` instead. ``guidance_scale`` w samples the classifier-free guided
+        field ``f_uncond + w (f_cond - f_uncond)`` (a teacher trained with label dropout; w = 1: none).
         """
+        null = check_guidance(self.spec, guidance_scale)
         device = next(self.net.parameters()).device
         _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
         check_noise(noise, n, self.shape, self.net)
@@ -292,7 +296,7 @@ class Teacher(nn.Module):
                                                    num_classes=self.num_classes, x0=x0, labels=labels,
                                                    noise=noise))
             out.append(sample_teacher_batch(self.family, self.net, z, y, nfe=nfe, method=method, seed=seed,
-                                            start=start))
+                                            start=start, guidance_scale=guidance_scale, null_label=null))
         return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
 
 

@@ -110,6 +110,8 @@ class ModelConfig:
     num_head_channels: int = opt(doc="unet: -1 to use num_heads")
     dropout: float = opt(ge=0, lt=1)
     class_cond: bool = opt(doc="condition on the data set's labels")
+    class_dropout: float = opt(0.0, ge=0, lt=1, doc="teacher: probability of training on the learned null "
+                                                    "label instead (classifier-free guidance; 0 = none)")
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class DistillConfig:
     generator_steps: int = opt(1, ge=1, doc="k: generator evaluations per sample (1 = the one-step generator)")
     generator_times: list[float] = opt([], doc="the k-1 times t_2 < ... < t_k the student re-noises its estimate "
                                                "to, after its own start (empty for k = 1)")
+    guidance_scale: float = opt(1.0, ge=0, doc="w of the teacher's field in the generator loss, "
+                                               "f_uncond + w (f_cond - f_uncond) (1 = no guidance)")
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,14 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if obj.family.name == "bridge" and obj.generator.t > 0 and obj.family.sigma == 0:
             raise ConfigError("generator.t: a bridge with family.sigma = 0 has no noise to give its generator; "
                               "keep it 0 or set family.sigma > 0")
+        model = obj.train_teacher.model
+        if obj.distill.guidance_scale != 1 and (obj.train_teacher.import_checkpoint or not model.class_cond
+                                                or model.class_dropout == 0):
+            raise ConfigError("distill.guidance_scale: guidance needs a class-conditional teacher trained with "
+                              "label dropout (train_teacher.model.class_cond: true, class_dropout > 0, trained "
+                              "here); keep it 1")
+        if model.class_dropout > 0 and not model.class_cond:
+            raise ConfigError("train_teacher.model.class_dropout: label dropout needs class_cond: true")
         if obj.distill.keep_best and obj.distill.eval_every_steps == 0:
             raise ConfigError("distill.keep_best: the best copy is chosen by the in-training evaluation; "
                               "set distill.eval_every_steps > 0")
@@ -428,6 +440,8 @@ def in_effect(cfg) -> dict:
         settings["gan"] = {"enabled": False}
     if settings.get("eval_every_steps") == 0:
         settings.pop("eval_samples")
+    if settings.get("guidance_scale") == 1:  # no guidance: its runs keep their state folders
+        settings.pop("guidance_scale")
     if settings.get("generator_steps") == 1:  # the one-step generator: its runs keep their state folders
         settings.pop("generator_steps")
         settings.pop("generator_times")

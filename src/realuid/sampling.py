@@ -24,6 +24,7 @@ from .matching import Family
 from .tensors import check_batch, standard_normal_like
 # The generator's forward passes (one step, and a k-step student's chain) belong to the model that owns
 # them; exported here with the samplers.
+from .models import guided
 from .models.generator import generate_one_step, generate_steps
 
 __all__ = [
@@ -250,14 +251,22 @@ def sample_teacher(
     method: str,
     y: Tensor | None = None,
     rng: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
 ) -> Tensor:
     """Multi-step teacher sampling: ``method`` 'euler' | 'heun' (ODE) or 'sde' (Euler–Maruyama).
 
     x0: ``[B, ...]`` source endpoint (noise, or the corrupted input of a bridge). Returns ``[B, ...]``.
-    ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods.
+    ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods. ``guidance_scale`` w
+    samples the classifier-free guided field ``f_uncond + w (f_cond - f_uncond)``, ``f_uncond`` at the
+    model's ``null_label`` (:func:`realuid.models.check_guidance` finds it; w = 1: the model itself).
     """
     if method not in SAMPLER_METHODS:
         raise ConfigError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
+    if guidance_scale != 1:
+        if null_label is None or y is None:
+            raise ConfigError(f"guidance scale {guidance_scale:g} needs labels y and the model's null label")
+        model = guided(model, null_label, guidance_scale)
     if method == "sde":
         return sample_sde(family, model, x0, nfe=nfe, y=y, rng=rng)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)

@@ -17,7 +17,7 @@ from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
-from ..models import OneStepGenerator, build_model
+from ..models import OneStepGenerator, build_model, check_guidance, guided
 from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
 from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
@@ -119,6 +119,10 @@ class RealUID:
         self.labels = spec is None or spec["args"].get("num_classes", 0) > 0
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
+        # The field the generator loss reads: the teacher itself, or its classifier-free guided field.
+        scale = getattr(cfg, "guidance_scale", 1.0)
+        null = check_guidance(spec, scale)
+        self.teacher_field = self.teacher if null is None else guided(self.teacher, null, scale)
         init = student_init if student_init is not None else teacher
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
         self.times = generator_times(family, cfg)
@@ -240,7 +244,7 @@ class RealUID:
             with autocast(self.device, self.cfg.precision):
                 x1_gen = self._generate(d, y).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
-                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
+                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher_field(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             if self.gan is not None:
@@ -317,6 +321,8 @@ def distill(
     its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
     ``meta["best"] = {"copy", "step", <metric>}`` saying which it is.
     """
+    generator_times(family, cfg)  # bad settings stop here, before anything is written
+    check_guidance(spec, getattr(cfg, "guidance_scale", 1.0))
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = state_dir / "checkpoint.pt"
