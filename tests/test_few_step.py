@@ -134,3 +134,31 @@ def test_times_outside_the_family_range_or_not_increasing_are_refused(family_nam
     assert fragment in str(err.value)
     with pytest.raises(ConfigError, match="re-noises at 2 times"):
         generator_times(make_family("fm"), dataclasses.replace(DISTILL, generator_steps=3, generator_times=[0.5]))
+
+
+class Recorder:
+    """An in-training evaluator that keeps what it sampled (the real ones score the same call)."""
+
+    every_steps, metrics, rank_by = 2, ("mean",), "mean"
+
+    def __init__(self, z):
+        self.z, self.seen = z, []
+
+    def __call__(self, generator):
+        with torch.no_grad():
+            x = generator(self.z)
+            self.seen.append((generator, x, generator(self.z)))
+        return {"mean": float(x.mean())}
+
+
+def test_in_training_evaluation_scores_the_whole_chain(tmp_path):
+    family, times = make_family("fm"), [0.5]
+    cfg = dataclasses.replace(DISTILL, steps=2, ema_decays=[0.9], generator_steps=2, generator_times=times)
+    recorder = Recorder(torch.randn(16, 2, generator=torch.Generator().manual_seed(0)))
+    distill(family, toy_data(family), tiny_net(), spec_for(), cfg, tmp_path, alpha=0.9, beta=0.95, progress=False,
+            evaluator=recorder)
+    (raw, x, again), (ema, _, _) = recorder.seen  # step 2: the raw weights, then the EMA copy
+    one_step = raw.generator(recorder.z)
+    assert x.shape == one_step.shape and not torch.allclose(x, one_step)  # two steps, not one
+    assert not torch.equal(x, again)  # a second batch of the evaluation re-noises with its own draws
+    assert (tmp_path / "eval.csv").read_text().count("\n") == 3

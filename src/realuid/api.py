@@ -228,10 +228,7 @@ class Generator(OneStepGenerator):
         sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
         noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
         """
-        steps = self.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.steps:
-            raise ConfigError(f"steps must be an integer from 1 to {self.steps} (the steps this generator was "
-                              f"trained for), got {steps!r}")
+        steps = self.check_steps(steps)
         device = next(self.net.parameters()).device
         _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
         check_noise(noise, n, self.shape, self.net)
@@ -242,10 +239,25 @@ class Generator(OneStepGenerator):
             z, y, z_noise = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
                                                          num_classes=self.num_classes, x0=x0, labels=labels,
                                                          noise=noise))
-            renoise = renoise_noise(self.family, z, start, steps - 1, seed=seed, shape=self.shape)
-            out.append(generate_steps(self.family, self.net, z, y, z_noise, times=self.times[:steps - 1],
-                                      renoise=renoise))
+            out.append(self.sample_batch(z, y, z_noise, start=start, seed=seed, steps=steps))
         return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+
+    def check_steps(self, steps: int | None) -> int:
+        """``steps`` (None: the trained k) if it is an integer from 1 to k, else one :class:`ConfigError`."""
+        steps = self.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.steps:
+            raise ConfigError(f"steps must be an integer from 1 to {self.steps} (the steps this generator was "
+                              f"trained for), got {steps!r}")
+        return steps
+
+    @torch.no_grad()
+    def sample_batch(self, z: Tensor, y: Tensor | None, noise: Tensor | None, *, start: int, seed: int,
+                     steps: int) -> Tensor:
+        """Samples ``start .. start+len(z)-1`` ``[B, ...]`` with ``steps`` evaluations from their one-step inputs
+        (:func:`one_step_inputs`, on the module's device); the re-noising draws come from seeds ``seed + i``."""
+        steps = self.check_steps(steps)
+        renoise = renoise_noise(self.family, z, start, steps - 1, seed=seed, shape=self.shape)
+        return generate_steps(self.family, self.net, z, y, noise, times=self.times[:steps - 1], renoise=renoise)
 
 
 class Teacher(nn.Module):

@@ -26,6 +26,22 @@ from .optimization import EMA, make_optimizer, optimizer_step
 from .rng import keeps_global_rng, seeded
 
 
+class EvaluatedChain(nn.Module):
+    """A k-step student as an evaluator calls a generator, ``(z, y, noise) -> x1`` ``[B, ...]``: its whole
+    chain, re-noised with draws seeded by ``(seed, batch index)``, so every evaluation of a run sees the
+    same noise and the scores of its copies and steps compare."""
+
+    def __init__(self, generator: OneStepGenerator, times: tuple[float, ...], seed: int):
+        super().__init__()
+        self.generator, self.times, self.seed, self.batches = generator, times, seed, 0
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+        rng = seeded(self.seed, self.batches, device=z.device)
+        self.batches += 1
+        renoise = renoise_inputs(self.generator.family, z, len(self.times), lambda like: standard_normal_like(like, rng))
+        return generate_steps(self.generator.family, self.generator.net, z, y, noise, times=self.times, renoise=renoise)
+
+
 class QualityLog:
     """In-training evaluation of every generator copy (raw weights, then each EMA copy) with ``evaluator``
     (see :mod:`realuid.quality`; any callable ``evaluator(generator) -> {metric: value}`` with
@@ -57,6 +73,8 @@ class QualityLog:
             if weights is not None:
                 self._scratch.net.load_state_dict(weights)
                 generator = self._scratch
+            if uid.times:  # a k-step student is scored at its k steps
+                generator = EvaluatedChain(generator, uid.times, uid.cfg.seed)
             devices = [uid.device] if uid.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 values = self.evaluator(generator)
