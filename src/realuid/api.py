@@ -169,6 +169,25 @@ def _to(device, *tensors):
     return tuple(None if a is None else a.to(device) for a in tensors)
 
 
+def _in_batches(module, n: int, batch_size: int | None, *, seed: int, labels, x0: Tensor | None,
+                noise: Tensor | None, refusal: str | None, sample) -> Tensor:
+    """``n`` samples ``[n, *shape]`` of a :class:`Generator` or :class:`Teacher` on its device, batch by batch:
+    ``sample(start, z, y, noise)`` from each batch's :func:`one_step_inputs`. ``refusal``: the error for
+    a given ``noise`` the module does not take (None: it takes it)."""
+    device = next(module.net.parameters()).device
+    _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
+    check_noise(noise, n, module.shape, module.net)
+    if noise is not None and refusal is not None:
+        raise ValueError(refusal)
+    out = []
+    for start, m in _batches(n, batch_size):
+        z, y, z_noise = _to(device, *one_step_inputs(module.family, start, m, seed=seed, shape=module.shape,
+                                                     num_classes=module.num_classes, x0=x0, labels=labels,
+                                                     noise=noise))
+        out.append(sample(start, z, y, z_noise))
+    return torch.cat(out) if out else torch.empty((0, *module.shape), device=device)
+
+
 def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int, method: str, seed: int,
                          start: int, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
     """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
@@ -226,21 +245,15 @@ class Generator(OneStepGenerator):
 
         ``noise``: the generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts
         sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
-        noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
+        noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise. A k-step
+        student's re-noising still draws from the seeds.
         """
         steps = self.check_steps(steps)
-        device = next(self.net.parameters()).device
-        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
-        check_noise(noise, n, self.shape, self.net)
-        if noise is not None and self.family.paired and not self.family.generator_noise:
-            raise ValueError(f"this {self.family.name} generator starts from x0 alone: it takes no noise")
-        out = []
-        for start, m in _batches(n, batch_size):
-            z, y, z_noise = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                         num_classes=self.num_classes, x0=x0, labels=labels,
-                                                         noise=noise))
-            out.append(self.sample_batch(z, y, z_noise, start=start, seed=seed, steps=steps))
-        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+        refusal = (f"this {self.family.name} generator starts from x0 alone: it takes no noise"
+                   if self.family.paired and not self.family.generator_noise else None)
+        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                           sample=lambda start, z, y, z_noise: self.sample_batch(z, y, z_noise, start=start,
+                                                                                 seed=seed, steps=steps))
 
     def check_steps(self, steps: int | None) -> int:
         """``steps`` (None: the trained k) if it is an integer from 1 to k, else one :class:`ConfigError`."""
@@ -297,19 +310,12 @@ class Teacher(nn.Module):
         field ``f_uncond + w (f_cond - f_uncond)`` (a teacher trained with label dropout; w = 1: none).
         """
         null = check_guidance(self.spec, guidance_scale)
-        device = next(self.net.parameters()).device
-        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
-        check_noise(noise, n, self.shape, self.net)
-        if noise is not None and self.family.paired:
-            raise ValueError(f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise")
-        out = []
-        for start, m in _batches(n, batch_size):
-            z, y, _ = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                   num_classes=self.num_classes, x0=x0, labels=labels,
-                                                   noise=noise))
-            out.append(sample_teacher_batch(self.family, self.net, z, y, nfe=nfe, method=method, seed=seed,
-                                            start=start, guidance_scale=guidance_scale, null_label=null))
-        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+        refusal = (f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise"
+                   if self.family.paired else None)
+        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                           sample=lambda start, z, y, _: sample_teacher_batch(
+                               self.family, self.net, z, y, nfe=nfe, method=method, seed=seed, start=start,
+                               guidance_scale=guidance_scale, null_label=null))
 
 
 def _teacher_copy(checkpoint: Checkpoint) -> str | None:
