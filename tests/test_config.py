@@ -199,3 +199,21 @@ def test_with_changes_merges_nested_sections_and_leaves_its_inputs_alone():
     assert with_changes(settings, changes) == {"steps": 20, "optim": {"lr": 1e-3, "betas": [0.0, 0.99]},
                                                "gan": {"enabled": False}}
     assert (settings, changes) == before
+
+
+def test_label_dropout_and_guidance_settings_are_checked_across_sections(tmp_path):
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    cases = [({"class_cond": False, "class_dropout": 0.1}, 1.0, "class_dropout: label dropout needs class_cond"),
+             ({"class_cond": True, "class_dropout": 0.0}, 2.0, "distill.guidance_scale"),
+             ({"class_cond": True, "class_dropout": 0.1}, 2.0, None)]
+    for model, scale, message in cases:
+        params = copy.deepcopy(base)
+        params["train_teacher"]["model"].update(model)
+        params["distill"]["guidance_scale"] = scale
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params))
+        if message is None:
+            assert load_params(path).distill.guidance_scale == scale
+        else:
+            with pytest.raises(ConfigError, match=message):
+                load_params(path)

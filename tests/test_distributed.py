@@ -48,7 +48,10 @@ DISTILL_RUN = dataclasses.replace(DISTILL, steps=12, checkpoint_every_steps=4, l
 GAN = GanConfig(enabled=True, gen_coef=1.0, disc_coef=3.0)
 # (name, family, alpha, beta, classes, config): plain RealUID, and a paired, class-conditional run with the GAN head.
 DISTILL_CASES = [("fm", "fm", 0.9, 0.95, 0, DISTILL_RUN),
-                 ("bridge_gan", "bridge", 0.94, 0.9, 3, dataclasses.replace(DISTILL_RUN, gan=GAN))]
+                 ("bridge_gan", "bridge", 0.94, 0.9, 3, dataclasses.replace(DISTILL_RUN, gan=GAN)),
+                 # A 3-step student: each stage's re-noising is drawn for the global batch too.
+                 ("fm_3_steps", "fm", 0.9, 0.95, 0,
+                  dataclasses.replace(DISTILL_RUN, generator_steps=3, generator_times=[0.3, 0.7]))]
 
 
 # --------------------------------------------------------------------------------------------------

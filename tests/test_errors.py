@@ -632,3 +632,23 @@ def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_pa
     assert_failed(stage(tmp_path, "train_teacher", *TEACHER_ARGS), "class-conditional with 10 classes",
                   "no labels")
     assert snapshot(tmp_path) == before and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"generator_steps": 0}, ("distill.generator_steps", ">= 1")),
+    ({"generator_steps": 3, "generator_times": [0.6, 0.3]}, ("distill.generator_times", "strictly increasing")),
+    ({"generator_steps": 3, "generator_times": [0.5]}, ("distill.generator_times", "2 times")),
+    # In (0, 1), so the file is valid, but before the diffusion generator's own start t = 0.559.
+    ({"generator_steps": 2, "generator_times": [0.3], "family": "diffusion"}, ("generator_times", "start t = 0.559")),
+    # Guidance on the toy's unconditional teacher.
+    ({"guidance_scale": 2.0}, ("distill.guidance_scale", "label dropout"))])
+def test_bad_k_step_or_guidance_settings_stop_distill_before_any_work(project, change, fragments):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    change = dict(change)
+    if "family" in change:
+        params["family"]["name"] = change.pop("family")
+    params["distill"].update(change)
+    write_params(project, params)
+    before = snapshot(project)
+    assert_failed(stage(project, "distill", *DISTILL_ARGS), *fragments)
+    assert snapshot(project) == before

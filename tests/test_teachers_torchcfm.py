@@ -25,7 +25,7 @@ def model_cfg(**changes) -> ModelConfig:
     """``train_teacher.model`` describing the UNet of TORCHCFM_ARGS."""
     values = dict(arch="unet", hidden_dim=8, depth=1, time_embed_dim=8, channels=32, channel_mult=[1, 2],
                   num_res_blocks=1, attention_resolutions="4", num_heads=4, num_head_channels=32, dropout=0.0,
-                  class_cond=False)
+                  class_cond=False, class_dropout=0.0)
     return build(ModelConfig, {**values, **changes})
 
 

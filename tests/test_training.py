@@ -66,6 +66,23 @@ def crash_at(monkeypatch, call: int):
     return lambda: [monkeypatch.setattr(loop, "optimizer_step", real) for loop in loops]
 
 
+def straight_and_resumed(run, monkeypatch, crash_call: int = 16):
+    """``run("a")`` uninterrupted, and ``run("b")`` crashed at optimizer step ``crash_call`` then run again
+    (by default inside generator update 6 of 6 of a distillation with 3 optimizer steps per update)."""
+    straight = run("a")
+    undo = crash_at(monkeypatch, crash_call)
+    with pytest.raises(Crash):
+        run("b")
+    undo()
+    return straight, run("b")
+
+
+def assert_same_generators(straight, resumed) -> None:
+    assert same_weights(straight.weights, resumed.weights)
+    for key in straight.copies:
+        assert same_weights(straight.copies[key], resumed.copies[key])
+
+
 @pytest.mark.parametrize("family_name", ["fm", "bridge", "si", "diffusion"])
 def test_teacher_resume_is_bit_identical(tmp_path, monkeypatch, family_name):
     family = make_family(family_name)
@@ -92,15 +109,8 @@ def test_distill_resume_is_bit_identical(tmp_path, monkeypatch, family_name, opt
     torch.manual_seed(0)
     teacher = build_model(spec)
     run = lambda d: distill(family, data, teacher, spec, DISTILL, tmp_path / d, alpha=alpha, beta=beta, progress=False)
-    straight = run("a")
-    undo = crash_at(monkeypatch, 16)  # inside generator update 6 of 6 (3 optimizer steps per update)
-    with pytest.raises(Crash):
-        run("b")
-    undo()
-    resumed = run("b")
-    assert same_weights(straight.weights, resumed.weights)
-    for key in straight.copies:
-        assert same_weights(straight.copies[key], resumed.copies[key])
+    straight, resumed = straight_and_resumed(run, monkeypatch)
+    assert_same_generators(straight, resumed)
     assert not same_weights(straight.weights, teacher.state_dict())  # it did train
 
 

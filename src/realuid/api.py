@@ -14,6 +14,9 @@ in another order, and samples agree to float rounding only (a few float32 units 
 CPU; more where a GPU computes in TF32 or bf16). The ``sample`` stage samples with these same
 functions: ``n = sample.n_samples``, ``seed = sample.seed`` and ``batch_size = sample.batch_size``
 reproduce its files exactly (on the same device).
+A k-step student's re-noising noise continues each seed's own stream (:func:`renoise_noise`), so its
+sample i is also the same whatever ``n``, and its first draw stays the one-step sample's.
+
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
-from .models import OneStepGenerator, build_model, data_shape
+from .errors import ConfigError
+from .models import OneStepGenerator, build_model, check_guidance, data_shape
+from .models.generator import generate_steps, renoise_inputs
 
 __all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
-           "one_step_inputs", "sample_layout", "sample_teacher_batch"]
+           "one_step_inputs", "renoise_noise", "sample_layout", "sample_teacher_batch"]
 
 
 def family_of(checkpoint: Checkpoint):
@@ -126,6 +131,19 @@ def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[in
     return z, y, noise
 
 
+def renoise_noise(family, z: Tensor, start: int, stages: int, *, seed: int, shape: Sequence[int]) -> list[tuple]:
+    """Inputs ``(x0_j, noise_j)`` of ``stages`` re-noising stages of samples ``start .. start+len(z)-1``
+    (:func:`realuid.models.generator.renoise_inputs`): the draws after the first of seeds ``seed + i``,
+    on z's device. z: ``[n, ...]``, the chain's source (a bridge's corrupted inputs are reused as they are).
+    """
+    from .sampling import seeded_noise_draws
+
+    per_stage = (not family.paired) + family.needs_noise
+    seeds = list(range(seed + start, seed + start + len(z)))
+    draws = iter(seeded_noise_draws(seeds, tuple(shape), per_stage * stages, skip=1, dtype=z.dtype))
+    return renoise_inputs(family, z, stages, lambda like: next(draws).to(like.device))
+
+
 def check_noise(noise: Tensor | None, n: int, shape: Sequence[int], module: nn.Module) -> None:
     """One clear error unless ``noise`` is None or a floating-point ``[n, *shape]`` tensor of the module's
     dtype, on the CPU or on the module's device (batches are moved there as the per-seed noise is)."""
@@ -157,17 +175,38 @@ def _to(device, *tensors):
     return tuple(None if a is None else a.to(device) for a in tensors)
 
 
+def _in_batches(module, n: int, batch_size: int | None, *, seed: int, labels, x0: Tensor | None,
+                noise: Tensor | None, refusal: str | None, sample) -> Tensor:
+    """``n`` samples ``[n, *shape]`` of a :class:`Generator` or :class:`Teacher` on its device, batch by batch:
+    ``sample(start, z, y, noise)`` from each batch's :func:`one_step_inputs`. ``refusal``: the error for
+    a given ``noise`` the module does not take (None: it takes it)."""
+    device = next(module.net.parameters()).device
+    _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
+    check_noise(noise, n, module.shape, module.net)
+    if noise is not None and refusal is not None:
+        raise ValueError(refusal)
+    out = []
+    for start, m in _batches(n, batch_size):
+        z, y, z_noise = _to(device, *one_step_inputs(module.family, start, m, seed=seed, shape=module.shape,
+                                                     num_classes=module.num_classes, x0=x0, labels=labels,
+                                                     noise=noise))
+        out.append(sample(start, z, y, z_noise))
+    return torch.cat(out) if out else torch.empty((0, *module.shape), device=device)
+
+
 def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int, method: str, seed: int,
-                         start: int) -> Tensor:
+                         start: int, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
     """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
 
     SDE noise is drawn per batch from ``seed + start`` (on the inputs' device): reproducible for a
-    fixed batch size; the ODE methods depend on the inputs only.
+    fixed batch size; the ODE methods depend on the inputs only. ``guidance_scale`` and ``null_label``
+    as in :func:`realuid.sampling.sample_teacher`.
     """
     from .sampling import sample_teacher
 
     rng = torch.Generator(device=x0.device).manual_seed(seed + start)
-    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng)
+    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng, guidance_scale=guidance_scale,
+                          null_label=null_label)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,7 +218,9 @@ class Generator(OneStepGenerator):
     """A distilled one-step generator: ``generator(z, y, noise)`` as in training, and :meth:`sample`.
 
     Attributes: ``family``, ``net``, ``spec``, ``shape`` (one sample), ``num_classes`` (0: unconditional),
-    ``copy`` (the weights it holds: None for raw, else the copy's name) and ``checkpoint_meta``.
+    ``copy`` (the weights it holds: None for raw, else the copy's name), ``checkpoint_meta`` and ``times``,
+    the re-noising times ``t_2 < ... < t_k`` of a k-step student (``()`` for one step; ``steps`` = k).
+    Calling it is one step; :meth:`sample` runs any number of its trained steps.
     """
 
     def __init__(self, family, net: nn.Module, spec: dict | None, *, copy: str | None = None,
@@ -187,6 +228,12 @@ class Generator(OneStepGenerator):
         super().__init__(family, net)
         self.spec, self.copy, self.checkpoint_meta = spec, copy, dict(meta or {})
         self.shape, self.num_classes = sample_layout(spec, self.checkpoint_meta)
+        self.times = tuple(float(t) for t in self.checkpoint_meta.get("generator_times", ()))
+
+    @property
+    def steps(self) -> int:
+        """k, the number of steps the student was trained for."""
+        return len(self.times) + 1
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, ema: str | float | None = None,
@@ -195,25 +242,43 @@ class Generator(OneStepGenerator):
                    copy=checkpoint.copy_name(ema), meta=checkpoint.meta)
 
     @torch.no_grad()
-    def sample(self, n: int, *, seed: int = 0, labels=None, batch_size: int | None = None,
+    def sample(self, n: int, *, steps: int | None = None, seed: int = 0, labels=None, batch_size: int | None = None,
                x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         """``n`` samples ``[n, *shape]`` on the module's device, in batches of ``batch_size`` (None: one).
 
-        See the module doc for what sample i is, and when two calls give it bit for bit. ``noise``: the
-        generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts sample i; labels
-        and a paired family's ``x0`` as without it). For a family whose generator takes noise besides the
-        corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise.
+        See the module doc for what sample i is, and when two calls give it bit for bit. ``steps``: generator
+        evaluations per sample, from 1 (the one-step sample) to the trained k (default); a k-step student read
+        with fewer steps stops its chain early (NFE = steps).
+
+        ``noise``: the generator's input noise ``[n, *shape]`` in place of the per-seed draws (row i starts
+        sample i; labels and a paired family's ``x0`` as without it). For a family whose generator takes
+        noise besides the corrupted input ``x0`` (a bridge read at ``generator_t > 0``), that noise. A k-step
+        student's re-noising still draws from the seeds.
+
         """
-        device = next(self.net.parameters()).device
-        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
-        check_noise(noise, n, self.shape, self.net)
-        if noise is not None and self.family.paired and not self.family.generator_noise:
-            raise ValueError(f"this {self.family.name} generator starts from x0 alone: it takes no noise")
-        out = [self(*_to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                  num_classes=self.num_classes, x0=x0, labels=labels,
-                                                  noise=noise)))
-               for start, m in _batches(n, batch_size)]
-        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+        steps = self.check_steps(steps)
+        refusal = (f"this {self.family.name} generator starts from x0 alone: it takes no noise"
+                   if self.family.paired and not self.family.generator_noise else None)
+        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                           sample=lambda start, z, y, z_noise: self.sample_batch(z, y, z_noise, start=start,
+                                                                                 seed=seed, steps=steps))
+
+    def check_steps(self, steps: int | None) -> int:
+        """``steps`` (None: the trained k) if it is an integer from 1 to k, else one :class:`ConfigError`."""
+        steps = self.steps if steps is None else steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.steps:
+            raise ConfigError(f"steps must be an integer from 1 to {self.steps} (the steps this generator was "
+                              f"trained for), got {steps!r}")
+        return steps
+
+    @torch.no_grad()
+    def sample_batch(self, z: Tensor, y: Tensor | None, noise: Tensor | None, *, start: int, seed: int,
+                     steps: int) -> Tensor:
+        """Samples ``start .. start+len(z)-1`` ``[B, ...]`` with ``steps`` evaluations from their one-step inputs
+        (:func:`one_step_inputs`, on the module's device); the re-noising draws come from seeds ``seed + i``."""
+        steps = self.check_steps(steps)
+        renoise = renoise_noise(self.family, z, start, steps - 1, seed=seed, shape=self.shape)
+        return generate_steps(self.family, self.net, z, y, noise, times=self.times[:steps - 1], renoise=renoise)
 
 
 class Teacher(nn.Module):
@@ -242,7 +307,7 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, *, nfe: int, method: str, seed: int = 0, labels=None, batch_size: int | None = None,
-               x0: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+               x0: Tensor | None = None, noise: Tensor | None = None, guidance_scale: float = 1.0) -> Tensor:
         """``n`` samples ``[n, *shape]`` with ``nfe`` network calls by ``method`` (euler | heun | sde).
 
         Sample ``i`` starts from the same input as the generator's sample ``i``, and the ODE methods
@@ -250,21 +315,16 @@ class Teacher(nn.Module):
         (seed + its first index), so SDE samples repeat, and match the stage's, for the same
         ``batch_size`` only. ``noise``: the start noise ``[n, *shape]`` in place of the per-seed draws (row i
         starts sample i; labels as without it), e.g. the noise another library's sampler started from.
-        A paired family starts from ``x0`` instead.
+        A paired family starts from ``x0`` instead. ``guidance_scale`` w samples the classifier-free guided
+        field ``f_uncond + w (f_cond - f_uncond)`` (a teacher trained with label dropout; w = 1: none).
         """
-        device = next(self.net.parameters()).device
-        _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
-        check_noise(noise, n, self.shape, self.net)
-        if noise is not None and self.family.paired:
-            raise ValueError(f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise")
-        out = []
-        for start, m in _batches(n, batch_size):
-            z, y, _ = _to(device, *one_step_inputs(self.family, start, m, seed=seed, shape=self.shape,
-                                                   num_classes=self.num_classes, x0=x0, labels=labels,
-                                                   noise=noise))
-            out.append(sample_teacher_batch(self.family, self.net, z, y, nfe=nfe, method=method, seed=seed,
-                                            start=start))
-        return torch.cat(out) if out else torch.empty((0, *self.shape), device=device)
+        null = check_guidance(self.spec, guidance_scale)
+        refusal = (f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise"
+                   if self.family.paired else None)
+        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                           sample=lambda start, z, y, _: sample_teacher_batch(
+                               self.family, self.net, z, y, nfe=nfe, method=method, seed=seed, start=start,
+                               guidance_scale=guidance_scale, null_label=null))
 
 
 def _teacher_copy(checkpoint: Checkpoint) -> str | None:

@@ -110,6 +110,8 @@ class ModelConfig:
     num_head_channels: int = opt(doc="unet: -1 to use num_heads")
     dropout: float = opt(ge=0, lt=1)
     class_cond: bool = opt(doc="condition on the data set's labels")
+    class_dropout: float = opt(0.0, ge=0, lt=1, doc="teacher: probability of training on the learned null "
+                                                    "label instead (classifier-free guidance; 0 = none)")
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,12 @@ class DistillConfig:
                                              "generator updates (0 = off; finetune too)")
     eval_samples: int = opt(1000, ge=2, doc="size of the fixed noise set scored at each evaluation")
     keep_best: bool = opt(False, doc="keep the best (copy, step) by the in-training metric as generator copy 'best'")
+    # A k-step student (defaults so hand-built configs stay valid; params files list them).
+    generator_steps: int = opt(1, ge=1, doc="k: generator evaluations per sample (1 = the one-step generator)")
+    generator_times: list[float] = opt([], doc="the k-1 times t_2 < ... < t_k the student re-noises its estimate "
+                                               "to, after its own start (empty for k = 1)")
+    guidance_scale: float = opt(1.0, ge=0, doc="w of the teacher's field in the generator loss, "
+                                               "f_uncond + w (f_cond - f_uncond) (1 = no guidance)")
 
 
 @dataclass(frozen=True)
@@ -323,6 +331,12 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}ema_decays: each decay must be in (0, 1), got {obj.ema_decays!r}")
         if len(set(obj.ema_decays)) != len(obj.ema_decays):
             raise ConfigError(f"{prefix}ema_decays: duplicate decays {obj.ema_decays!r}")
+        times = obj.generator_times
+        if len(times) != obj.generator_steps - 1:
+            raise ConfigError(f"{prefix}generator_times: a {obj.generator_steps}-step student re-noises at "
+                              f"{obj.generator_steps - 1} times t_2 < ... < t_k, got {len(times)}: {times!r}")
+        if any(not 0 < t < 1 for t in times) or any(a >= b for a, b in zip(times, times[1:])):
+            raise ConfigError(f"{prefix}generator_times: expected strictly increasing times in (0, 1), got {times!r}")
     if isinstance(obj, TrainTeacherConfig):
         if obj.import_checkpoint and obj.import_format == "none":
             raise ConfigError(f"{prefix}import_format: import_checkpoint is set; say what it is: "
@@ -349,6 +363,14 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
         if obj.family.name == "bridge" and obj.generator.t > 0 and obj.family.sigma == 0:
             raise ConfigError("generator.t: a bridge with family.sigma = 0 has no noise to give its generator; "
                               "keep it 0 or set family.sigma > 0")
+        model = obj.train_teacher.model
+        if obj.distill.guidance_scale != 1 and (obj.train_teacher.import_checkpoint or not model.class_cond
+                                                or model.class_dropout == 0):
+            raise ConfigError("distill.guidance_scale: guidance needs a class-conditional teacher trained with "
+                              "label dropout (train_teacher.model.class_cond: true, class_dropout > 0, trained "
+                              "here); keep it 1")
+        if model.class_dropout > 0 and not model.class_cond:
+            raise ConfigError("train_teacher.model.class_dropout: label dropout needs class_cond: true")
         if obj.distill.keep_best and obj.distill.eval_every_steps == 0:
             raise ConfigError("distill.keep_best: the best copy is chosen by the in-training evaluation; "
                               "set distill.eval_every_steps > 0")
@@ -439,7 +461,7 @@ def in_effect(cfg) -> dict:
     configuration does not use never start a run afresh: the GAN's coefficients while it is off, the
     evaluation's sample count while it is off, and for the teacher the model keys (its spec, hashed
     beside this, holds those the architecture uses) and the import settings (an imported teacher keeps
-    no state).
+    no state); a one-step student's (empty) re-noising times.
     """
     settings = to_dict(cfg)
     settings.pop("nproc", None)
@@ -447,6 +469,11 @@ def in_effect(cfg) -> dict:
         settings["gan"] = {"enabled": False}
     if settings.get("eval_every_steps") == 0:
         settings.pop("eval_samples")
+    if settings.get("guidance_scale") == 1:  # no guidance: its runs keep their state folders
+        settings.pop("guidance_scale")
+    if settings.get("generator_steps") == 1:  # the one-step generator: its runs keep their state folders
+        settings.pop("generator_steps")
+        settings.pop("generator_times")
     if "import_checkpoint" in settings:
         for key in ("model", "import_checkpoint", "import_format", "import_ema"):
             settings.pop(key)

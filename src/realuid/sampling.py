@@ -22,16 +22,20 @@ from torch import Tensor
 from .errors import ConfigError
 from .matching import Family
 from .tensors import check_batch, standard_normal_like
-# The one-step generator's forward pass belongs to the model that owns it; exported here with the samplers.
-from .models.generator import generate_one_step
+# The generator's forward passes (one step, and a k-step student's chain) belong to the model that owns
+# them; exported here with the samplers.
+from .models import guided
+from .models.generator import generate_one_step, generate_steps
 
 __all__ = [
     "SAMPLER_METHODS",
     "seeded_noise",
+    "seeded_noise_draws",
     "sample_ode",
     "sample_sde",
     "sample_teacher",
     "generate_one_step",
+    "generate_steps",
 ]
 
 SAMPLER_METHODS = ("euler", "heun", "sde")
@@ -56,6 +60,22 @@ def seeded_noise(
     moved to ``device``, so sample i is the same whatever the batch split or the device (EDM's
     per-seed noise). Seeds are integers in ``[0, 2**63)``.
     """
+    return seeded_noise_draws(seeds, shape, 1, device=device, dtype=dtype)[0]
+
+
+def seeded_noise_draws(
+    seeds: Sequence[int] | Tensor,
+    shape: tuple[int, ...],
+    draws: int,
+    *,
+    skip: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> list[Tensor]:
+    """``draws`` successive standard normal tensors ``[len(seeds), *shape]`` of each seed's own stream,
+    after its first ``skip`` draws: the first draw is :func:`seeded_noise`'s, so later ones (a k-step
+    student's re-noising) leave it as it was, and row i still depends only on ``seeds[i]``.
+    """
     if isinstance(seeds, Tensor):
         if seeds.dim() != 1 or seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.is_complex():
             raise ValueError(f"seeds must be a 1-D integer tensor, got dtype {seeds.dtype} shape {tuple(seeds.shape)}")
@@ -63,14 +83,15 @@ def seeded_noise(
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
         raise ValueError(f"seeds must be a sequence of ints or a 1-D integer tensor, got {type(seeds).__name__}")
     shape = _check_shape(shape)
-    rows = []
+    rows = []  # [seed][draw]
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
             raise ValueError(f"every seed must be an int in [0, 2**63), got {seed!r}")
         rng = torch.Generator(device="cpu").manual_seed(seed)
-        rows.append(torch.randn(shape, generator=rng, dtype=dtype))
-    noise = torch.stack(rows) if rows else torch.empty((0, *shape), dtype=dtype)
-    return noise.to(device) if device is not None else noise
+        rows.append([torch.randn(shape, generator=rng, dtype=dtype) for _ in range(skip + draws)][skip:])
+    noises = [torch.stack([row[i] for row in rows]) if rows else torch.empty((0, *shape), dtype=dtype)
+              for i in range(draws)]
+    return [noise.to(device) if device is not None else noise for noise in noises]
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -230,14 +251,22 @@ def sample_teacher(
     method: str,
     y: Tensor | None = None,
     rng: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
+    null_label: int | None = None,
 ) -> Tensor:
     """Multi-step teacher sampling: ``method`` 'euler' | 'heun' (ODE) or 'sde' (Euler–Maruyama).
 
     x0: ``[B, ...]`` source endpoint (noise, or the corrupted input of a bridge). Returns ``[B, ...]``.
-    ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods.
+    ``rng`` drives the SDE's Brownian increments and is unused by the ODE methods. ``guidance_scale`` w
+    samples the classifier-free guided field ``f_uncond + w (f_cond - f_uncond)``, ``f_uncond`` at the
+    model's ``null_label`` (:func:`realuid.models.check_guidance` finds it; w = 1: the model itself).
     """
     if method not in SAMPLER_METHODS:
         raise ConfigError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
+    if guidance_scale != 1:
+        if null_label is None or y is None:
+            raise ConfigError(f"guidance scale {guidance_scale:g} needs labels y and the model's null label")
+        model = guided(model, null_label, guidance_scale)
     if method == "sde":
         return sample_sde(family, model, x0, nfe=nfe, y=y, rng=rng)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)

@@ -7,6 +7,7 @@ model with :func:`build_model` and nothing else.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -63,7 +64,43 @@ def model_spec(model_cfg, data_shape: tuple[int, ...], num_classes: int) -> dict
             dropout=model_cfg.dropout,
             num_classes=classes,
         )
+    if model_cfg.class_dropout > 0:
+        if not classes:
+            raise ConfigError("model.class_dropout needs a class-conditional model (model.class_cond: true "
+                              "on labelled data)")
+        # Only then in the spec: a model trained without label dropout keeps its layout and its files.
+        args["class_dropout"] = model_cfg.class_dropout
     return {"arch": arch, "args": args}
+
+
+def null_label(spec: dict | None) -> int | None:
+    """The learned null label (``num_classes``) of a model trained with label dropout, else None."""
+    args = (spec or {}).get("args", {})
+    return int(args["num_classes"]) if args.get("num_classes", 0) and args.get("class_dropout", 0) > 0 else None
+
+
+def check_guidance(spec: dict | None, scale: float) -> int | None:
+    """The null label that classifier-free guidance at ``scale`` needs (None for ``scale = 1``, no guidance);
+    a :class:`realuid.errors.ConfigError` for a model without one (unconditional, or trained without
+    label dropout)."""
+    if scale == 1:
+        return None
+    null = null_label(spec)
+    if null is None:
+        raise ConfigError(f"guidance scale {scale:g} needs a class-conditional teacher trained with label "
+                          "dropout (train_teacher.model.class_dropout > 0); this one has no null label")
+    return null
+
+
+def guided(model, null: int, scale: float):
+    """Classifier-free guidance of ``model(t, x, y)``: the same signature, output
+    ``f_w = f_uncond + w · (f_cond − f_uncond)`` with ``f_uncond = model(t, x, null)`` (w = 1: f_cond)."""
+
+    def field(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        uncond = model(t, x, torch.full_like(y, null))
+        return uncond + scale * (model(t, x, y) - uncond)
+
+    return field
 
 
 def build_model(spec: dict) -> nn.Module:
@@ -90,4 +127,5 @@ def data_shape(spec: dict) -> tuple[int, ...]:
     return (int(args["dim"]),) if spec["arch"] == "mlp" else tuple(int(s) for s in args["shape"])
 
 
-__all__ = ["DIFFUSERS_UNET", "MLP", "OneStepGenerator", "build_model", "data_shape", "model_spec"]
+__all__ = ["DIFFUSERS_UNET", "MLP", "OneStepGenerator", "build_model", "check_guidance", "data_shape", "guided",
+           "model_spec", "null_label"]

@@ -45,6 +45,7 @@ class MLP(nn.Module):
         time_embed_dim: int = 64,
         num_classes: int = 0,
         dropout: float = 0.0,
+        class_dropout: float = 0.0,
     ):
         super().__init__()
         self.dim, self.time_embed_dim, self.num_classes = dim, time_embed_dim, num_classes
@@ -52,7 +53,9 @@ class MLP(nn.Module):
         self.time_mlp = nn.Sequential(
             nn.Linear(time_embed_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim)
         )
-        self.label_emb = nn.Embedding(num_classes, hidden_dim) if num_classes else None
+        # Trained with label dropout, the model has one more row: the null label ``num_classes``.
+        rows = num_classes + (class_dropout > 0)
+        self.label_emb = nn.Embedding(rows, hidden_dim) if num_classes else None
         self.blocks = nn.ModuleList(ResidualBlock(hidden_dim, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, dim))
 

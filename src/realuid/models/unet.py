@@ -24,6 +24,7 @@ class UNet(UNetModel):
         num_head_channels: int = -1,
         dropout: float = 0.0,
         num_classes: int = 0,
+        class_dropout: float = 0.0,
     ):
         in_channels, image_size = shape[0], shape[-1]
         # torchcfm counts attention by down-sampling factor, users think in resolutions.
@@ -37,7 +38,8 @@ class UNet(UNetModel):
             attention_resolutions=tuple(image_size // r for r in resolutions),
             dropout=dropout,
             channel_mult=tuple(channel_mult),
-            num_classes=num_classes or None,
+            # Trained with label dropout, one more embedding row: the null label ``num_classes``.
+            num_classes=(num_classes + (class_dropout > 0)) or None,
             num_heads=num_heads,
             num_head_channels=num_head_channels,
         )

@@ -18,7 +18,7 @@ from ..devices import resolve_device
 from ..distributed import session
 from ..sources import code_digest
 from ..training.bookkeeping import state_key
-from ..training.distillation import distill
+from ..training.distillation import distill, generator_times
 from . import common
 from . import families
 from . import runs
@@ -35,6 +35,7 @@ def main(args, params) -> None:
     families.check_teacher_family(teacher_file, params, "distill")
     check_gan_backbone(cfg, teacher_file.spec)
     family = families.generator_family(params, teacher_file.family)
+    generator_times(family, cfg)  # a k-step student's times in the family's range, before any work
     key = state_key("distill", params.alpha, params.beta, family_record(family), in_effect(cfg),
                     file_digest(args.data), file_digest(args.teacher), *([evaluation] if evaluation else []),
                     code_digest("realuid.stages.distill"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,11 +17,29 @@ from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
-from ..models import OneStepGenerator, build_model
+from ..models import OneStepGenerator, build_model, check_guidance, guided
+from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
+from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
 from .optimization import EMA, make_optimizer, optimizer_step
 from .rng import keeps_global_rng, seeded
+
+
+class EvaluatedChain(nn.Module):
+    """A k-step student as an evaluator calls a generator, ``(z, y, noise) -> x1`` ``[B, ...]``: its whole
+    chain, re-noised with draws seeded by ``(seed, batch index)``, so every evaluation of a run sees the
+    same noise and the scores of its copies and steps compare."""
+
+    def __init__(self, generator: OneStepGenerator, times: tuple[float, ...], seed: int):
+        super().__init__()
+        self.generator, self.times, self.seed, self.batches = generator, times, seed, 0
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+        rng = seeded(self.seed, self.batches, device=z.device)
+        self.batches += 1
+        renoise = renoise_inputs(self.generator.family, z, len(self.times), lambda like: standard_normal_like(like, rng))
+        return generate_steps(self.generator.family, self.generator.net, z, y, noise, times=self.times, renoise=renoise)
 
 
 class QualityLog:
@@ -57,6 +75,8 @@ class QualityLog:
             if weights is not None:
                 self._scratch.net.load_state_dict(weights)
                 generator = self._scratch
+            if uid.times:  # a k-step student is scored at its k steps
+                generator = EvaluatedChain(generator, uid.times, uid.cfg.seed)
             devices = [uid.device] if uid.device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):
                 values = self.evaluator(generator)
@@ -79,7 +99,8 @@ class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
     as in :func:`draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
     generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
-    one per (generated, real) pair (None without the GAN)."""
+    one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
+    ``(x0_j, noise_j)`` of the re-noising stages up to the one this phase trains on (empty: the first)."""
 
     x1: torch.Tensor
     y: torch.Tensor | None
@@ -90,6 +111,7 @@ class StepDraws:
     noise: torch.Tensor | None
     gan_t: torch.Tensor | None = None
     gan_noise: torch.Tensor | None = None
+    renoise: list = field(default_factory=list)
 
 
 class RealUID:
@@ -118,8 +140,13 @@ class RealUID:
         self.labels = spec is None or spec["args"].get("num_classes", 0) > 0
         self.data_free = alpha == 1 and beta == 1
         self.teacher = teacher.to(device).eval().requires_grad_(False)
+        # The field the generator loss reads: the teacher itself, or its classifier-free guided field.
+        scale = getattr(cfg, "guidance_scale", 1.0)
+        null = check_guidance(spec, scale)
+        self.teacher_field = self.teacher if null is None else guided(self.teacher, null, scale)
         init = student_init if student_init is not None else teacher
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
+        self.times = generator_times(family, cfg)
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
         if spec is None:
             # Nothing to build a fresh network from: the fake model starts as a copy of the teacher.
@@ -151,7 +178,9 @@ class RealUID:
         """All draws of a phase for the global ``batch`` [G, ...], in a fixed order, then this process's rows.
 
         Order: generator input ``z`` and its noise, then ``x0, t, noise`` (:func:`draw`), then the GAN
-        head's G times and path noises, last so that runs without the GAN keep their random streams.
+        head's G times and path noises, last so that runs without the GAN keep their random streams; then,
+        for a k-step student only, the stage ``s ~ U{0..k-1}`` and the inputs of its ``s`` re-noising stages
+        (DMD2's backward simulation), after every draw a one-step run makes.
         Drawing for all G rows on every process makes the union over processes exactly the one-process phase.
         """
         total = batch.x1.shape[0]
@@ -164,7 +193,23 @@ class RealUID:
         if self.gan is not None:
             gan_t = gan_time_sample(total, rng, t_max=self.family.t_max, device=batch.x1.device)
             gan_noise = self.family.sample_noise(batch.x1, rng=rng)
-        return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise))
+        renoise = []
+        if self.times:
+            stage = int(torch.randint(len(self.times) + 1, (1,), generator=rng, device=rng.device))
+            renoise = [take(rows, *inputs)
+                       for inputs in renoise_inputs(self.family, z, stage, lambda like: standard_normal_like(like, rng))]
+        return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise), renoise=renoise)
+
+    def _generate(self, d: StepDraws, y: torch.Tensor | None) -> torch.Tensor:
+        """The student's output ``[b, ...]`` at the phase's stage: the chain runs without gradients up to the
+        stage before it, and only the stage itself is differentiated (a one-step student: its one step)."""
+        if not d.renoise:
+            return self.generator(d.z, y, d.z_noise)
+        *before, (source, noise) = d.renoise
+        with torch.no_grad():
+            x1 = generate_steps(self.family, self.generator.net, d.z, y, d.z_noise, times=self.times[:len(before)],
+                                renoise=before)
+        return renoise_step(self.family, self.generator.net, x1, self.times[len(before)], source, y, noise)
 
     def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
@@ -187,7 +232,7 @@ class RealUID:
         d = self._draws(batch, rng)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
-            x1_gen = self.generator(d.z, y, d.z_noise).float()
+            x1_gen = self._generate(d, y).float()
         # Generated and real terms share t, x0 and the path noise within the step.
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
@@ -218,9 +263,9 @@ class RealUID:
             self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
-                x1_gen = self.generator(d.z, y, d.z_noise).float()
+                x1_gen = self._generate(d, y).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
-                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher(t, gen_path.x_t, y)
+                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher_field(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             if self.gan is not None:
@@ -271,6 +316,18 @@ def distillation_update(uid: RealUID, batches: Callable[[int], TrainData], step:
     return results
 
 
+def generator_times(family, cfg) -> tuple[float, ...]:
+    """The re-noising times ``t_2 < ... < t_k`` of ``cfg``'s k-step student (``()`` for one step), checked
+    against ``family`` (:class:`realuid.errors.ConfigError` otherwise)."""
+    steps, times = getattr(cfg, "generator_steps", 1), getattr(cfg, "generator_times", [])
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"distill.generator_steps must be an integer >= 1, got {steps!r}")
+    if len(times) != steps - 1:
+        raise ConfigError(f"distill.generator_times: a {steps}-step student re-noises at {steps - 1} times "
+                          f"t_2 < ... < t_k, got {len(times)}: {list(times)}")
+    return check_generator_times(family, times)
+
+
 @keeps_global_rng
 def distill(
     family,
@@ -303,6 +360,8 @@ def distill(
     its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
     ``meta["best"] = {"copy", "step", <metric>}`` saying which it is.
     """
+    generator_times(family, cfg)  # bad settings stop here, before anything is written
+    check_guidance(spec, getattr(cfg, "guidance_scale", 1.0))
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = state_dir / "checkpoint.pt"
@@ -346,7 +405,9 @@ def distill(
     result = Checkpoint(kind="generator", spec=spec, family=family_record(family),
                         weights=uid.generator.net.state_dict(),
                         copies={ema_copy_name(d): s for d, s in uid.ema.shadows.items()},
-                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps)},
+                        meta={"alpha": alpha, "beta": beta, "step": min(cfg.steps, stop_after or cfg.steps),
+                              # The re-noising times of a k-step student (load_generator reads them).
+                              **({"generator_times": list(uid.times)} if uid.times else {})},
                         config=config_record(cfg))
     if quality is not None and quality.best is not None:
         # One more named copy beside the EMA ones, so every reader of copies loads it the same way.

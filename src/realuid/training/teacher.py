@@ -10,7 +10,7 @@ from ..checkpoints import Checkpoint, ema_copy_name, family_record
 from ..devices import autocast
 from ..distributed import SINGLE_PROCESS, Dist
 from ..losses import matching_loss
-from ..models import build_model
+from ..models import build_model, null_label
 from .batches import BatchStream, TrainData, draw, local_batch, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
 from .optimization import EMA, make_optimizer, optimizer_step
@@ -50,6 +50,7 @@ def train_teacher(
     log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     labels = spec["args"].get("num_classes", 0) > 0
+    null = null_label(spec)  # label dropout (classifier-free guidance) only for a spec that asks for it
 
     start = 0
     state = resume_state(ckpt_path, dist)
@@ -75,6 +76,9 @@ def train_teacher(
         # Draws for the whole global batch on every process, then this process's rows of everything.
         batch = stream(step)
         x0, t, noise = draw(family, batch, rng)
+        if null is not None:  # drawn after every other draw, so runs without it keep their streams
+            dropped = torch.rand(batch.y.shape[0], generator=rng, device=rng.device).to(batch.y.device)
+            batch = TrainData(batch.x1, torch.where(dropped < spec["args"]["class_dropout"], null, batch.y), batch.x0)
         batch, (x0, t, noise) = local_batch(batch, rows), take(rows, x0, t, noise)
         path = family.path_sample(x0, batch.x1, t, noise)
         with autocast(device, cfg.precision):
