@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from test_pipeline import TOY, make_project, tiny_params
+from realuid.errors import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -377,7 +378,7 @@ def test_divergence_message_is_the_last_line_after_the_bar(project):
     assert snapshot(project / "data") == before
 
 
-@pytest.mark.parametrize("error", [ValueError("it broke"), KeyboardInterrupt()])
+@pytest.mark.parametrize("error", [StageError("it broke"), KeyboardInterrupt()])  # a user's error, or Ctrl-C
 def test_an_error_closes_the_bar_of_the_loop_it_came_through_before_its_line(tmp_path, capsys, error):
     import gc
 
