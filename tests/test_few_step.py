@@ -191,8 +191,8 @@ def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_libra
                device="cpu", nproc=1, generator_steps=[1, 3], guidance_scale=2.0)
     params["sample"] = cfg
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    argv = ["--params", str(tmp_path / "params.yaml"), "--teacher", str(tmp_path / "teacher.pt"),
-            "--generator", str(tmp_path / "generator.pt"), "--data", str(tmp_path / "test.h5"), "--out", str(tmp_path / "out")]
+    argv = ["--params", str(tmp_path / "params.yaml"), "--teacher", str(tmp_path / "teacher.pt"), "--generator",
+            str(tmp_path / "generator.pt"), "--data", str(tmp_path / "test.h5"), "--out", str(tmp_path / "out")]
     assert sample_stage.cli(argv) == 0
 
     out = tmp_path / "out"
@@ -205,8 +205,9 @@ def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_libra
         assert np.array_equal(read(row), generator.sample(cfg["n_samples"], steps=steps, **run).numpy()), row
     raw = load_generator(tmp_path / "generator.pt")
     assert np.array_equal(read("student_raw_nfe3"), raw.sample(cfg["n_samples"], steps=3, **run).numpy())
-    guided = load_teacher(tmp_path / "teacher.pt").sample(cfg["n_samples"], nfe=5, method="euler", guidance_scale=2.0, **run)
-    plain = load_teacher(tmp_path / "teacher.pt").sample(cfg["n_samples"], nfe=5, method="euler", **run)
+    teacher = load_teacher(tmp_path / "teacher.pt")
+    guided = teacher.sample(cfg["n_samples"], nfe=5, method="euler", guidance_scale=2.0, **run)
+    plain = teacher.sample(cfg["n_samples"], nfe=5, method="euler", **run)
     assert np.array_equal(read("teacher"), guided.numpy()) and not torch.allclose(guided, plain)
     timing = json.loads((out / "timing.json").read_text())
     assert timing["teacher"]["guidance_scale"] == 2.0 and timing["student_nfe3"]["nfe"] == 3

@@ -68,9 +68,10 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
     ``inputs(start, n)`` gives the generator inputs, labels and generator noise of samples
     ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
     makes only those of its own batches. ``generators[name](start, x0, y, noise)`` samples them [n, ...];
-    the teacher samples with guidance ``guidance_scale`` and ``null_label`` (:func:`sample_teacher_batch`). Rank 0 calls ``sink({who: samples [b, ...] on CPU})`` for every
-    batch in order (batches of a round of processes are gathered together, so at most ``world_size``
-    batches are held). Returns ``{who: seconds}``, the slowest process's (the wall time of a parallel run).
+    the teacher samples with ``guidance_scale`` and ``null_label`` (:func:`sample_teacher_batch`). Rank 0
+    calls ``sink({who: samples [b, ...] on CPU})`` for every batch in order (batches of a round of processes
+    are gathered together, so at most ``world_size`` batches are held). Returns ``{who: seconds}``, the
+    slowest process's (the wall time of a parallel run).
     """
     device = dist.device
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
