@@ -97,7 +97,8 @@ def sampling_setup(family_name: str, method: str):
     family, spec = make_family(family_name), spec_for(classes=3)
     torch.manual_seed(1)
     teacher, student = build_model(spec).eval(), build_model(spec).eval()
-    generators = {"student_raw": OneStepGenerator(family, teacher), "student_ema": OneStepGenerator(family, student)}
+    generators = {name: lambda start, x0, y, noise, g=OneStepGenerator(family, net): g(x0, y, noise)
+                  for name, net in (("student_raw", teacher), ("student_ema", student))}
     cfg = dataclasses.make_dataclass("Cfg", ["batch_size", "teacher_nfe", "teacher_method", "seed"])(8, 6, method, 7)
     split = toy_data(family)
     inputs = lambda start, n: one_step_inputs(family, start, n, seed=100, shape=(2,), num_classes=3,  # noqa: E731

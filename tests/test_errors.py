@@ -653,3 +653,33 @@ def test_bad_k_step_or_guidance_settings_stop_distill_before_any_work(project, c
     before = snapshot(project)
     assert_failed(stage(project, "distill", *DISTILL_ARGS), *fragments)
     assert snapshot(project) == before
+
+
+@pytest.fixture(scope="module")
+def distilled(trained, tmp_path_factory) -> Path:
+    """The trained 2-D project with a one-step generator distilled too."""
+    project = tmp_path_factory.mktemp("distilled")
+    subprocess.run(["cp", "-a", f"{trained}/.", str(project)], check=True)
+    done = stage(project, "distill", *DISTILL_ARGS)
+    assert done.returncode == 0, done.stderr
+    return project
+
+
+@pytest.mark.parametrize("sample_changes, model_changes, fragments", [
+    ({"generator_steps": [1, 2]}, {}, ("sample.generator_steps [1, 2]", "trained for 1 step")),
+    ({"guidance_scale": 2.0}, {}, ("sample.guidance_scale", "label dropout")),  # the params: unconditional
+    # The params promise label dropout; the teacher file, trained before they changed, has no null label.
+    ({"guidance_scale": 2.0}, {"class_cond": True, "class_dropout": 0.1}, ("sample.guidance_scale", "no null label")),
+], ids=["more-steps-than-trained", "guidance-in-params", "guidance-on-the-teacher-file"])
+def test_bad_step_counts_or_guidance_stop_sample_before_any_work(distilled, tmp_path, sample_changes, model_changes,
+                                                                 fragments):
+    project = tmp_path / "project"
+    subprocess.run(["cp", "-a", str(distilled), str(project)], check=True)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sample"].update(sample_changes)
+    params["train_teacher"]["model"].update(model_changes)
+    write_params(project, params)
+    before = snapshot(project)
+    args = [a.replace("data/finetune/", "data/distill/") for a in dvc_args("sample")]  # finetune is off
+    assert_failed(stage(project, "sample", *args), *fragments)
+    assert snapshot(project) == before

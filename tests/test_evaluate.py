@@ -110,12 +110,14 @@ def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, mo
     for name in ("train", "test"):
         write_split(tmp_path / f"{name}.h5", images(40), attrs={"source": name})
     samples = tmp_path / "samples"
-    headline, other = images(20), images(20)
+    headline, other, two_steps = images(20), images(20), images(20)
     for who, x in (("teacher", images(20)), ("student", headline), ("student_ema_0_999", headline),
-                   ("student_raw", other)):
+                   ("student_raw", other), ("student_nfe2", two_steps), ("student_ema_0_999_nfe2", two_steps)):
         write_split(samples / f"{who}.h5", x, attrs={"source": who})
     timing = {"nfe": 1, "samples_per_second": 1.0}
     (samples / "timing.json").write_text(json.dumps({"teacher": timing, "student": timing,
+                                                     **dict.fromkeys(["student_nfe2", "student_ema_0_999_nfe2"],
+                                                                     {"nfe": 2, "samples_per_second": 0.5}),
                                                      "student_copy": "student_ema_0_999"}))
     torch.manual_seed(0)
     save_feature_net(tmp_path / "extractor.pt", FeatureNet(1, 8, 4, width=4, task="rotation"))
@@ -131,16 +133,17 @@ def test_the_headline_student_is_scored_once_with_its_copys_numbers(tmp_path, mo
             "--test", str(tmp_path / "test.h5"), "--features", str(tmp_path), "--out", str(tmp_path / "m.json")]
     assert evaluate_stage.cli(argv) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    # reference + teacher + student_ema_0_999 + student_raw + real: no extraction for `student`
-    assert len(extracted) == 5
+    # reference + teacher + student_ema_0_999 (+ _nfe2) + student_raw + real: none for `student` (`student_nfe2`)
+    assert len(extracted) == 6
     shared = {k: v for k, v in metrics["student"].items() if k not in timing}
     assert shared == metrics["student_ema_0_999"] and "fid_mean" in shared
     assert metrics["student_raw"]["fid"] != shared["fid"]
+    assert metrics["student_nfe2"] == metrics["student_ema_0_999_nfe2"] and metrics["student_nfe2"]["nfe"] == 2
     # Samples that merely share a name are scored on their own.
     write_split(samples / "student.h5", other, attrs={"source": "student"})
     extracted.clear()
     assert evaluate_stage.cli(argv) == 0
-    assert len(extracted) == 6
+    assert len(extracted) == 7
     assert json.loads((tmp_path / "m.json").read_text())["student"]["fid"] == metrics["student_raw"]["fid"]
 
 

@@ -1,6 +1,8 @@
 """k-step students: the chain against a hand-written one, per-seed sampling, one step unchanged, exact resume."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +158,58 @@ def test_in_training_evaluation_scores_the_whole_chain(tmp_path):
     assert x.shape == one_step.shape and not torch.allclose(x, one_step)  # two steps, not one
     assert not torch.equal(x, again)  # a second batch of the evaluation re-noises with its own draws
     assert (tmp_path / "eval.csv").read_text().count("\n") == 3
+
+
+def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_library_samples(tmp_path):
+    """The stage's files against ``Generator.sample(steps=j)`` and ``Teacher.sample(guidance_scale=w)`` at the
+    stage's seed and batch size, bit for bit: a class-conditional 3-step student sampled at 1 and 3 steps,
+    its teacher (trained with label dropout) at w = 2."""
+    import numpy as np
+    import yaml
+
+    from realuid.api import load_teacher
+    from realuid.checkpoints import Checkpoint, save_checkpoint
+    from realuid.data import read_split, write_split
+    from realuid.models import model_spec
+    from realuid.stages import sample as sample_stage
+
+    from test_training import MODEL
+
+    family, fm, classes = make_family("fm"), {"name": "fm", "options": {}}, 3
+    spec = model_spec(dataclasses.replace(MODEL, class_cond=True, class_dropout=0.1), (2,), classes)
+    torch.manual_seed(1)
+    teacher, student = build_model(spec), build_model(spec)
+    save_checkpoint(Checkpoint("teacher", spec, fm, teacher.state_dict(), {"ema_0.999": teacher.state_dict()},
+                               {"step": 1}), tmp_path / "teacher.pt")
+    save_checkpoint(Checkpoint("generator", spec, fm, student.state_dict(), {"ema_0.999": student.state_dict()},
+                               {"step": 1, "generator_times": [0.4, 0.7]}), tmp_path / "generator.pt")
+    write_split(tmp_path / "test.h5", toy_data(family, n=64).x1.numpy(), attrs={"source": "toy"})
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/toy.yaml").read_text())
+    params["train_teacher"]["model"].update(class_cond=True, class_dropout=0.1)
+    params["distill"].update(ema_decays=[0.999], eval_every_steps=0, keep_best=False)
+    cfg = dict(n_samples=40, batch_size=16, teacher_nfe=5, teacher_method="euler", generator_ema="0.999", seed=9,
+               device="cpu", nproc=1, generator_steps=[1, 3], guidance_scale=2.0)
+    params["sample"] = cfg
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--teacher", str(tmp_path / "teacher.pt"), "--generator",
+            str(tmp_path / "generator.pt"), "--data", str(tmp_path / "test.h5"), "--out", str(tmp_path / "out")]
+    assert sample_stage.cli(argv) == 0
+
+    out = tmp_path / "out"
+    assert {p.stem for p in out.glob("*.h5")} == {"teacher", "student", "student_nfe3", "student_raw",
+                                                  "student_raw_nfe3", "student_ema_0_999", "student_ema_0_999_nfe3"}
+    read = lambda name: read_split(out / f"{name}.h5").x1  # noqa: E731
+    run = dict(seed=cfg["seed"], batch_size=cfg["batch_size"])
+    generator = load_generator(tmp_path / "generator.pt", ema=0.999)
+    for steps, row in ((1, "student"), (3, "student_nfe3")):
+        assert np.array_equal(read(row), generator.sample(cfg["n_samples"], steps=steps, **run).numpy()), row
+    raw = load_generator(tmp_path / "generator.pt")
+    assert np.array_equal(read("student_raw_nfe3"), raw.sample(cfg["n_samples"], steps=3, **run).numpy())
+    teacher = load_teacher(tmp_path / "teacher.pt")
+    guided = teacher.sample(cfg["n_samples"], nfe=5, method="euler", guidance_scale=2.0, **run)
+    plain = teacher.sample(cfg["n_samples"], nfe=5, method="euler", **run)
+    assert np.array_equal(read("teacher"), guided.numpy()) and not torch.allclose(guided, plain)
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["teacher"]["guidance_scale"] == 2.0 and timing["student_nfe3"]["nfe"] == 3
+    assert timing["student_raw_nfe3"]["nfe"] == 3 and "nfe" not in timing.get("student_raw", {})
+    assert (out / "student_nfe3.png").is_file()

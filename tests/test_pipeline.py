@@ -586,3 +586,40 @@ def test_editing_the_gan_head_reruns_the_distillation_never_the_teacher(tmp_path
     rerun = dvc_reproduce(project)
     assert "distill" in rerun and rerun <= DOWNSTREAM_OF_ALPHA
     assert not rerun & {"prepare", "features", "train_teacher"}
+
+
+@pytest.mark.slow  # one tiny pipeline run: about half a minute on 2 cores
+def test_a_two_step_student_is_sampled_scored_and_reported_at_each_nfe(tmp_path, monkeypatch):
+    from realuid.api import load_generator
+    from realuid.data import read_split
+
+    params = tiny_params(TOY, distill__generator_steps=2, distill__generator_times=[0.5])
+    assert params["sample"]["generator_steps"] == []  # every step count from 1 to the trained k
+    project = make_project(tmp_path / "project", params, git=False)
+    monkeypatch.chdir(project)
+    for stage in STAGES:
+        run_stage(stage, monkeypatch)
+    samples = project / "data/sample"
+    copies = ["student_raw", *(f"student_ema_{d}".replace(".", "_") for d in params["distill"]["ema_decays"])]
+    assert {p.stem for p in samples.glob("*.h5")} == {"teacher", "student", "student_nfe2", *copies,
+                                                      *(f"{c}_nfe2" for c in copies)}
+    # The files are the library's samples: Generator.sample at the stage's seed and batch size, bit for bit.
+    cfg = params["sample"]
+    generator = load_generator(project / "data/finetune/generator.pt", ema=cfg["generator_ema"])
+    assert generator.steps == 2
+    for steps, row in ((1, "student"), (2, "student_nfe2")):
+        drawn = generator.sample(cfg["n_samples"], steps=steps, seed=cfg["seed"], batch_size=cfg["batch_size"])
+        assert np.array_equal(read_split(samples / f"{row}.h5").x1, drawn.numpy()), row
+    assert not np.array_equal(read_split(samples / "student.h5").x1, read_split(samples / "student_nfe2.h5").x1)
+
+    metrics = json.loads((project / "data/evaluate/metrics.json").read_text())
+    assert metrics["student"]["nfe"] == 1 and "nfe" not in metrics["student_raw"]  # the one-step rows as before
+    for row in ("student_nfe2", "student_raw_nfe2"):
+        assert metrics[row]["nfe"] == 2 and math.isfinite(metrics[row]["sliced_wasserstein2"]), row
+    assert metrics["student_nfe2"]["sliced_wasserstein2"] == metrics["student_ema_0_999_nfe2"]["sliced_wasserstein2"]
+
+    page = (project / "data/report/index.md").read_text()
+    assert "## Quality against NFE" in page and (project / "data/report/nfe.png").is_file()
+    assert f"| student | 2 | {metrics['student_nfe2']['sliced_wasserstein2']:.4g} |" in page
+    assert "![student_nfe2](student_nfe2.png)" in page and (project / "data/report/student_nfe2.png").is_file()
+    assert "| student copy `raw`, 2 steps |" in page

@@ -138,6 +138,8 @@ def renoise_noise(family, z: Tensor, start: int, stages: int, *, seed: int, shap
     """
     from .sampling import seeded_noise_draws
 
+    if stages == 0:  # one step: no per-seed streams to open
+        return []
     per_stage = (not family.paired) + family.needs_noise
     seeds = list(range(seed + start, seed + start + len(z)))
     draws = iter(seeded_noise_draws(seeds, tuple(shape), per_stage * stages, skip=1, dtype=z.dtype))

@@ -216,6 +216,11 @@ class SampleConfig:
     seed: int = opt(ge=0, doc="sample i uses seed + i")
     device: str = opt(doc="auto | cpu | cuda | cuda:N")
     nproc: int = opt(1, ge=1, doc="processes under torchrun; batches of batch_size samples are dealt round-robin")
+    # Defaults so hand-built configs stay valid; params files list them.
+    generator_steps: list[int] = opt([], doc="the student's step counts (NFE) to sample, increasing from 1 up to "
+                                             "its trained k; [] = every one from 1 to k")
+    guidance_scale: float = opt(1.0, ge=0, doc="w of the teacher's sampler, f_uncond + w (f_cond - f_uncond) "
+                                               "(1 = no guidance)")
 
 
 @dataclass(frozen=True)
@@ -337,6 +342,11 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
                               f"{obj.generator_steps - 1} times t_2 < ... < t_k, got {len(times)}: {times!r}")
         if any(not 0 < t < 1 for t in times) or any(a >= b for a, b in zip(times, times[1:])):
             raise ConfigError(f"{prefix}generator_times: expected strictly increasing times in (0, 1), got {times!r}")
+    if isinstance(obj, SampleConfig):
+        steps = obj.generator_steps
+        if steps and (steps[0] != 1 or any(a >= b for a, b in zip(steps, steps[1:]))):
+            raise ConfigError(f"{prefix}generator_steps: expected step counts increasing from 1 (the one-step "
+                              f"samples are always written), e.g. [1, 2, 4], or [] for every one; got {steps!r}")
     if isinstance(obj, TrainTeacherConfig):
         if obj.import_checkpoint and obj.import_format == "none":
             raise ConfigError(f"{prefix}import_format: import_checkpoint is set; say what it is: "
@@ -364,11 +374,11 @@ def _check_cross_fields(obj: Any, prefix: str) -> None:
             raise ConfigError("generator.t: a bridge with family.sigma = 0 has no noise to give its generator; "
                               "keep it 0 or set family.sigma > 0")
         model = obj.train_teacher.model
-        if obj.distill.guidance_scale != 1 and (obj.train_teacher.import_checkpoint or not model.class_cond
-                                                or model.class_dropout == 0):
-            raise ConfigError("distill.guidance_scale: guidance needs a class-conditional teacher trained with "
-                              "label dropout (train_teacher.model.class_cond: true, class_dropout > 0, trained "
-                              "here); keep it 1")
+        for key, scale in (("distill.guidance_scale", obj.distill.guidance_scale),
+                           ("sample.guidance_scale", obj.sample.guidance_scale)):
+            if scale != 1 and (obj.train_teacher.import_checkpoint or not model.class_cond or model.class_dropout == 0):
+                raise ConfigError(f"{key}: guidance needs a class-conditional teacher trained with label dropout "
+                                  "(train_teacher.model.class_cond: true, class_dropout > 0, trained here); keep it 1")
         if model.class_dropout > 0 and not model.class_cond:
             raise ConfigError("train_teacher.model.class_dropout: label dropout needs class_cond: true")
         if obj.distill.keep_best and obj.distill.eval_every_steps == 0:

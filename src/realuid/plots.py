@@ -106,3 +106,24 @@ def quality_curves(tables: dict[str, list[dict[str, str]]], metric: str, path: s
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def quality_against_nfe(series: dict[str, tuple[list[int], list[float]]], metric: str, path: str | Path, *,
+                        title: str, floor: float | None = None) -> None:
+    """``metric`` against the number of function evaluations, one line (or point) per model
+    ``{label: (nfes, values)}``; ``floor`` (real data scored alike) as a dotted line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, (nfes, values) in series.items():
+        ax.plot(nfes, values, marker="o", label=label)
+    if floor is not None:
+        ax.axhline(floor, color="0.5", linestyle=":", label="real data (floor)")
+    ax.set_xscale("log")  # one student step to a teacher's ~100
+    ax.set_xticks(sorted({n for nfes, _ in series.values() for n in nfes}))
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)

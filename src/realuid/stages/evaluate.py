@@ -2,6 +2,8 @@
 
 Rows: ``teacher`` (multi-step), ``student`` (one step), every other copy of the generator, and ``real`` —
 held-out real data scored the same way, the floor that finite sample sizes put under every distance.
+A k-step student's rows of j > 1 steps (``student_nfe<j>``, ``student_raw_nfe<j>``, ...: every file the
+``sample`` stage wrote) are scored alike and carry their ``nfe`` and speed.
 A ``protocol`` entry says how the numbers were measured (extractor and the sha256 of its weights,
 reference split and size, number of generated samples, seeds, FID blocks), so ``dvc metrics diff`` shows
 like with like. Images also get ``fid_mean``, ``fid_min`` and ``fid_std`` over ``evaluate.fid_blocks``
@@ -23,6 +25,7 @@ reference split, and the protocol says both.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -131,11 +134,11 @@ def _evaluate(args, params, dist: Dist, reference_stats: dict | None = None) -> 
                 for who in names}
         rows["real"] = lambda: Split(other.x1[floor_rows])
         metrics = _image_metrics(rows, reference, params, Path(args.features), dist,
-                                 same=_headline_row(student, samples, timing), reference_stats=reference_stats)
+                                 same=_headline_rows(names, samples, timing), reference_stats=reference_stats)
         if not dist.is_main:
             return
-    for who in ("teacher", "student"):
-        metrics[who].update(timing[who])
+    for who in metrics:  # NFE and speed: the teacher, the student and every row of more than one step
+        metrics[who].update(timing.get(who, {}))
     for who, row in metrics.items():
         bad = [k for k, v in row.items() if not np.isfinite(v)]
         if bad:
@@ -178,22 +181,33 @@ def _protocol(params, kind: str, student, reference, floor_size: int, features_d
     return protocol
 
 
-def _headline_row(student, samples: Path, timing: dict) -> dict[str, str]:
-    """``{"student": <its copy>}`` when ``student`` holds exactly the samples of the copy it headlines
-    (as the sample stage writes it), else ``{}``: that row then needs no extraction or FID of its own.
+def _headline_rows(names: list[str], samples: Path, timing: dict) -> dict[str, str]:
+    """``{"student": <its copy>, "student_nfe2": <its copy>_nfe2, ...}`` for each headline row that holds exactly
+    the samples of the copy it headlines (as the sample stage writes them); such a row needs no extraction
+    or FID of its own.
 
-    Compared by the content hash the copy's file records (its arrays are checked against it when the
+    Compared by the content hash each file records (the copy's arrays are checked against it when the
     copy's row is read), so the copy's images need not be in memory beside the student's.
     """
+    copy = timing.get("student_copy")
+    if copy in (None, "student"):
+        return {}
+    same = {}
+    for who in names:
+        if who == "student" or re.fullmatch(r"student_nfe\d+", who):
+            mine = samples / f"{copy}{who.removeprefix('student')}.h5"
+            if mine.is_file() and _recorded_hash(mine) == _recorded_hash(samples / f"{who}.h5"):
+                same[who] = mine.stem
+    return same
+
+
+def _recorded_hash(path: Path) -> str | None:
+    """The content hash an HDF5 split file records (its arrays unread)."""
     import h5py
 
-    copy = timing.get("student_copy")
-    if copy == "student" or not (samples / f"{copy}.h5").is_file():
-        return {}
-    with h5py.File(samples / f"{copy}.h5", "r") as f:
+    with h5py.File(path, "r") as f:
         recorded = f.attrs.get("content_hash")
-    recorded = recorded.decode() if isinstance(recorded, bytes) else recorded
-    return {"student": copy} if recorded == student.attrs["content_hash"] else {}
+    return recorded.decode() if isinstance(recorded, bytes) else recorded
 
 
 def _image_metrics(rows: dict, reference, params, features_dir: Path, dist: Dist,

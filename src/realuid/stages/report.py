@@ -5,13 +5,21 @@ from __future__ import annotations
 import sys
 
 import json
+import re
 import shutil
 from pathlib import Path
 
-from ..plots import curves, quality_curves, read_curves, read_table
+from ..plots import curves, quality_against_nfe, quality_curves, read_curves, read_table
 from . import common
 
 ROWS = (("teacher", "teacher (multi-step)"), ("student", "one-step student"), ("real", "real data (floor)"))
+STEPS_ROW = re.compile(r"(student.*)_nfe(\d+)")  # a k-step student's row of j > 1 steps: <row>_nfe<j>
+
+
+def student_steps_rows(metrics: dict) -> list[str]:
+    """The headline student's rows of more than one step (``student_nfe<j>``), by NFE."""
+    return sorted((who for who in metrics if who != "student" and copy_and_steps(who)[0] == "student"),
+                  key=copy_and_steps)
 
 
 def metrics_table(metrics: dict) -> str:
@@ -19,8 +27,10 @@ def metrics_table(metrics: dict) -> str:
     keys = [k for k in metrics["student"] if k not in ("nfe", "samples_per_second") and "_accuracy_" not in k]
     head = ["model", *keys, "NFE", "samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    copies = [(who, f"student copy `{who.removeprefix('student_')}`") for who in sorted(metrics) if who.startswith("student_")]
-    for who, label in [*ROWS, *copies]:
+    steps = [(who, f"student, {metrics[who]['nfe']} steps") for who in student_steps_rows(metrics)]
+    copies = [(who, copy_label(who)) for who in sorted(metrics, key=copy_and_steps)
+              if who.startswith("student_") and who not in dict(steps)]
+    for who, label in [*ROWS[:2], *steps, ROWS[2], *copies]:
         row = metrics[who]
         cells = [f"{row[k]:.4g}" if k in row else "–" for k in keys]
         speed = [str(row.get("nfe", "–")), f"{row['samples_per_second']:.0f}" if "samples_per_second" in row else "–"]
@@ -28,12 +38,44 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def copy_and_steps(who: str) -> tuple[str, int]:
+    """``student_raw_nfe2`` -> ("student_raw", 2); a one-step row -> (its name, 1)."""
+    steps = STEPS_ROW.fullmatch(who)
+    return (steps.group(1), int(steps.group(2))) if steps else (who, 1)
+
+
+def copy_label(who: str) -> str:
+    """``student_raw`` -> student copy `raw`; ``student_raw_nfe2`` -> student copy `raw`, 2 steps."""
+    name, steps = copy_and_steps(who)
+    return f"student copy `{name.removeprefix('student_')}`" + (f", {steps} steps" if steps > 1 else "")
+
+
+def nfe_section(metrics: dict, headline: str, out: Path) -> str:
+    """Quality against NFE (``nfe.png`` and a table) when the student was sampled with several step counts."""
+    rows = ["student", *student_steps_rows(metrics)]
+    if len(rows) == 1:
+        return ""
+    metric = "fid" if "fid" in metrics["student"] else "sliced_wasserstein2"
+    teacher, floor = metrics["teacher"], metrics["real"][metric]
+    quality_against_nfe({f"student (copy {headline})": ([metrics[w]["nfe"] for w in rows],
+                                                        [metrics[w][metric] for w in rows]),
+                         "teacher": ([teacher["nfe"]], [teacher[metric]])},
+                        metric, out / "nfe.png", title=f"{metric} against NFE", floor=floor)
+    lines = [*(f"| student | {metrics[w]['nfe']} | {metrics[w][metric]:.4g} |" for w in rows),
+             f"| teacher | {teacher['nfe']} | {teacher[metric]:.4g} |", f"| real data (floor) | – | {floor:.4g} |"]
+    return ("\n## Quality against NFE\n\n"
+            f"{metric} of the student at each number of steps, beside the teacher at its NFE; lower is better.\n\n"
+            f"| model | NFE | {metric} |\n|---|---|---|\n" + "\n".join(lines) + "\n\n![quality against NFE](nfe.png)\n")
+
+
 def main(args, params) -> None:
     common.check_folders({common.output_folder(args.out): 0})  # pictures and a page: the margin holds them
     metrics = json.loads(Path(args.metrics).read_text())
     samples = Path(args.samples)
+    pictured = {"teacher": f"teacher, NFE {metrics['teacher']['nfe']}", "student": "one-step student",
+                **{who: f"student, {metrics[who]['nfe']} steps" for who in student_steps_rows(metrics)}}
     with common.atomic_dir(args.out) as tmp:
-        for who in ("teacher", "student"):
+        for who in pictured:
             shutil.copyfile(samples / f"{who}.png", tmp / f"{who}.png")
         panels = {"teacher (matching loss)": read_curves(args.teacher_curves),
                   "distillation": read_curves(args.distill_curves)}
@@ -62,12 +104,12 @@ The one-step student is the generator copy `{headline}`; every copy is listed be
 {metrics_table(metrics)}
 
 The one-step student samples {speedup:.0f}x faster than the teacher at NFE {t['nfe']}.
-
+{nfe_section(metrics, headline, tmp)}
 ## Samples
 
-| teacher, NFE {t['nfe']} | one-step student |
-|---|---|
-| ![teacher](teacher.png) | ![student](student.png) |
+| {" | ".join(pictured.values())} |
+|{"---|" * len(pictured)}
+| {" | ".join(f"![{who}]({who}.png)" for who in pictured)} |
 
 ## Training curves
 

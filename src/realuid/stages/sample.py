@@ -1,8 +1,13 @@
-"""Stage ``sample``: draw samples from the multi-step teacher and the one-step generator.
+"""Stage ``sample``: draw samples from the multi-step teacher and the generator at each asked-for step count.
 
 Sample ``i`` starts from the noise of seed ``sample.seed + i`` (paired families: from the ``i``-th
 corrupted input of the test split, cycled, and a bridge generator that takes noise gets that seed's
 noise), so it is the same whatever the batch size or device.
+
+A k-step student is also sampled with each step count j of ``sample.generator_steps`` ([]: 1 to k), with
+``Generator.sample_batch(..., steps=j)``: its one-step rows keep their names (``student.h5``,
+``student_raw.h5``, ...), the rows of j > 1 get ``_nfe<j>`` (``student_nfe2.h5``, ``student_raw_nfe2.h5``).
+``sample.guidance_scale`` w samples the teacher's classifier-free guided field (w = 1: none).
 
 With ``sample.nproc`` > 1 the stage runs under torchrun and deals whole batches to the processes
 round-robin (batch ``j`` to rank ``j % nproc``); after each round of batches rank 0 gathers them and
@@ -30,6 +35,8 @@ from ..config import BEST_COPY
 from ..data import SplitWriter, read_split
 from ..devices import resolve_device
 from ..distributed import SINGLE_PROCESS, Dist, session
+from ..errors import ConfigError
+from ..models import check_guidance
 from ..plots import image_grid, scatter
 from . import common
 from . import families
@@ -55,14 +62,16 @@ def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
 
 def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
                    dist: Dist = SINGLE_PROCESS, sink: Callable[[dict[str, torch.Tensor]], None] | None = None,
-                   ) -> dict[str, float]:
-    """Samples ``0 .. n_samples-1`` of the teacher and of each named one-step generator, batch by batch.
+                   *, guidance_scale: float = 1.0, null_label: int | None = None) -> dict[str, float]:
+    """Samples ``0 .. n_samples-1`` of the teacher and of each named generator, batch by batch.
 
     ``inputs(start, n)`` gives the generator inputs, labels and generator noise of samples
     ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
-    makes only those of its own batches. Rank 0 calls ``sink({who: samples [b, ...] on CPU})`` for every
-    batch in order (batches of a round of processes are gathered together, so at most ``world_size``
-    batches are held). Returns ``{who: seconds}``, the slowest process's (the wall time of a parallel run).
+    makes only those of its own batches. ``generators[name](start, x0, y, noise)`` samples them [n, ...];
+    the teacher samples with ``guidance_scale`` and ``null_label`` (:func:`sample_teacher_batch`). Rank 0
+    calls ``sink({who: samples [b, ...] on CPU})`` for every batch in order (batches of a round of processes
+    are gathered together, so at most ``world_size`` batches are held). Returns ``{who: seconds}``, the
+    slowest process's (the wall time of a parallel run).
     """
     device = dist.device
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
@@ -76,12 +85,13 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
                               for a in inputs(start, min(cfg.batch_size, n_samples - start)))
                 # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
                 out, sec = _timed(lambda: sample_teacher_batch(family, teacher, xb, yb, nfe=cfg.teacher_nfe,
-                                                               method=cfg.teacher_method, seed=cfg.seed, start=start),
+                                                               method=cfg.teacher_method, seed=cfg.seed, start=start,
+                                                               guidance_scale=guidance_scale, null_label=null_label),
                                   device)
                 mine[start] = {"teacher": out.cpu()}
                 seconds["teacher"] += sec
                 for name, generator in generators.items():
-                    out, sec = _timed(lambda: generator(xb, yb, nb), device)
+                    out, sec = _timed(lambda: generator(start, xb, yb, nb), device)
                     mine[start][name] = out.cpu()
                     seconds[name] += sec
             ordered = dist.gather_batches(mine)
@@ -92,11 +102,12 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
 
 
 def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
-                 dist: Dist = SINGLE_PROCESS) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+                 dist: Dist = SINGLE_PROCESS, **guidance) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
     """:func:`stream_samples` collected: ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere),
     {who: seconds})``."""
     batches: list[dict[str, torch.Tensor]] = []
-    seconds = stream_samples(family, teacher, generators, inputs, n_samples, cfg, dist, sink=batches.append)
+    seconds = stream_samples(family, teacher, generators, inputs, n_samples, cfg, dist, sink=batches.append,
+                             **guidance)
     if not dist.is_main:
         return None, seconds
     return {who: torch.cat([b[who] for b in batches]) for who in seconds}, seconds
@@ -113,12 +124,30 @@ def main(args, params) -> None:
         _sample(args, params, dist)
 
 
+def nfe_row(name: str, steps: int) -> str:
+    """The row (file stem) of ``name`` sampled with ``steps`` generator steps: one-step rows keep their name."""
+    return name if steps == 1 else f"{name}_nfe{steps}"
+
+
+def generator_steps(cfg, trained: int) -> list[int]:
+    """The step counts ``sample.generator_steps`` asks for ([]: 1 to ``trained``), checked against the trained k."""
+    steps = cfg.generator_steps or list(range(1, trained + 1))
+    if steps[-1] > trained:
+        raise common.StageError(f"sample.generator_steps {steps}: the generator was trained for {trained} step(s) "
+                                f"(distill.generator_steps); ask for at most {trained}, or [] for every one")
+    return steps
+
+
 def _sample(args, params, dist: Dist) -> None:
     cfg = params.sample
     device = dist.device
     split = read_split(args.data)
     families.check_family_matches_data(families.teacher_family(params), split)
     teacher = load_teacher(args.teacher, device=device, needed_by="sample", expect_family=params.family.name)
+    try:
+        null = check_guidance(teacher.spec, cfg.guidance_scale)
+    except ConfigError as error:
+        raise common.StageError(f"sample.guidance_scale: {error}") from None
     gen_ckpt = read_checkpoint(args.generator, "generator", needed_by="sample")
     # Every copy of the generator is sampled: the raw weights, each EMA decay and the best copy when
     # distill kept one. `student` is the one `sample.generator_ema` names, the headline of the report; with
@@ -130,35 +159,49 @@ def _sample(args, params, dist: Dist) -> None:
     if headline is None:
         raise common.StageError(f"sample.generator_ema {cfg.generator_ema!r}: the generator has no such copy; "
                                 f"it has the raw weights (none) and {names}")
-    generators = {name: load_generator(gen_ckpt, ema=copy, device=device, needed_by="sample",
-                                       expect_family=params.family.name) for name, copy in copies.items()}
-    gen_family, classes = generators["student_raw"].family, teacher.num_classes
+    loaded = {name: load_generator(gen_ckpt, ema=copy, device=device, needed_by="sample",
+                                   expect_family=params.family.name) for name, copy in copies.items()}
+    steps = generator_steps(cfg, loaded["student_raw"].steps)
+    # Each row runs the library's own k-step chain, so its samples are Generator.sample's bit for bit.
+    generators = {nfe_row(name, j): (lambda start, x, y, noise, g=g, j=j:
+                                     g.sample_batch(x, y, noise, start=start, seed=cfg.seed, steps=j))
+                  for j in steps for name, g in loaded.items()}
+    gen_family, classes = loaded["student_raw"].family, teacher.num_classes
     family = teacher.family  # the teacher samples as it was trained
     inputs = lambda start, n: one_step_inputs(gen_family, start, n, seed=cfg.seed, shape=split.sample_shape,  # noqa: E731
                                               num_classes=classes, x0=split.x0 if gen_family.paired else None)
-    # One file per copy, the teacher and the student: samples (and their inputs x0 when paired) and labels.
+    # One file per row: the teacher, every (copy, steps) and the headline student at every steps: samples
+    # (and their inputs x0 when paired) and labels.
     per_sample = split.x1[0].nbytes * (2 if family.paired else 1) + 8
-    common.check_folders({common.output_folder(args.out): (len(copies) + 2) * cfg.n_samples * per_sample}, dist)
+    rows = 1 + len(steps) * (len(copies) + 1)
+    common.check_folders({common.output_folder(args.out): rows * cfg.n_samples * per_sample}, dist)
 
-    nfe = {"teacher": cfg.teacher_nfe, "student": 1}
-    who_files = ["teacher", *generators, "student"]  # `student`: the headline copy's samples once more
+    # `student` (`student_nfe<j>`): the headline copy's samples once more, pictured and timed.
+    same = {nfe_row("student", j): nfe_row(headline, j) for j in steps}
+    pictured = {"teacher": cfg.teacher_nfe, **{who: j for who, j in zip(same, steps)}}
+    # Every row of more than one step also carries its NFE (and speed) into the metrics.
+    nfe = {**pictured, **{nfe_row(name, j): j for j in steps[1:] for name in copies}}
+    who_files = ["teacher", *generators, *same]
+    guidance = {"guidance_scale": cfg.guidance_scale, "null_label": null}
     if not dist.is_main:
-        stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist)
+        stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist, **guidance)
         return
     labels = class_labels(np.arange(cfg.n_samples), classes)
     labels = None if labels is None else labels.numpy()
     # Paired families: each sample is stored with the input it was drawn from, so evaluate scores the pairs.
     inputs_x0 = split.x0[np.arange(cfg.n_samples) % len(split)] if family.paired else None
     images = len(split.sample_shape) == 3
+    guided_attrs = {"guidance_scale": cfg.guidance_scale} if cfg.guidance_scale != 1 else {}  # w = 1: today's files
     with common.atomic_dir(args.out) as tmp, contextlib.ExitStack() as files:
         writers = {who: files.enter_context(SplitWriter(tmp / f"{who}.h5", cfg.n_samples, split.sample_shape,
                                                         y=labels, x0=inputs_x0,
-                                                        attrs={"source": who, "seed": cfg.seed}))
+                                                        attrs={"source": who, "seed": cfg.seed,
+                                                               **(guided_attrs if who == "teacher" else {})}))
                    for who in who_files}
-        shown: dict[str, list[np.ndarray]] = {who: [] for who in nfe}  # what the pictures need
+        shown: dict[str, list[np.ndarray]] = {who: [] for who in pictured}  # what the pictures need
 
         def sink(batch: dict[str, torch.Tensor]) -> None:
-            batch = {**batch, "student": batch[headline]}
+            batch = {**batch, **{who: batch[row] for who, row in same.items()}}
             for who in who_files:
                 x = batch[who].float().numpy()
                 if not np.isfinite(x).all():
@@ -168,22 +211,24 @@ def _sample(args, params, dist: Dist) -> None:
                 if who in shown and not (images and sum(len(a) for a in shown[who]) >= GRID_IMAGES):
                     shown[who].append(x)
 
-        by_who = stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist, sink=sink)
-        for who in nfe:
+        by_who = stream_samples(family, teacher, generators, inputs, cfg.n_samples, cfg, dist, sink=sink, **guidance)
+        for who in pictured:
             x = np.concatenate(shown[who])
             if images:
                 image_grid(np.clip(x[:GRID_IMAGES], -1, 1), tmp / f"{who}.png")
             else:
                 scatter(x, tmp / f"{who}.png", title=f"{who} ({params.family.name}, NFE {nfe[who]})",
                         reference=split.x1)
-        seconds = {"teacher": by_who["teacher"], "student": by_who[headline]}
+        seconds = {**by_who, **{who: by_who[row] for who, row in same.items()}}
         timing = {who: {"nfe": nfe[who], "samples_per_second": cfg.n_samples / max(seconds[who], 1e-9)} for who in nfe}
+        timing["teacher"].update(guided_attrs)
         common.write_json({**timing, "device": str(device), "processes": dist.world_size,
                            "n_samples": cfg.n_samples, "student_copy": headline,
                            # which (copy, step) the `best` copy is, by which in-training metric
                            **({"best": gen_ckpt.meta["best"]} if "best" in gen_ckpt.meta else {})}, tmp / "timing.json")
-        print("sample: " + ", ".join(f"{k} {v['samples_per_second']:.0f}/s (NFE {v['nfe']})" for k, v in timing.items())
-              + f"; student = {headline}, also {', '.join(n for n in generators if n != headline)}")
+        print("sample: " + ", ".join(f"{k} {timing[k]['samples_per_second']:.0f}/s (NFE {timing[k]['nfe']})"
+                                     for k in pictured)
+              + f"; student = {headline}, also {', '.join(n for n in loaded if n != headline)}")
 
 
 def cli(argv: list[str] | None = None) -> int:
