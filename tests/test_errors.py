@@ -639,15 +639,12 @@ def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_pa
     ({"generator_steps": 0}, ("distill.generator_steps", ">= 1")),
     ({"generator_steps": 3, "generator_times": [0.6, 0.3]}, ("distill.generator_times", "strictly increasing")),
     ({"generator_steps": 3, "generator_times": [0.5]}, ("distill.generator_times", "2 times")),
-    # In (0, 1), so the file is valid, but before the diffusion generator's own start t = 0.559.
-    ({"generator_steps": 2, "generator_times": [0.3], "family": "diffusion"}, ("generator_times", "start t = 0.559")),
+    # (A time valid in the file but outside the family's range is the library's check, test_few_step.py; the
+    # stage reaches it only with a teacher of that family, which this fm project does not have.)
     # Guidance on the toy's unconditional teacher.
     ({"guidance_scale": 2.0}, ("distill.guidance_scale", "label dropout"))])
 def test_bad_k_step_or_guidance_settings_stop_distill_before_any_work(project, change, fragments):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    change = dict(change)
-    if "family" in change:
-        params["family"]["name"] = change.pop("family")
     params["distill"].update(change)
     write_params(project, params)
     before = snapshot(project)
