@@ -463,7 +463,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in args.speed if name not in SPEED_OPTIONS and name != "all"]
     if unknown:
         p.error(f"--speed: unknown {unknown}; choose from {', '.join(SPEED_OPTIONS)}, all, none")
-    for name in ("batch_size", "iterations", "teacher_nfe", "fake_updates", "evaluate_samples"):
+    if args.evaluate_samples is not None and args.evaluate_samples < 4:
+        p.error(f"--evaluate-samples must be at least 4 (a covariance and 3 nearest neighbours), got {args.evaluate_samples}")
+    for name in ("batch_size", "iterations", "teacher_nfe", "fake_updates"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")

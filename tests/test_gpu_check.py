@@ -150,7 +150,7 @@ def test_arguments_are_validated():
     assert gpu_check.parse_args(["--tiny"]).precisions == ["fp32", "bf16"]
     assert gpu_check.parse_args(["--precisions", "bf16"]).precisions == ["bf16"]
     for bad in (["--precisions", "fp16"], ["--precisions", ""], ["--iterations", "0"], ["--speed", "fast"],
-                ["--evaluate-samples", "0"]):
+                ["--evaluate-samples", "3"]):
         with pytest.raises(SystemExit):
             gpu_check.parse_args(bad)
 
@@ -169,3 +169,16 @@ def test_table_shows_skipped_rows_and_missing_readings():
 
 def test_shell_script_is_executable():
     assert os.access(SCRIPT, os.X_OK)
+
+
+@pytest.mark.slow
+def test_bf16_check_scores_both_precisions_from_the_same_weights_each_update():
+    import torch
+    from quality_study import bf16_check
+
+    rows = bf16_check.compare("cifar-tiny", 2, torch.device("cpu"), 0.92, 0.94)
+    assert rows[0]["loss_fp32"] == bf16_check.compare("cifar-tiny", 1, torch.device("cpu"), 0.92, 0.94)[0]["loss_fp32"]
+    for row in rows:
+        assert row["loss_bf16"] != row["loss_fp32"] and -1 <= row["grad_cosine"] <= 1
+    summary = bf16_check.summary(rows)
+    assert summary["updates"] == 2 and summary["grad_norm_rel_error_max"] >= summary["grad_norm_rel_error_median"]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import gpu_check  # bench/gpu_check.py: the random teacher and the authors' distillation settings
+from realuid.checkpoints import code_provenance
 from realuid.devices import resolve_device
 from realuid.matching import make_family
 from realuid.training.batches import BatchStream, TrainData
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         # The bf16 copy's scheduler is a deep copy of a used one, which torch takes for a reordered step.
         warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
         rows = compare(args.size, args.updates, device, args.alpha, args.beta, args.lr, args.warmup_steps)
-    result = {"device": gpu_check.device_name(device), "torch": torch.__version__, "size": args.size,
+    bench = Path(__file__).resolve().parents[1]
+    result = {"code": code_provenance(bench.parent / "src", bench), "device": gpu_check.device_name(device),
+              "torch": torch.__version__, "size": args.size,
               "alpha": args.alpha, "beta": args.beta, "lr": args.lr or "authors' 3e-5",
               "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "authors' 500",
               "summary": summary(rows),
