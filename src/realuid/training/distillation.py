@@ -127,7 +127,8 @@ class RealUID:
     stay in eval mode throughout, which for these backbones (GroupNorm, LayerNorm, no batch statistics)
     changes dropout only. With dropout on, the generator would train stochastic but be sampled
     deterministically, and the fake model would learn from dropout-perturbed samples. The weights'
-    layout is the teacher's, so any teacher file loads as it is.
+    layout is the teacher's, so any teacher file loads as it is. ``cfg.speed`` options apply to all three
+    networks, the caller's teacher module included (in place: compiled, its attention and GroupNorms swapped).
 
     A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
     gradients are averaged over processes before its clip and step.

@@ -65,7 +65,7 @@ def lr_factor(step: int, optim_cfg, total_steps: int) -> float:
 def make_optimizer(params, optim_cfg, total_steps: int, *, fused: bool = False,
                    ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
     """Adam under :func:`lr_factor`'s schedule for a run of ``total_steps`` optimizer steps; ``fused``: one
-    kernel for all parameters (torch has it for CUDA and CPU and says so if a device lacks it)."""
+    kernel for all parameters (torch has it on both devices the configs allow, CPU and CUDA)."""
     opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim_cfg, total_steps))
     return opt, sched
