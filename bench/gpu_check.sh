@@ -7,7 +7,7 @@
 #
 #   bench/gpu_check.sh                   the full check (CUDA when present)
 #   bench/gpu_check.sh --tiny            the same code at a CPU size, well under a minute
-#   bench/gpu_check.sh --speed none      the precision table only (about 2 minutes)
+#   bench/gpu_check.sh --speed none      the precision table and the evaluate timing only
 #   bench/gpu_check.sh --json out.json   also write the results as JSON
 #   bench/gpu_check.sh --help            every option of bench/gpu_check.py
 #   bench/gpu_check.sh --prepare-carry [DIR]
