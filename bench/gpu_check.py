@@ -6,6 +6,11 @@ matmuls) and bf16 autocast, peak GPU memory, one-step and teacher (NFE 99, Euler
 host synchronisations per iteration (CUDA only), and whether every loss and sample was finite. Exit
 status 1 when something was not finite.
 
+A second table times the iteration in bf16 under each speed option of ``distill.speed`` (one at a time,
+then all together; ``--speed``), with the first iteration's seconds (torch.compile compiles then), and
+holds the paper size's iteration against its floor: ~134 TFLOP, 0.135 s at an H100's dense bf16 peak.
+A third line times the evaluate stage's metric work at ``--evaluate-samples`` (10k) samples.
+
 Run it through ``bench/gpu_check.sh`` (it sets ``PYTHONPATH=src``); ``--tiny`` is a CPU-sized run of the
 same code (8x8 images, a 32-channel UNet, batch 8).
 
@@ -180,6 +185,40 @@ def random_teacher(spec: dict, device: torch.device) -> torch.nn.Module:
     return net.to(device).eval()
 
 
+# ------------------------------------------------------------------------------------ speed options
+
+
+# One row per option of ``distill.speed`` (realuid.speed), then all of them together.
+SPEED_OPTIONS = {
+    "fused_adam": {"fused_adam": True},
+    "channels_last": {"channels_last": True},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+    "attention=sdpa": {"attention": "sdpa"},
+    "groupnorm=autocast": {"groupnorm": "autocast"},
+    "compile": {"compile": True},  # last of the single options: its first iteration compiles (minutes)
+}
+# The paper-size iteration (5 fake + 1 generator update at batch 256) is ~134 TFLOP (DESIGN.md, section 6):
+# 0.135 s at an H100's dense bf16 peak, the floor a measured iteration is held against.
+FLOOR_S = 0.135
+
+
+def speed_rows(names: list[str]) -> dict[str, dict]:
+    """``{row name: distill.speed changes}``: ``none`` (the baseline) and the named options; ``all``: every
+    named option at once."""
+    if not names:
+        return {}
+    rows = {"none": {}, **{name: SPEED_OPTIONS[name] for name in names if name != "all"}}
+    if "all" in names:
+        rows["all"] = {k: v for name in names if name != "all" for k, v in SPEED_OPTIONS[name].items()}
+    return rows
+
+
+def with_speed(cfg, changes: dict):
+    from realuid.config import SpeedConfig
+
+    return dataclasses.replace(cfg, speed=dataclasses.replace(SpeedConfig(), **changes))
+
+
 # ---------------------------------------------------------------------------------------- precision
 
 
@@ -248,9 +287,13 @@ def measure_distillation(size: Size, cfg, precision: str, device: torch.device, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     losses = []
+    start = time.perf_counter()
     with precision_ctx():
         for i in range(size.warmup_iterations):
             losses += run_iteration(uid, batch, step=i)
+            if i == 0:
+                synchronize(device)
+                first_seconds = time.perf_counter() - start
     synchronize(device)
     start = time.perf_counter()
     with precision_ctx():
@@ -262,6 +305,7 @@ def measure_distillation(size: Size, cfg, precision: str, device: torch.device, 
     stacked = torch.stack([loss.float() for loss in losses])
     row = {
         "iterations_per_s": size.timed_iterations / seconds,
+        "first_iteration_s": first_seconds,
         "optimizer_steps_per_s": size.timed_iterations * (fake_updates + 1) / seconds,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "host_syncs_per_iteration": syncs,
@@ -303,6 +347,30 @@ def measure_sampling(size: Size, uid, teacher, precision: str, device: torch.dev
             "samples_finite": one_ok and teacher_ok}
 
 
+def measure_evaluate(n_samples: int, feature_dim: int, device: torch.device) -> dict:
+    """Seconds of the evaluate stage's metric work for ``n_samples`` generated against as many reference
+    rows of ``feature_dim`` random features on ``device`` (Inception's pool features are 2048-d): FID
+    statistics and k-NN precision/recall (torch), and KID and the FID itself when torch-fidelity imports.
+    Feature extraction is left out: Inception's weights are a file the user supplies."""
+    from realuid import metrics
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    generated, reference = (torch.randn(n_samples, feature_dim, generator=gen, device=device) for _ in range(2))
+    synchronize(device)
+    start = time.perf_counter()
+    stats = [metrics.fid_statistics(features) for features in (generated, reference)]
+    prc = metrics.precision_recall_sharded(generated, reference)
+    synchronize(device)
+    row = {"samples": n_samples, "feature_dim": feature_dim, "fid_stats_and_prc_s": time.perf_counter() - start}
+    if not _importable("torch_fidelity"):
+        return {**row, "kid_and_fid_s": None, "finite": math.isfinite(prc["f_score"])}
+    start = time.perf_counter()
+    fid = metrics.fid_from_statistics(*stats)
+    kid = metrics.kid_sharded(generated, reference, subsets=100, subset_size=min(1000, n_samples), seed=0)
+    return {**row, "kid_and_fid_s": time.perf_counter() - start,
+            "finite": all(math.isfinite(v) for v in (fid, kid["kid_mean"], prc["f_score"]))}
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -339,6 +407,21 @@ def table(rows: list[dict], teacher_nfe: int) -> str:
     return "\n".join(lines)
 
 
+def speed_table(rows: list[dict], at_paper_size: bool) -> str:
+    head = ["bf16 +", "distill it/s", "s/iteration", f"x floor {FLOOR_S} s", "first iteration s", "peak GiB", "finite"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['option']} | skipped: {r['skipped']} |" + " |" * (len(head) - 2))
+            continue
+        seconds = 1 / r["iterations_per_s"]
+        cells = [r["option"], _fmt(r["iterations_per_s"], 2), _fmt(seconds, 3),
+                 _fmt(seconds / FLOOR_S, 1) if at_paper_size else "n/a", _fmt(r["first_iteration_s"], 1),
+                 _fmt(r["peak_memory_gib"], 2), _fmt(r["losses_finite"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_json(path: Path, payload: dict) -> None:
     from realuid.atomic import atomic_write
 
@@ -361,13 +444,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.92, help="RealUID alpha (authors' CIFAR-10 uncond)")
     p.add_argument("--beta", type=float, default=0.94, help="RealUID beta (authors' CIFAR-10 uncond)")
     p.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file for other distill keys")
-    p.add_argument("--budget-s", type=float, default=270.0, help="skip phases that would start after this")
+    p.add_argument("--speed", default=None,
+                   help=f"comma-separated distill.speed rows timed in bf16: {', '.join(SPEED_OPTIONS)}, all (every "
+                        "listed one at once), or none (default: every option and all; --tiny: without compile, "
+                        "which takes minutes on a CPU)")
+    p.add_argument("--evaluate-samples", type=int, help="samples the evaluate timing scores (default 10000; tiny 500)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="skip phases that would start after this")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--carry-dir", type=Path, default=ROOT / ".carry", help="where --prepare-carry put torchcfm and ruamel.yaml")
     args = p.parse_args(argv)
     args.precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     if not args.precisions or any(s not in ("fp32", "bf16") for s in args.precisions):
         p.error(f"--precisions must list fp32 and/or bf16, got {args.precisions}")
+    if args.speed is None:
+        args.speed = [name for name in SPEED_OPTIONS if not (args.tiny and name == "compile")] + ["all"]
+    else:
+        args.speed = [] if args.speed == "none" else [s.strip() for s in args.speed.split(",") if s.strip()]
+    unknown = [name for name in args.speed if name not in SPEED_OPTIONS and name != "all"]
+    if unknown:
+        p.error(f"--speed: unknown {unknown}; choose from {', '.join(SPEED_OPTIONS)}, all, none")
+    if args.evaluate_samples is not None and args.evaluate_samples < 4:
+        p.error(f"--evaluate-samples must be at least 4 (a covariance and 3 nearest neighbours), got {args.evaluate_samples}")
     for name in ("batch_size", "iterations", "teacher_nfe", "fake_updates"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -418,15 +515,62 @@ def main(argv: list[str] | None = None) -> int:
         del uid
         print(f"  {precision}: done at {time.perf_counter() - started:.0f} s", flush=True)
     print(table(rows, args.teacher_nfe))
+    speed = measure_speed_rows(args, size, cfg, device, started)
+    at_paper_size = not args.tiny and size.batch_size == 256 and args.fake_updates == 5
+    if speed:
+        print(speed_table(speed, at_paper_size))
+        timed = [r for r in speed if "skipped" not in r]
+        if timed and at_paper_size:
+            best = max(timed, key=lambda r: r["iterations_per_s"])
+            print(f"fastest iteration: {1 / best['iterations_per_s']:.3f} s ({best['option']}), "
+                  f"{1 / best['iterations_per_s'] / FLOOR_S:.1f}x the {FLOOR_S} s floor (134 TFLOP at an H100's "
+                  "dense bf16 peak)")
+    evaluate = None
+    if time.perf_counter() - started > args.budget_s:
+        print("evaluate timing: skipped (time budget spent)")
+    else:
+        evaluate = measure_evaluate(args.evaluate_samples or (500 if args.tiny else 10_000),
+                                    64 if args.tiny else 2048, device)
+        print(f"evaluate metrics at {evaluate['samples']} samples x {evaluate['feature_dim']} features: FID "
+              f"statistics + precision/recall {evaluate['fid_stats_and_prc_s']:.1f} s; KID + FID "
+              f"{_fmt(evaluate['kid_and_fid_s'])} s" + ("" if evaluate["kid_and_fid_s"] is not None
+                                                        else " (torch-fidelity not importable)"))
     measured = [r for r in rows if "skipped" not in r]
-    finite = all(r["losses_finite"] and r["samples_finite"] for r in measured)
+    finite = (all(r["losses_finite"] and r["samples_finite"] for r in measured)
+              and all(r["losses_finite"] for r in speed if "skipped" not in r)
+              and (evaluate is None or evaluate["finite"]))
     print(f"losses and samples finite: {'yes' if finite else 'NO'}; total {time.perf_counter() - started:.0f} s")
     if args.json:
         write_json(args.json, {"device": device_name(device), "torch": torch.__version__, "model": size.name,
                                "parameters_millions": params_m, "batch_size": size.batch_size,
                                "fake_updates_per_generator_update": args.fake_updates,
-                               "teacher_nfe": args.teacher_nfe, "torchcfm": torchcfm_source, "rows": rows})
+                               "teacher_nfe": args.teacher_nfe, "torchcfm": torchcfm_source, "rows": rows,
+                               "speed_rows": speed, "floor_s": FLOOR_S if at_paper_size else None,
+                               "evaluate": evaluate})
     return 0 if finite and measured else 1
+
+
+def measure_speed_rows(args, size: Size, cfg, device: torch.device, started: float) -> list[dict]:
+    """The bf16 iteration under each ``--speed`` row, each with a fresh teacher (options change networks in
+    place) and cuDNN's autotuner restored after its row (it is a process-wide switch)."""
+    out = []
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return [{"option": name, "skipped": "this GPU has no bf16"} for name in speed_rows(args.speed)]
+    for name, changes in speed_rows(args.speed).items():
+        if time.perf_counter() - started > args.budget_s:
+            out.append({"option": name, "skipped": f"time budget of {args.budget_s:.0f} s spent"})
+            continue
+        benchmark = torch.backends.cudnn.benchmark
+        try:
+            teacher = random_teacher(size.spec, device)
+            row, uid = measure_distillation(size, with_speed(cfg, changes), "bf16", device, teacher, args.alpha,
+                                            args.beta)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+        out.append({"option": name, **row})
+        del uid, teacher
+        print(f"  bf16 + {name}: done at {time.perf_counter() - started:.0f} s", flush=True)
+    return out
 
 
 if __name__ == "__main__":

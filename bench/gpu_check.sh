@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# GPU check of RealUID distillation (at most 5 minutes on one H100/H200; synthetic data, no network,
+# GPU check of RealUID distillation (at most 10 minutes on one H100/H200; synthetic data, no network,
 # no dvc): distillation iterations/s of the authors' CIFAR-10 UNet at batch 256 in fp32 and bf16, peak
-# memory, one-step vs teacher (NFE 99) sampling images/s, and a check that every loss is finite.
+# memory, one-step vs teacher (NFE 99) sampling images/s, and a check that every loss is finite; then the
+# bf16 iteration under each distill.speed option and all together, against the 0.135 s floor (134 TFLOP
+# at an H100's dense bf16 peak), and the evaluate stage's metric work at 10k samples.
 #
 #   bench/gpu_check.sh                   the full check (CUDA when present)
 #   bench/gpu_check.sh --tiny            the same code at a CPU size, well under a minute
+#   bench/gpu_check.sh --speed none      the precision table and the evaluate timing only
 #   bench/gpu_check.sh --json out.json   also write the results as JSON
 #   bench/gpu_check.sh --help            every option of bench/gpu_check.py
 #   bench/gpu_check.sh --prepare-carry [DIR]

@@ -188,7 +188,7 @@ def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_libra
     params["train_teacher"]["model"].update(class_cond=True, class_dropout=0.1)
     params["distill"].update(ema_decays=[0.999], eval_every_steps=0, keep_best=False)
     cfg = dict(n_samples=40, batch_size=16, teacher_nfe=5, teacher_method="euler", generator_ema="0.999", seed=9,
-               device="cpu", nproc=1, generator_steps=[1, 3], guidance_scale=2.0)
+               device="cpu", nproc=1, generator_steps=[1, 3], guidance_scale=2.0, precision="fp32")
     params["sample"] = cfg
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     argv = ["--params", str(tmp_path / "params.yaml"), "--teacher", str(tmp_path / "teacher.pt"), "--generator",

@@ -45,6 +45,12 @@ def test_tiny_run_on_cpu_measures_both_precisions(env, tmp_path):
         # One network call per image against five: one-step sampling must be the faster one.
         assert row["one_step_images_per_s"] > row["teacher_images_per_s"]
         assert row["peak_memory_gib"] is None and row["host_syncs_per_iteration"] is None  # CUDA-only readings
+    # bf16 under each speed option but compile (minutes on a CPU), then all of them; the floor is the paper size's.
+    assert [r["option"] for r in result["speed_rows"]] == ["none", "fused_adam", "channels_last", "cudnn_benchmark",
+                                                           "attention=sdpa", "groupnorm=autocast", "all"]
+    assert all(r["losses_finite"] and r["iterations_per_s"] > 0 for r in result["speed_rows"])
+    assert result["floor_s"] is None and "| bf16 + | distill it/s |" in proc.stdout
+    assert result["evaluate"]["samples"] == 500 and result["evaluate"]["finite"]
 
 
 def test_torchcfm_models_import_without_pot(env):
@@ -132,10 +138,19 @@ def test_full_size_is_refused_on_a_cpu_unless_asked_for(capsys):
     assert "--tiny" in capsys.readouterr().err
 
 
+def test_speed_rows_are_each_option_alone_then_all_together():
+    rows = gpu_check.speed_rows(gpu_check.parse_args(["--speed", "compile,attention=sdpa,all"]).speed)
+    assert rows == {"none": {}, "compile": {"compile": True}, "attention=sdpa": {"attention": "sdpa"},
+                    "all": {"compile": True, "attention": "sdpa"}}
+    assert gpu_check.speed_rows(gpu_check.parse_args(["--speed", "none"]).speed) == {}
+    assert "compile" in gpu_check.parse_args([]).speed and "compile" not in gpu_check.parse_args(["--tiny"]).speed
+
+
 def test_arguments_are_validated():
     assert gpu_check.parse_args(["--tiny"]).precisions == ["fp32", "bf16"]
     assert gpu_check.parse_args(["--precisions", "bf16"]).precisions == ["bf16"]
-    for bad in (["--precisions", "fp16"], ["--precisions", ""], ["--iterations", "0"]):
+    for bad in (["--precisions", "fp16"], ["--precisions", ""], ["--iterations", "0"], ["--speed", "fast"],
+                ["--evaluate-samples", "3"]):
         with pytest.raises(SystemExit):
             gpu_check.parse_args(bad)
 
@@ -154,3 +169,16 @@ def test_table_shows_skipped_rows_and_missing_readings():
 
 def test_shell_script_is_executable():
     assert os.access(SCRIPT, os.X_OK)
+
+
+@pytest.mark.slow
+def test_bf16_check_scores_both_precisions_from_the_same_weights_each_update():
+    import torch
+    from quality_study import bf16_check
+
+    rows = bf16_check.compare("cifar-tiny", 2, torch.device("cpu"), 0.92, 0.94)
+    assert rows[0]["loss_fp32"] == bf16_check.compare("cifar-tiny", 1, torch.device("cpu"), 0.92, 0.94)[0]["loss_fp32"]
+    for row in rows:
+        assert row["loss_bf16"] != row["loss_fp32"] and -1 <= row["grad_cosine"] <= 1
+    summary = bf16_check.summary(rows)
+    assert summary["updates"] == 2 and summary["grad_norm_rel_error_max"] >= summary["grad_norm_rel_error_median"]

@@ -127,6 +127,19 @@ class OptimConfig:
                      doc="cosine: after the warm-up, the rate falls to 0 at the run's last update")
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """Faster steps at the same result up to float rounding (:mod:`realuid.speed`); all off by default."""
+
+    compile: bool = opt(False, doc="torch.compile the networks (the first update compiles; its time is printed)")
+    fused_adam: bool = opt(False, doc="Adam's fused kernel (CUDA, CPU)")
+    channels_last: bool = opt(False, doc="image networks and their inputs in NHWC memory format")
+    cudnn_benchmark: bool = opt(False, doc="cuDNN autotunes convolutions per shape (CUDA only)")
+    attention: str = opt("classic", choices=("classic", "sdpa"), doc="sdpa: torch's fused attention")
+    groupnorm: str = opt("fp32", choices=("fp32", "autocast"),
+                         doc="autocast: GroupNorm in the autocast dtype (statistics still float32)")
+
+
 IMPORT_FORMATS = ("none", "authors", "torchcfm", "diffusers")
 
 
@@ -149,6 +162,7 @@ class TrainTeacherConfig:
                                        "a diffusers folder holds one network and does not use it")
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
     nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size")
+    speed: SpeedConfig = opt(SpeedConfig())
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ class DistillConfig:
     precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast forward passes (GPU speed)")
     # A default so code that builds a DistillConfig by hand stays valid; params files still list it.
     gan: GanConfig = opt(GanConfig(enabled=False, gen_coef=5.0, disc_coef=15.0))
+    speed: SpeedConfig = opt(SpeedConfig())  # finetune too
     nproc: int = opt(1, ge=1, doc="processes (one per GPU) under torchrun; the global batch stays batch_size (finetune too)")
     # In-training quality (defaults so hand-built configs stay valid; params files list them).
     eval_every_steps: int = opt(0, ge=0, doc="score the raw generator and every EMA copy every this many "
@@ -221,6 +236,7 @@ class SampleConfig:
                                              "its trained k; [] = every one from 1 to k")
     guidance_scale: float = opt(1.0, ge=0, doc="w of the teacher's sampler, f_uncond + w (f_cond - f_uncond) "
                                                "(1 = no guidance)")
+    precision: str = opt("fp32", choices=("fp32", "bf16"), doc="bf16: autocast the networks' forward passes")
 
 
 @dataclass(frozen=True)
@@ -469,12 +485,14 @@ def in_effect(cfg) -> dict:
     The process count is left out: a run's state holds nothing per process, so it resumes, and writes
     the same files, with another number of processes. Keys the
     configuration does not use never start a run afresh: the GAN's coefficients while it is off, the
-    evaluation's sample count while it is off, and for the teacher the model keys (its spec, hashed
-    beside this, holds those the architecture uses) and the import settings (an imported teacher keeps
-    no state); a one-step student's (empty) re-noising times.
+    evaluation's sample count while it is off, the speed options while all are off, and for the teacher
+    the model keys (its spec, hashed beside this, holds those the architecture uses) and the import
+    settings (an imported teacher keeps no state); a one-step student's (empty) re-noising times.
     """
     settings = to_dict(cfg)
     settings.pop("nproc", None)
+    if settings.get("speed") == to_dict(SpeedConfig()):  # off: runs keep their state folders
+        settings.pop("speed")
     if "gan" in settings and not settings["gan"]["enabled"]:
         settings["gan"] = {"enabled": False}
     if settings.get("eval_every_steps") == 0:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .api import Generator, Teacher
 from .checkpoints import family_record, save_checkpoint, tensors_digest
-from .config import DistillConfig, build, in_effect, to_dict, with_changes
+from .config import DistillConfig, SpeedConfig, build, in_effect, to_dict, with_changes
 from .matching import Family, make_family
 from .devices import resolve_device
 from .training.batches import TrainData
@@ -37,6 +37,7 @@ DEFAULT_SETTINGS = {
     "eval_every_steps": 0, "eval_samples": 1000, "keep_best": False,
     "generator_steps": 1, "generator_times": [], "guidance_scale": 1.0,
     "gan": {"enabled": False, "gen_coef": 5.0, "disc_coef": 15.0},
+    "speed": to_dict(SpeedConfig()),
 }
 RUN_RECORD = "run.json"  # in `out`: what the run there was started with, so a call never resumes another run
 
@@ -44,8 +45,8 @@ RUN_RECORD = "run.json"  # in `out`: what the run there was started with, so a c
 def distill_settings(**overrides) -> DistillConfig:
     """The :class:`realuid.config.DistillConfig` of :data:`DEFAULT_SETTINGS` with ``overrides`` (its keys).
 
-    A nested section (``generator_optim``, ``fake_optim``, ``gan``) takes a dict of the keys it changes. The
-    result passes the pipeline's own checks: an unknown key or a value out of range is one
+    A nested section (``generator_optim``, ``fake_optim``, ``gan``, ``speed``) takes a dict of the keys it
+    changes. The result passes the pipeline's own checks: an unknown key or a value out of range is one
     :class:`realuid.config.ConfigError` naming it (``distill.<key>``).
     """
     changes = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in overrides.items()}

@@ -33,7 +33,7 @@ from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_
 from ..checkpoints import read_checkpoint
 from ..config import BEST_COPY
 from ..data import SplitWriter, read_split
-from ..devices import resolve_device
+from ..devices import autocast, resolve_device
 from ..distributed import SINGLE_PROCESS, Dist, session
 from ..errors import ConfigError
 from ..models import check_guidance
@@ -76,7 +76,8 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
     device = dist.device
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
     batches = -(-n_samples // cfg.batch_size)
-    with torch.no_grad():
+    # bf16 (sample.precision): forward passes autocast; samples are stored in float32 either way.
+    with torch.no_grad(), autocast(device, getattr(cfg, "precision", "fp32")):
         for first in range(0, batches, dist.world_size):  # one round: batch first + rank on each process
             mine = {}
             start = (first + dist.rank) * cfg.batch_size
@@ -88,11 +89,11 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
                                                                method=cfg.teacher_method, seed=cfg.seed, start=start,
                                                                guidance_scale=guidance_scale, null_label=null_label),
                                   device)
-                mine[start] = {"teacher": out.cpu()}
+                mine[start] = {"teacher": out.float().cpu()}
                 seconds["teacher"] += sec
                 for name, generator in generators.items():
                     out, sec = _timed(lambda: generator(start, xb, yb, nb), device)
-                    mine[start][name] = out.cpu()
+                    mine[start][name] = out.float().cpu()
                     seconds[name] += sec
             ordered = dist.gather_batches(mine)
             if ordered is not None and sink is not None:

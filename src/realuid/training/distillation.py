@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..checkpoints import Checkpoint, ema_copy_name, family_record
-from ..config import BEST_COPY
+from ..config import BEST_COPY, SpeedConfig
 from ..devices import autocast
 from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
@@ -19,6 +19,7 @@ from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, featu
 from ..distillation_losses import fake_loss, generator_loss
 from ..models import OneStepGenerator, build_model, check_guidance, guided
 from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
+from ..speed import CompileTimer, prepare_backends, prepare_network
 from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
@@ -126,7 +127,8 @@ class RealUID:
     stay in eval mode throughout, which for these backbones (GroupNorm, LayerNorm, no batch statistics)
     changes dropout only. With dropout on, the generator would train stochastic but be sampled
     deterministically, and the fake model would learn from dropout-perturbed samples. The weights'
-    layout is the teacher's, so any teacher file loads as it is.
+    layout is the teacher's, so any teacher file loads as it is. ``cfg.speed`` options apply to all three
+    networks, the caller's teacher module included (in place: compiled, its attention and GroupNorms swapped).
 
     A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
     gradients are averaged over processes before its clip and step.
@@ -168,10 +170,16 @@ class RealUID:
         self.disc_head = DiscriminatorHead(feature_dim(self.fake)).to(device).train() if self.gan else None
         for net in (self.generator, self.fake, *([self.disc_head] if self.gan else [])):
             dist.broadcast_module_(net)  # identical starting weights on every process (before the EMA copies)
+        speed = getattr(cfg, "speed", SpeedConfig())
+        prepare_backends(speed, device)
+        for net in (self.teacher, self.generator.net, self.fake):
+            prepare_network(net, speed)
         self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
-        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim, cfg.steps)
+        self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim, cfg.steps,
+                                                      fused=speed.fused_adam)
         self.fake_opt, self.fake_sched = make_optimizer(self.fake_params, cfg.fake_optim,
-                                                        cfg.steps * cfg.fake_updates_per_generator_update)
+                                                        cfg.steps * cfg.fake_updates_per_generator_update,
+                                                        fused=speed.fused_adam)
         self.ema = EMA(self.generator.net, cfg.ema_decays)
 
     def _draws(self, batch: TrainData, rng: torch.Generator) -> StepDraws:
@@ -391,8 +399,10 @@ def distill(
 
     meter = Meter()
     bar = progress_bar(cfg.steps, start, f"distill a={alpha:g} b={beta:g}", progress and dist.is_main)
+    compile_timer = CompileTimer(getattr(cfg, "speed", SpeedConfig()), device, "distill", dist.is_main)
     for step in range(start, cfg.steps):
         *fakes, (g_loss, g_norm) = distillation_update(uid, stream, step, cfg.seed)
+        compile_timer.done()
         f_loss, f_norm = fakes[-1]
         meter.add(fake_loss=f_loss, generator_loss=g_loss, fake_grad_norm=f_norm, generator_grad_norm=g_norm)
         if after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,

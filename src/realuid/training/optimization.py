@@ -62,9 +62,11 @@ def lr_factor(step: int, optim_cfg, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-def make_optimizer(params, optim_cfg, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam under :func:`lr_factor`'s schedule for a run of ``total_steps`` optimizer steps."""
-    opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas))
+def make_optimizer(params, optim_cfg, total_steps: int, *, fused: bool = False,
+                   ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam under :func:`lr_factor`'s schedule for a run of ``total_steps`` optimizer steps; ``fused``: one
+    kernel for all parameters (torch has it on both devices the configs allow, CPU and CUDA)."""
+    opt = torch.optim.Adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), **({"fused": True} if fused else {}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, optim_cfg, total_steps))
     return opt, sched
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import Checkpoint, ema_copy_name, family_record
+from ..config import SpeedConfig
 from ..devices import autocast
 from ..distributed import SINGLE_PROCESS, Dist
 from ..losses import matching_loss
 from ..models import build_model, null_label
+from ..speed import CompileTimer, prepare_backends, prepare_network
 from .batches import BatchStream, TrainData, draw, local_batch, take
 from .bookkeeping import CurveLog, Meter, after_step, config_record, progress_bar, resume_state
 from .optimization import EMA, make_optimizer, optimizer_step
@@ -45,8 +47,11 @@ def train_teacher(
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(spec).to(device)
     dist.broadcast_module_(model)  # seeded construction already agrees; this makes sure of it
+    speed = getattr(cfg, "speed", SpeedConfig())
+    prepare_backends(speed, device)
+    prepare_network(model, speed)
     ema = EMA(model, [cfg.ema_decay])
-    opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.steps)
+    opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.steps, fused=speed.fused_adam)
     log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     labels = spec["args"].get("num_classes", 0) > 0
@@ -70,6 +75,7 @@ def train_teacher(
     meter = Meter()
     model.train()
     bar = progress_bar(cfg.steps, start, "teacher", progress and dist.is_main)
+    compile_timer = CompileTimer(speed, device, "teacher", dist.is_main)
     for step in range(start, cfg.steps):
         rng = seeded(cfg.seed, step, 0, device=device)
         seed_dropout(cfg.seed, step, dist.rank)
@@ -86,6 +92,7 @@ def train_teacher(
         loss = matching_loss(pred.float(), path.target, path.weight).mean()
         norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip, dist)
         ema.update(model)
+        compile_timer.done()
         meter.add(loss=loss, grad_norm=norm)
         if after_step(step + 1, cfg=cfg, stop_after=stop_after, meter=meter, dist=dist, log=log, bar=bar,
                        ckpt_path=ckpt_path, state=state, extra=lambda: {"lr": sched.get_last_lr()[0]}):
