@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import stats
+from .digits_imbalance import parse_settings
 from .digits_levers import ROOT, _code_version, splits
 
 TRAIN_TIMESTEPS = 1000
@@ -266,19 +267,6 @@ def distil(folder: str, prepare: dict, features: str, alpha: float, beta: float,
 
 
 # ------------------------------------------------------------------------------- the study
-
-
-def parse_settings(items: list[str]) -> list[tuple[float, float]]:
-    out = []
-    for item in items:
-        try:
-            alpha, beta = (float(v) for v in item.split(","))
-        except ValueError:
-            raise SystemExit(f"error: --settings takes alpha,beta pairs, got {item!r}") from None
-        if not (0 < alpha <= 1 and 0 < beta <= 1):
-            raise SystemExit(f"error: alpha and beta must be in (0, 1], got {item!r}")
-        out.append((alpha, beta))
-    return out
 
 
 def write_markdown(result: dict, path: Path) -> None:
