@@ -147,11 +147,11 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def _named(err: OSError, path: str | Path, hint: str = "") -> OSError:
-    """``err`` itself when it names a file, else the same error naming ``path`` (plus ``hint``)."""
+def _named(err: OSError, path: str | Path) -> OSError:
+    """``err`` itself when it names a file, else the same error naming ``path``."""
     if err.filename is not None or err.errno is None:
         return err
-    return type(err)(err.errno, f"{err.strerror or os.strerror(err.errno)}{hint}", str(path))
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno), str(path))
 
 
 def write_json(obj, path: str | Path) -> None:
@@ -221,8 +221,13 @@ def working_folders(dist, needs: dict, state_dir: str | Path | None = None) -> I
     try:
         yield
     except OSError as err:
-        raise _named(err, state_dir, "; the state keeps its last good checkpoint: make room and run the "
-                                     "same command again to resume") from err
+        # The writers name their file (a checkpoint in state_dir, say); either way the hint belongs to the state.
+        inside = err.filename is None or Path(err.filename).resolve().is_relative_to(Path(state_dir).resolve())
+        if err.errno is None or not inside:
+            raise
+        raise type(err)(err.errno, f"{err.strerror or os.strerror(err.errno)}; the state keeps its last good "
+                        "checkpoint: make room and run the same command again to resume",
+                        err.filename or str(state_dir)) from err
     finally:
         lock.release()
 
