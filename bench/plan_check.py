@@ -1,4 +1,4 @@
-"""The plan's check (issue 21): its projection against a measured ``dvc repro`` from an empty state.
+"""The plan's check: its projection against a measured ``dvc repro`` from an empty state.
 
 Run it on an idle machine (timings on a shared one say nothing), from the repository root, with the
 project's environment's ``python`` and ``dvc`` first on PATH::
