@@ -41,6 +41,8 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
+
 # DVC's work around one stage (hashing its deps and outs, writing dvc.lock); stated, not measured.
 DVC_STAGE_SECONDS = 2.0
 # The cheap report stage (a few plots and a table) beside its process start; stated, not measured.
@@ -56,7 +58,7 @@ METRIC_ROWS_TIMED = 2000
 MIB = 2**20
 
 
-class PlanError(RuntimeError):
+class PlanError(UserError, RuntimeError):
     """A params file or data set the plan cannot work from; reported as one ``error:`` line."""
 
 
@@ -611,17 +613,14 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm-resources", metavar="FILE", default=None,
                    help="also write the Slurm requests for the registry (dvc.yaml's folder's plan.json)")
     args = p.parse_args(argv)
-    from .config import ConfigError
-
     try:
         if args.steps is not None and args.steps < 1:
             raise PlanError(f"--steps must be at least 1, got {args.steps}")
         plan = make_plan(args.params, device=args.device, dvc_yaml=args.dvc, steps=args.steps)
         if args.slurm_resources:
             write_json_atomic(slurm_resources(plan), Path(args.slurm_resources))
-    except (ConfigError, PlanError, ValueError, RuntimeError, OSError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    except (UserError, OSError) as err:  # bad params, data or folders; anything else is a bug with its traceback
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
     return 0
