@@ -77,3 +77,17 @@ def test_bad_settings_are_one_error_line(tmp_path):
         diffusers_digits.main(TINY + ["--settings", "0,1", "--work", str(tmp_path / "w"), "--json",
                                       str(tmp_path / "r.json"), "--out", str(tmp_path / "r.md")])
     assert not any(tmp_path.iterdir())
+
+
+def test_keep_best_hands_over_the_copy_of_lowest_validation_fid(tiny_run, tmp_path):
+    root, _ = tiny_run  # the same teacher and features come from the first run's cache
+    args = TINY + ["--keep-best", "--generator-lr", "1e-4", "--settings", "0.2,1", "--seeds", "0",
+                   "--work", str(root / "work"), "--json", str(tmp_path / "r.json"), "--out", str(tmp_path / "r.md")]
+    diffusers_digits.main(args)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["distill"]["keep_best"] and result["distill"]["generator_optim"]["lr"] == 1e-4
+    run = result["runs"][0]
+    best = min(run["curve"], key=lambda r: r["fid"])
+    assert run["handed"] == {"copy": best["copy"], "step": int(best["step"])}
+    assert run["validation_fid"] == best["fid"]
+    assert "lowest validation FID (`keep_best`)" in (tmp_path / "r.md").read_text()

@@ -238,7 +238,8 @@ def score_teacher_on_test(folder: str, prepare: dict, features: str, samples: in
 def distil(folder: str, prepare: dict, features: str, alpha: float, beta: float, seed: int, settings: dict,
            out: str) -> dict:
     """One RealUID student of the imported teacher on the fit digits (``realuid.distill``, resumable in
-    ``out``), its validation curve, and its ``COPY`` at the end scored on the test digits."""
+    ``out``), its validation curve, and the copy it hands over scored on the test digits: ``COPY`` at the
+    last update, or with ``keep_best`` the (copy, update) of lowest validation FID."""
     import realuid
     from realuid import quality
     from realuid.distill_api import distill_settings
@@ -257,10 +258,15 @@ def distil(folder: str, prepare: dict, features: str, alpha: float, beta: float,
     with open(Path(out) / "eval.csv") as f:
         header, *rows = [line.strip().split(",") for line in f if line.strip()]
     curve = [{k: (v if k == "copy" else float(v)) for k, v in zip(header, row)} for row in rows]
-    generator = realuid.load_generator(Path(out) / "generator.pt", ema=float(COPY.split("_")[1]))
+    if settings.get("keep_best"):
+        generator = realuid.load_generator(Path(out) / "generator.pt", ema="best")
+        handed = min(curve, key=lambda r: r["fid"])  # the first of equals, as the loop keeps it
+    else:
+        generator = realuid.load_generator(Path(out) / "generator.pt", ema=float(COPY.split("_")[1]))
+        handed = [r for r in curve if r["copy"] == COPY][-1]
     images = generator.sample(settings["eval_samples"], seed=TEST_SEED, batch_size=500)
-    final = [r for r in curve if r["copy"] == COPY][-1]
-    return {"alpha": alpha, "beta": beta, "seed": seed, "validation_fid": final["fid"], "curve": curve,
+    return {"alpha": alpha, "beta": beta, "seed": seed, "validation_fid": handed["fid"],
+            "handed": {"copy": handed["copy"], "step": int(handed["step"])}, "curve": curve,
             "test": score(images, test, features), "grid": images[:GRID_IMAGES].tolist(),
             "seconds": time.perf_counter() - start}
 
@@ -275,6 +281,9 @@ def write_markdown(result: dict, path: Path) -> None:
                     ("diffusers DDIM-%d, clip_sample off" % result["ddim_steps"], t["ddim_unclipped"]),
                     (f"our sampler after import ({result['method']}, NFE {result['nfe']})", t["ours"])]
     num = lambda r, k: f"{r[k]:.3f}"  # noqa: E731
+    handed = ("the (copy, update) of lowest validation FID (`keep_best`)" if result["distill"].get("keep_best")
+              else f"`{COPY}`, last update")
+    lr = result["distill"].get("generator_optim", {}).get("lr")
     lines = [f"## A diffusers-trained teacher, distilled (`{result['command']}`)", "",
              f"Code {result['code']}; {result['n_fit']} fit / {result['n_val']} validation / {result['n_test']} test "
              f"digits; teacher: `UNet2DModel` {result['unet']['block_out_channels']} "
@@ -282,7 +291,9 @@ def write_markdown(result: dict, path: Path) -> None:
              f"{TRAIN_TIMESTEPS} timesteps, batch {result['teacher_batch']}, AdamW lr {result['teacher_lr']}, "
              f"EMA {result['teacher_ema']}, trained by diffusers' pieces in a loop of this script (seed 0); "
              f"students: `realuid.distill`, {result['distill']['steps']} updates, batch "
-             f"{result['distill']['batch_size']}, copy `{COPY}`, seeds {result['seeds']}; "
+             f"{result['distill']['batch_size']}{'' if lr is None else f', generator lr {lr:g}'}, validation "
+             f"FID every {result['distill']['eval_every_steps']} updates, hands over {handed}, seeds "
+             f"{result['seeds']}; "
              f"{result['samples']} images per score, one torch thread per job, {result['workers']} jobs at a "
              f"time; wall {result['wall_seconds'] / 60:.1f} min (CPU timings depend on the machine's load; the "
              "numbers do not: CPU runs are deterministic).", "",
@@ -290,7 +301,7 @@ def write_markdown(result: dict, path: Path) -> None:
              "| teacher budget (updates) | diffusers DDIM FID (validation) |", "|---|---|"]
     for steps, r in result["teacher_validation"].items():
         lines.append(f"| {steps}{' (chosen)' if int(steps) == result['teacher_steps'] else ''} | {r['fid']:.3f} |")
-    lines += ["", f"| (alpha, beta), seed {result['seeds'][0]} | student FID (validation, `{COPY}`, last update) |",
+    lines += ["", f"| (alpha, beta), seed {result['seeds'][0]} | student FID (validation, {handed}) |",
               "|---|---|"]
     for k, fid in result["setting_validation"].items():
         lines.append(f"| ({k.replace(',', ', ')}){' (chosen)' if k == result['setting'] else ''} | {fid:.3f} |")
@@ -335,6 +346,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distill-steps", type=int, default=800)
     parser.add_argument("--distill-batch", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--keep-best", action="store_true",
+                        help="hand over the (copy, update) of lowest validation FID instead of the last ema_0.999")
+    parser.add_argument("--generator-lr", type=float, default=None, help="default: realuid.distill's")
     parser.add_argument("--samples", type=int, default=1000, help="images per score")
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--nfe", type=int, default=99, help="network calls of our sampler")
@@ -366,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     features = str(work / f"features-{_digest([prepare, features_cfg])}.pt")
     distill_cfg = {"steps": args.distill_steps, "batch_size": args.distill_batch, "eval_every_steps": args.eval_every,
                    "eval_samples": args.samples, "checkpoint_every_steps": args.eval_every}
+    if args.keep_best:
+        distill_cfg["keep_best"] = True
+    if args.generator_lr is not None:
+        from realuid.distill_api import DEFAULT_SETTINGS as LIBRARY_SETTINGS
+
+        distill_cfg["generator_optim"] = {**LIBRARY_SETTINGS["generator_optim"], "lr": args.generator_lr}
     seconds = {}
 
     with futures.ProcessPoolExecutor(args.workers) as pool:
