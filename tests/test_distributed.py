@@ -34,12 +34,13 @@ from realuid.config import ConfigError, GanConfig, Params, build, in_effect
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
-from realuid.models import OneStepGenerator, build_model
+from realuid.models import OneStepGenerator, build_model, data_shape, model_spec
+from realuid.training.batches import TrainData
 from realuid.stages import sample as sample_stage
 from realuid.training import distillation
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher
-from test_training import DISTILL, TEACHER, spec_for, toy_data
+from test_training import DISTILL, MODEL, TEACHER, spec_for, toy_data
 
 ATOL = 1e-5  # weights after a few dozen steps, 2 processes vs 1 (measured: < 1e-6; summation order only)
 WORLD = 2
@@ -90,6 +91,21 @@ def distill_setup(case):
     torch.manual_seed(0)
     teacher = build_model(spec)
     return family, data, teacher, spec, cfg, dict(alpha=alpha, beta=beta)
+
+
+class OwnModule(torch.nn.Module):
+    """A network of one's own (no spec) holding a parameter its forward never uses, as user modules may."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.unused = build_model(spec_for()), torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, t, x, y=None):
+        return self.net(t, x, y)
+
+
+OWN_MODULE_RUN = dataclasses.replace(DISTILL_RUN, fake_init="teacher")
 
 
 def sampling_setup(family_name: str, method: str):
@@ -156,6 +172,9 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     for case in DISTILL_CASES:
         family, data, teacher, spec, cfg, coef = distill_setup(case)
         out[case[0]] = distill(family, data, teacher, spec, cfg, folder / case[0], progress=False, dist=dist, **coef)
+    family = make_family("fm")
+    out["own_module"] = distill(family, toy_data(family), OwnModule(), None, OWN_MODULE_RUN, folder / "own_module",
+                                progress=False, dist=dist, alpha=0.9, beta=0.95)
     # The same command as the killed run, again: it resumes from the killed run's last checkpoint.
     family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
     out["rerun"] = distill(family, data, teacher, spec, cfg, folder / "killed", progress=False, dist=dist, **coef)
@@ -201,7 +220,7 @@ def two_process_runs(tmp_path_factory):
     run_processes(_equivalence_job, str(folder))
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for rank in ranks:  # training results travel as plain dicts (no pickled classes): rebuild them
-        for run in ("teacher", *(case[0] for case in DISTILL_CASES), "rerun"):
+        for run in ("teacher", *(case[0] for case in DISTILL_CASES), "own_module", "rerun"):
             rank[run] = Checkpoint(**rank[run])
     return folder, ranks
 
@@ -257,6 +276,58 @@ def test_two_process_distillation_equals_one_process(two_process_runs, tmp_path,
     curves_two, curves_one = curve_columns(folder / case[0] / "curves.csv"), curve_columns(tmp_path / "curves.csv")
     for name in ("fake_loss", "generator_loss"):
         np.testing.assert_allclose(curves_two[name], curves_one[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_module_of_ones_own_with_an_unused_parameter_trains_on_two_processes(two_process_runs, tmp_path):
+    # DDP searches such a module's graph for unused parameters (a network realuid builds skips the search:
+    # see the next test), so the unused parameter neither hangs nor fails the run.
+    _, ranks = two_process_runs
+    family = make_family("fm")
+    single = distill(family, toy_data(family), OwnModule(), None, OWN_MODULE_RUN, tmp_path, progress=False,
+                     alpha=0.9, beta=0.95)
+    assert_close_weights(ranks[0]["own_module"].weights, single.weights)
+    assert same_weights(ranks[0]["own_module"].weights, ranks[1]["own_module"].weights)
+    assert torch.equal(single.weights["unused"], torch.zeros(3))
+
+
+def _tiny_diffusers_teacher(tmp_path: Path, classes: int) -> tuple[dict, dict]:
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from realuid.teachers.diffusers import load_diffusers_teacher
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), num_class_embeds=classes or None)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
+    spec, _, record = load_diffusers_teacher(tmp_path)
+    return spec, make_family(record["name"], **record["options"])
+
+
+@pytest.mark.parametrize("arch, classes, gan", [("mlp", 0, False), ("mlp", 3, True), ("unet", 0, False),
+                                                ("unet", 3, True), ("diffusers", 3, False)])
+def test_every_parameter_of_a_built_network_gets_a_gradient_in_its_phase(tmp_path, arch, classes, gan):
+    """The precondition of DDP without unused-parameter search (``Dist.data_parallel``), for every
+    architecture realuid builds: after each phase's backward, every parameter the phase trains has a
+    gradient (else a multi-process run would fail at its next step)."""
+    if arch == "diffusers":
+        spec, family = _tiny_diffusers_teacher(tmp_path, classes)
+    else:
+        shape = (2,) if arch == "mlp" else (1, 8, 8)
+        model = dataclasses.replace(MODEL, class_cond=bool(classes), channels=32,
+                                    attention_resolutions="4" if arch == "unet" else "")
+        spec, family = model_spec(model, shape, classes), make_family("fm")
+    shape = data_shape(spec)
+    gen = torch.Generator().manual_seed(0)
+    data = TrainData(torch.rand(8, *shape, generator=gen) * 2 - 1,
+                     torch.randint(0, classes, (8,), generator=gen) if classes else None)
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    cfg = dataclasses.replace(DISTILL_RUN, batch_size=8, gan=GAN if gan else DISTILL_RUN.gan, fake_init="teacher")
+    uid = distillation.RealUID(family, teacher, spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+    uid.fake_step(data, torch.Generator().manual_seed(1))
+    assert [n for n, p in uid.fake_trained.named_parameters() if p.grad is None] == []
+    uid.generator_step(data, torch.Generator().manual_seed(2))
+    assert [n for n, p in uid.generator.net.named_parameters() if p.grad is None] == []
 
 
 def test_only_rank_zero_writes_the_state(two_process_runs):

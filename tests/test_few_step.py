@@ -91,7 +91,7 @@ def test_one_step_student_trains_as_without_the_feature(tmp_path, monkeypatch):
         raise AssertionError("a one-step student re-noises nothing")
 
     monkeypatch.setattr(distillation, "renoise_inputs", unreachable)
-    monkeypatch.setattr(RealUID, "_generate", lambda self, d, y: self.generator(d.z, y, d.z_noise))
+    monkeypatch.setattr(RealUID, "_generate", lambda self, d, y, net: self.generator(d.z, y, d.z_noise))
     without = run("b")
     assert same_weights(with_feature.weights, without.weights)
     assert all(same_weights(with_feature.copies[k], without.copies[k]) for k in without.copies)
