@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from test_pipeline import TOY, make_project, tiny_params
@@ -680,3 +681,13 @@ def test_bad_step_counts_or_guidance_stop_sample_before_any_work(distilled, tmp_
     args = [a.replace("data/finetune/", "data/distill/") for a in dvc_args("sample")]  # finetune is off
     assert_failed(stage(project, "sample", *args), *fragments)
     assert snapshot(project) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name, key", [("features", "features__device"), ("train_teacher", "train_teacher__device")])
+def test_a_device_that_is_not_there_is_one_error_line_before_any_work(tmp_path, name, key):
+    write_params(tmp_path, tiny_params(TOY, **{key: "cuda:1"}))
+    assert stage(tmp_path, "prepare", "--out", "data/prepare").returncode == 0
+    before = snapshot(tmp_path)
+    assert_failed(stage(tmp_path, name, *dvc_args(name)), "'cuda:1'", "CUDA is not available")
+    assert snapshot(tmp_path) == before

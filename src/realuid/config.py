@@ -92,6 +92,8 @@ class FeaturesConfig:
     batch_size: int = opt(gt=0)
     lr: float = opt(gt=0)
     seed: int = opt(ge=0)
+    device: str = opt("auto", doc="auto | cpu | cuda | cuda:N: where the extractor trains and the reference "
+                                  "features are extracted")
 
 
 @dataclass(frozen=True)
