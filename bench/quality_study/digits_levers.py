@@ -150,8 +150,7 @@ def fid_evaluator(shared: dict, distill_cfg, val):
 def score_teacher(shared: dict, base: dict, eval_samples: int, nfe: int) -> dict:
     """The teacher's FID at ``nfe`` Euler steps (and at 1) on the noise set every student is scored on."""
     from realuid.api import load_teacher
-    from realuid.models import OneStepGenerator
-    from realuid.sampling import sample_teacher
+    from realuid.sampling import OneStepGenerator, sample_teacher
 
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])

@@ -37,7 +37,8 @@ from realuid.analytic import ExactTeacher, GaussianMixture
 from realuid.atomic import atomic_write
 from realuid.matching import make_family
 from realuid.metrics import knn_precision_recall, mode_masses, sliced_wasserstein2
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.models import build_model, model_spec
+from realuid.sampling import OneStepGenerator
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher

@@ -401,7 +401,7 @@ def _in_training_evaluation(ctx: Context, cfg) -> tuple[float, int, float]:
     if cfg.eval_every_steps == 0:
         return 0.0, 0, 0.0
     from . import quality
-    from .models import OneStepGenerator
+    from .sampling import OneStepGenerator
 
     _, family = _families(ctx.params)
     teacher, spec = _teacher_net(ctx)

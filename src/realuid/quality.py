@@ -58,7 +58,7 @@ class EvalInputs:
 
 
 class QualityEvaluator:
-    """``evaluator(generator) -> {metric: value}`` for a :class:`realuid.models.OneStepGenerator`.
+    """``evaluator(generator) -> {metric: value}`` for a :class:`realuid.sampling.OneStepGenerator`.
 
     ``score(samples [n, ...] on device)`` computes the metrics; ``metrics`` names them in table order and its
     last entry, the headline (FID, sliced W2), ranks copies (lower is better). Last, because DVC plots a

@@ -17,8 +17,8 @@ from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
-from ..models import OneStepGenerator, build_model, check_guidance, guided
-from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
+from ..models import build_model, check_guidance, guided
+from ..sampling import OneStepGenerator, check_generator_times, generate_steps, renoise_inputs, renoise_step
 from ..speed import CompileTimer, prepare_backends, prepare_network
 from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
