@@ -135,7 +135,7 @@ def in_training_evaluation(folder: Path, dist: Dist = SINGLE_PROCESS) -> dict[st
     fixed one-step map, as the distill loop calls it on every process."""
     from types import SimpleNamespace
 
-    from realuid import quality
+    from realuid import in_training_eval as quality
     from realuid.data import Split
 
     images, extractor = feature_setup(folder)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from realuid import quality
+from realuid import in_training_eval as quality
 from realuid.config import ConfigError, build, Params
 from realuid.data import Split
 from realuid.matching import make_family
