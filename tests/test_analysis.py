@@ -1,4 +1,4 @@
-"""RealUID's fixed point for Gaussian mixtures (realuid.analysis) and the exact fields it rests on."""
+"""RealUID's fixed point for Gaussian mixtures (realuid.fixed_point) and the exact fields it rests on."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from realuid.analysis import FixedPointProblem, Quadrature, alpha_equals_beta_weights, fixed_point, objective
+from realuid.fixed_point import FixedPointProblem, Quadrature, alpha_equals_beta_weights, fixed_point, objective
 from realuid.analytic import ExactTeacher, GaussianMixture, exact_field
 from realuid.matching import make_family
 

@@ -28,13 +28,13 @@ import torch.multiprocessing as mp
 import yaml
 
 from realuid import distributed
-from realuid.api import one_step_inputs
 from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
 from realuid.config import ConfigError, GanConfig, Params, build, in_effect
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
-from realuid.models import OneStepGenerator, build_model, data_shape, model_spec
+from realuid.models import build_model, data_shape, model_spec
+from realuid.sampling import OneStepGenerator, draw_samples, one_step_inputs
 from realuid.training.batches import TrainData
 from realuid.stages import sample as sample_stage
 from realuid.training import distillation
@@ -151,7 +151,7 @@ def in_training_evaluation(folder: Path, dist: Dist = SINGLE_PROCESS) -> dict[st
     fixed one-step map, as the distill loop calls it on every process."""
     from types import SimpleNamespace
 
-    from realuid import quality
+    from realuid import in_training_eval as quality
     from realuid.data import Split
 
     images, extractor = feature_setup(folder)
@@ -180,7 +180,7 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     out["rerun"] = distill(family, data, teacher, spec, cfg, folder / "killed", progress=False, dist=dist, **coef)
     for family_name, method in SAMPLING_CASES:
         family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
-        out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
+        out[f"samples_{method}"] = draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
     images, extractor = feature_setup(folder)
     out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
                                      device="cpu", dist=dist)
@@ -340,7 +340,7 @@ def test_only_rank_zero_writes_the_state(two_process_runs):
 def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_name, method):
     _, ranks = two_process_runs
     family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
-    single, seconds = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg)
+    single, seconds = draw_samples(family, teacher, generators, inputs, 50, cfg)
     sharded = ranks[0][f"samples_{method}"]
     assert sharded.keys() == single.keys() == {"teacher", *generators}
     for who in single:

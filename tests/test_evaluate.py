@@ -10,8 +10,8 @@ import yaml
 
 from realuid.data import write_split
 from realuid.metrics import sliced_wasserstein2
+from realuid.scoring import joint_metrics as _joint_metrics
 from realuid.stages import evaluate as evaluate_stage
-from realuid.stages.evaluate import _joint_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/toy.yaml"  # the 2-D configuration; params.yaml is the digits default

@@ -565,7 +565,7 @@ def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
     sh(project, "dvc", "repro")
     teacher_states = sorted((project / "state/train_teacher").iterdir())
     distill_states = sorted((project / "state/distill").iterdir())
-    with open(project / "src/realuid/quality.py", "a") as fh:  # run by distill and finetune only
+    with open(project / "src/realuid/in_training_eval.py", "a") as fh:  # run by distill and finetune only
         fh.write("\n# an edit\n")
     assert dvc_changed(project) == {"distill", "finetune"}
     sh(project, "dvc", "repro")

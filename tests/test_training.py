@@ -222,7 +222,7 @@ def test_short_distillation_lowers_distance_to_data(tmp_path):
                                generator_optim=dataclasses.replace(DISTILL.generator_optim, lr=1e-3, warmup_steps=20),
                                fake_optim=dataclasses.replace(DISTILL.fake_optim, lr=1e-3, warmup_steps=20))
     z = torch.randn(2000, 2, generator=rng)
-    from realuid.models import OneStepGenerator
+    from realuid.sampling import OneStepGenerator
 
     with torch.no_grad():
         before = sliced_wasserstein2(OneStepGenerator(family, teacher)(z), test)

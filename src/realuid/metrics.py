@@ -889,3 +889,17 @@ class ImageScorer:
         size = n // blocks
         values = np.array([self.fid(features[b * size:(b + 1) * size]) for b in range(blocks)])
         return {"fid_mean": float(values.mean()), "fid_min": float(values.min()), "fid_std": float(values.std())}
+
+
+def image_scorer(reference: torch.Tensor, extractor: str, weights_path: str | os.PathLike, *, batch_size: int,
+                 kid_subset_size: int, seed: int, device: torch.device | str,
+                 cache_root: str | os.PathLike | None = None, reference_stats: dict[str, np.ndarray] | None = None,
+                 dist: Dist = SINGLE_PROCESS) -> tuple[FeatureExtractor, ImageScorer]:
+    """The extractor on ``device`` and an :class:`ImageScorer` against ``reference`` images [M, C, H, W] in
+    [-1, 1], their features read from ``cache_root`` (:func:`reference_features_everywhere`) when there.
+    The evaluate stage and in-training evaluation score alike through this. A collective: every process calls it.
+    """
+    extract = FeatureExtractor(extractor, weights_path, device=device)
+    real = reference_features_everywhere(reference, extract, batch_size=batch_size, cache_root=cache_root, dist=dist)
+    return extract, ImageScorer(real, extractor=extractor, kid_subset_size=kid_subset_size, seed=seed,
+                                reference_stats=reference_stats, dist=dist)

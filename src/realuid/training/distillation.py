@@ -17,9 +17,9 @@ from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
-from ..models import OneStepGenerator, build_model, check_guidance, guided
-from ..models.generator import (check_generator_times, generate_one_step, generate_steps, renoise_inputs,
-                                renoise_step)
+from ..models import build_model, check_guidance, guided
+from ..sampling import (OneStepGenerator, check_generator_times, generate_one_step, generate_steps, renoise_inputs,
+                        renoise_step)
 from ..speed import CompileTimer, prepare_backends, prepare_network
 from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
@@ -46,7 +46,7 @@ class EvaluatedChain(nn.Module):
 
 class QualityLog:
     """In-training evaluation of every generator copy (raw weights, then each EMA copy) with ``evaluator``
-    (see :mod:`realuid.quality`; any callable ``evaluator(generator) -> {metric: value}`` with
+    (see :mod:`realuid.in_training_eval`; any callable ``evaluator(generator) -> {metric: value}`` with
     ``every_steps``, ``metrics`` and ``rank_by`` will do).
 
     Rows ``{step, copy, *metrics}`` go to ``path`` (full precision) every ``evaluator.every_steps`` generator
@@ -380,7 +380,7 @@ def distill(
     :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
-    with it). ``evaluator`` (a :class:`realuid.quality.QualityEvaluator`, or None) scores every copy of the
+    with it). ``evaluator`` (a :class:`realuid.in_training_eval.QualityEvaluator`, or None) scores every copy of the
     generator every ``evaluator.every_steps`` updates (on every process, rank 0 writing) into ``state_dir/eval.csv``
     (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
     one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as
