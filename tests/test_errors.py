@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline import TOY, make_project, tiny_params
+from helpers.project import TOY, make_project, tiny_params
 from realuid.errors import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,8 +333,6 @@ def test_duplicate_key_in_a_section_is_an_error_for_the_stage_and_the_registry(t
 
 
 def test_snakemake_refuses_a_params_file_with_a_duplicate_key(tmp_path):
-    from test_pipeline import make_project
-
     project = make_project(tmp_path / "project", tiny_params(), git=False)
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "alpha: 0.5\n")
     done = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=project, capture_output=True, text=True,
@@ -545,7 +543,7 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
 def digits_prepared(tmp_path_factory) -> Path:
     """A digits project with prepare done, and a tiny class-conditional DDPM pipeline folder beside it."""
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     project = tmp_path_factory.mktemp("digits")
     write_params(project, tiny_params())
@@ -621,7 +619,7 @@ def test_the_gan_head_on_a_diffusers_teacher_stops_distill_before_any_work(digit
 def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_path):
     import numpy as np
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", x=pixels)
