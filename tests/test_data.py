@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers.umask import current_umask
 from realuid import data
 from realuid.config import PrepareConfig
 from realuid.data import DataError, Split
-from conftest import current_umask
 
 # --------------------------------------------------------------------------------------------------
 # helpers

@@ -27,6 +27,8 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from helpers.digits import digit_images, evaluate_inputs
+from helpers.training import DISTILL, MODEL, TEACHER, same_weights, spec_for, toy_data
 from realuid import distributed
 from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
 from realuid.config import ConfigError, GanConfig, Params, build, in_effect
@@ -40,7 +42,6 @@ from realuid.stages import sample as sample_stage
 from realuid.training import distillation
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher
-from test_training import DISTILL, MODEL, TEACHER, spec_for, toy_data
 
 ATOL = 1e-5  # weights after a few dozen steps, 2 processes vs 1 (measured: < 1e-6; summation order only)
 WORLD = 2
@@ -124,15 +125,6 @@ def sampling_setup(family_name: str, method: str):
 
 SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
 FEATURE_BATCH = 16  # 90 images: 6 batches, the last short, 3 per process
-
-
-def digit_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """sklearn digits [n, 1, 8, 8] in [-1, 1] and their labels [n]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (torch.tensor(digits.images[:n], dtype=torch.float32)[:, None] / 8.0 - 1.0,
-            torch.as_tensor(digits.target[:n], dtype=torch.long))
 
 
 def feature_setup(folder: Path) -> tuple[torch.Tensor, str]:
@@ -229,10 +221,6 @@ def assert_close_weights(a: dict, b: dict, atol: float = ATOL) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def curve_columns(path: Path) -> dict[str, np.ndarray]:
@@ -572,36 +560,6 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
     assert "ChildFailedError" not in done.stderr
     assert re.match(r"\[rank \d\] error: ", done.stderr.strip().splitlines()[-1]), done.stderr[-2000:]
     assert not (tmp_path / "out_bad").exists()
-
-
-def evaluate_inputs(folder: Path) -> tuple[dict, list[str]]:
-    """Image splits, a samples folder as ``sample`` writes it, and two features folders: one with the
-    reference cache the features stage writes, one without (the reference is then extracted here)."""
-    from realuid.data import write_split
-    from realuid.features import FeatureNet, save_feature_net
-    from realuid.metrics import cache_reference_features
-
-    images, labels = digit_images(400)
-    write_split(folder / "train.h5", images[:200].numpy(), y=labels[:200].numpy(), attrs={"source": "digits"})
-    write_split(folder / "test.h5", images[200:].numpy(), y=labels[200:].numpy(), attrs={"source": "digits"})
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    samples = folder / "samples"
-    for who, level in (("teacher", 0.05), ("student", 0.2), ("student_raw", 0.3)):
-        drawn = (images[200:300] + level * noise[200:300]).clamp(-1, 1)
-        write_split(samples / f"{who}.h5", drawn.numpy(), y=labels[200:300].numpy(), attrs={"source": who})
-    timing = {"nfe": 1, "samples_per_second": 1000.0}
-    (samples / "timing.json").write_text(json.dumps({"teacher": {**timing, "nfe": 9}, "student": timing}))
-    for name in ("features_cached", "features_bare"):
-        (folder / name).mkdir()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            save_feature_net(folder / name / "extractor.pt", FeatureNet(1, 8, num_classes=10, width=8), {})
-    cache_reference_features(images[200:], extractor="realuid-features", batch_size=32, device="cpu",
-                             extractor_weights_path=folder / "features_cached" / "extractor.pt",
-                             cache_root=folder / "features_cached" / "reference_cache")
-    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
-    params["evaluate"].update(kid_subset_size=50, batch_size=32, device="cpu")
-    return params, ["--samples", str(samples), "--train", str(folder / "train.h5"), "--test", str(folder / "test.h5")]
 
 
 def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, subprocess_env):

@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline import TOY, make_project, tiny_params
+from helpers.project import TOY, make_project, tiny_params
 from realuid.errors import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,8 +334,6 @@ def test_duplicate_key_in_a_section_is_an_error_for_the_stage_and_the_registry(t
 
 
 def test_snakemake_refuses_a_params_file_with_a_duplicate_key(tmp_path):
-    from test_pipeline import make_project
-
     project = make_project(tmp_path / "project", tiny_params(), git=False)
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "alpha: 0.5\n")
     done = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=project, capture_output=True, text=True,
@@ -546,7 +544,7 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
 def digits_prepared(tmp_path_factory) -> Path:
     """A digits project with prepare done, and a tiny class-conditional DDPM pipeline folder beside it."""
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     project = tmp_path_factory.mktemp("digits")
     write_params(project, tiny_params())
@@ -622,7 +620,7 @@ def test_the_gan_head_on_a_diffusers_teacher_stops_distill_before_any_work(digit
 def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_path):
     import numpy as np
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", x=pixels)

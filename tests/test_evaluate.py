@@ -157,7 +157,7 @@ def test_published_reference_statistics_replace_the_splits_for_fid(tmp_path, cap
     from realuid.checkpoints import file_digest
     from realuid.data import read_split
     from realuid.metrics import image_features
-    from test_distributed import evaluate_inputs
+    from helpers.digits import evaluate_inputs
 
     params, argv = evaluate_inputs(tmp_path)
     features = tmp_path / "features_cached"

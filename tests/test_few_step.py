@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.training import DISTILL, assert_same_generators, same_weights, spec_for, straight_and_resumed, toy_data
 from realuid.api import Generator, load_generator
 from realuid.config import in_effect
 from realuid.errors import ConfigError
@@ -15,8 +16,6 @@ from realuid.models import build_model
 from realuid.training import distillation
 from realuid.training.distillation import RealUID, distill, generator_times
 
-from test_training import (DISTILL, assert_same_generators, same_weights, spec_for, straight_and_resumed,
-                           toy_data)
 
 
 def tiny_net(seed=0, classes=0):
@@ -173,7 +172,7 @@ def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_libra
     from realuid.models import model_spec
     from realuid.stages import sample as sample_stage
 
-    from test_training import MODEL
+    from helpers.training import MODEL
 
     family, fm, classes = make_family("fm"), {"name": "fm", "options": {}}, 3
     spec = model_spec(dataclasses.replace(MODEL, class_cond=True, class_dropout=0.1), (2,), classes)

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from test_pipeline import TOY, make_project, sh, tiny_params
 
+from helpers.project import TOY, make_project, sh, tiny_params
 from realuid.config import load_params
 from realuid.matching import make_family
 from realuid.models import build_model, model_spec

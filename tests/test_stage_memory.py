@@ -35,7 +35,7 @@ def peak_rss_bytes(module: str, argv: list[str], env: dict) -> int:
 
 @pytest.mark.slow
 def test_evaluate_memory_grows_only_by_the_rows_it_scores(tmp_path, subprocess_env):
-    from test_distributed import evaluate_inputs
+    from helpers.digits import evaluate_inputs
 
     params, argv = evaluate_inputs(tmp_path)  # digits splits, an extractor; sample rows rewritten below
     params["evaluate"]["fid_blocks"] = 1
