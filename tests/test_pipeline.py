@@ -396,10 +396,23 @@ def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.slow  # four tiny pipeline runs: about three minutes on 2 cores
-def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params(TOY))
+@pytest.fixture(scope="module")
+def finished_toy(tmp_path_factory) -> Path:
+    """The 2-D default at a tiny size after a full `dvc repro`; tests take a copy (:func:`copy_of`)."""
+    project = make_project(tmp_path_factory.mktemp("finished") / "project", tiny_params(TOY))
     sh(project, "dvc", "repro")
+    return project
+
+
+def copy_of(project: Path, folder: Path) -> Path:
+    """A copy of a finished project (git, DVC cache, outputs, states and its own src/) to edit freely."""
+    return Path(shutil.copytree(project, folder / "project", symlinks=True))
+
+
+@pytest.mark.slow  # three tiny pipeline runs after the shared one: about two minutes on 2 cores
+def test_keys_the_configuration_does_not_use_retrain_nothing(finished_toy, tmp_path):
+    project = copy_of(finished_toy, tmp_path)
+    assert dvc_changed(project) == set()  # the copy is the finished run
     trained, states = digests(project), state_folders(project)
     assert len(states) == 2  # the teacher's and the distillation's
 
@@ -433,33 +446,26 @@ def test_state_names_hash_only_the_settings_in_effect():
     assert same(dataclasses.replace(t, steps=t.steps + 1)) != same(t)
 
 
-@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
-def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params(TOY))
-    sh(project, "dvc", "repro")
-    teacher_states = sorted((project / "state/train_teacher").iterdir())
-    distill_states = sorted((project / "state/distill").iterdir())
-    with open(project / "src/realuid/in_training_eval.py", "a") as fh:  # run by distill and finetune only
-        fh.write("\n# an edit\n")
-    assert dvc_changed(project) == {"distill", "finetune"}
-    sh(project, "dvc", "repro")
-    # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
-    assert sorted((project / "state/train_teacher").iterdir()) == teacher_states
-    assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1
-
-
-@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
-def test_editing_the_gan_head_reruns_the_distillation_never_the_teacher(tmp_path):
+@pytest.mark.slow  # the stages after the teacher, once per edit: about half a minute each on 2 cores
+@pytest.mark.parametrize("module", [
+    "in_training_eval.py",  # run by distill and finetune only
     # The teacher loop imports nothing of the distillation (realuid.training's modules), so an edit of
     # the GAN head (off in this config, but code the distillation runs) leaves the teacher's stage alone.
-    project = make_project(tmp_path / "project", tiny_params(TOY))  # a copy of src/: the edit stays there
-    sh(project, "dvc", "repro")
-    with open(project / "src/realuid/gan.py", "a") as fh:
+    "gan.py",
+])
+def test_editing_code_the_distillation_runs_reruns_it_and_nothing_upstream(finished_toy, tmp_path, module):
+    project = copy_of(finished_toy, tmp_path)  # its own copy of src/: the edit stays there
+    teacher_states = sorted(p.name for p in (project / "state/train_teacher").iterdir())
+    distill_states = sorted(p.name for p in (project / "state/distill").iterdir())
+    with open(project / "src/realuid" / module, "a") as fh:
         fh.write("\n# an edit\n")
     assert dvc_changed(project) == {"distill", "finetune"}
     rerun = dvc_reproduce(project)
     assert "distill" in rerun and rerun <= DOWNSTREAM_OF_ALPHA
     assert not rerun & {"prepare", "features", "train_teacher"}
+    # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
+    assert sorted(p.name for p in (project / "state/train_teacher").iterdir()) == teacher_states
+    assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1
 
 
 @pytest.mark.slow  # one tiny pipeline run: about half a minute on 2 cores
