@@ -70,6 +70,7 @@ K_STEP_TIMES = {2: [0.5], 4: [0.25, 0.5, 0.75]}
 # The training's levers, each changed alone from the study's RealUID student (spiral only).
 LEVERS = {
     "updates_4x": "4x generator updates (1600)",
+    "lr_2x": "both learning rates doubled",
     "cosine": "cosine decay of both learning rates to 0",
     "fake_1": "1 fake update per generator update (instead of 5)",
 }
@@ -213,6 +214,10 @@ def student_config(cfg: Settings, variant: str, seed: int):
         return dataclasses.replace(base, generator_steps=k, generator_times=K_STEP_TIMES[k])
     if variant == "updates_4x":
         return dataclasses.replace(base, steps=4 * base.steps, checkpoint_every_steps=4 * base.steps)
+    if variant == "lr_2x":
+        return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim,
+                                                                             lr=2 * base.generator_optim.lr),
+                                   fake_optim=dataclasses.replace(base.fake_optim, lr=2 * base.fake_optim.lr))
     if variant == "cosine":
         return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim, decay="cosine"),
                                    fake_optim=dataclasses.replace(base.fake_optim, decay="cosine"))
@@ -384,7 +389,10 @@ def reading(table: dict, cfg: Settings) -> list[str]:
         teacher = rows["teacher"]["reference"]
         reached = {m: reaches_teacher(rows[m]["reference"], teacher) for m in rows if m not in ("floor", "teacher")}
         lines.append(f"- **{dataset}**: {verdict_of(reached)}.")
-        base = rows["realuid_k1"]["reference"]
+        base, control = rows["realuid_k1"]["reference"], rows["control_1x"]["reference"]
+        lines.append(f"  - RealUID, k = 1 against the control at the same updates: sliced W2 "
+                     f"{phrase(base['sw2'], control['sw2'])} it, k-NN precision "
+                     f"{phrase(base['knn_precision'], control['knn_precision'], lower_is_better=False)} it")
         for method in [m for m in rows if m.startswith("realuid_") and m != "realuid_k1"]:
             r = rows[method]["reference"]
             lines.append(f"  - {LABELS[method]}: sliced W2 {phrase(r['sw2'], base['sw2'])} the one-step student's, "
