@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,7 +362,7 @@ def figure(results: dict, cfg: Settings, dataset: str, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
-        ax.set_title(LABELS[name].replace(", ", ",\n", 1), fontsize=8)
+        ax.set_title(textwrap.fill(LABELS[name], 28), fontsize=8)
     fig.suptitle(f"{dataset}, flow matching: {len(reference)} samples of seed {seed} (real reference in grey)",
                  fontsize=9)
     _save(fig, path)
@@ -370,7 +371,7 @@ def figure(results: dict, cfg: Settings, dataset: str, path: Path) -> None:
 def verdict_of(reached: dict[str, bool]) -> str:
     """Whose the gap is, from which rows reach the teacher (``{method: bool}``, floor and teacher left out)."""
     if reached["realuid_k1"]:
-        return "no gap at this scale: the RealUID one-step student reaches the teacher"
+        return "the RealUID one-step student meets the target here (the target leaves recall out)"
     if reached["control_1x"]:
         return ("the gap is **the training's**: the same network, started the same way, reaches the teacher by regression "
                 "with the student's updates, batch and optimizer; RealUID does not")
@@ -420,7 +421,7 @@ def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figur
         f"- Command: `{command}` (from the repository root; a rerun resumes from cached job results)",
         f"- Code: commit {wall.get('code', code_version())} when the jobs ran",
         f"- Machine: {os.cpu_count()} CPU cores, no GPU ({platform.platform()}, Python {platform.python_version()}); "
-        f"each job runs in one of {cfg.study.workers} worker processes with one torch thread",
+        "each job runs in a worker process with one torch thread (a rerun may use other worker counts: --workers)",
         f"- Wall time: {wall['seconds'] / 60:.1f} min for all jobs ({wall['invocations']} invocation(s)); job compute: "
         f"{sum(sum(v) for v in seconds.values()) / 60:.1f} worker-minutes in total",
         f"- Seeds: {seeds}; every entry is `mean ± std` over them; **a difference smaller than the larger of the two "
