@@ -15,7 +15,8 @@ from quality_study import capacity_control as cc  # noqa: E402
 from quality_study import settings  # noqa: E402
 
 from realuid.matching import make_family  # noqa: E402
-from realuid.models import OneStepGenerator, build_model, model_spec  # noqa: E402
+from realuid.models import build_model, model_spec  # noqa: E402
+from realuid.sampling import OneStepGenerator  # noqa: E402
 from realuid.sampling import sample_teacher  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """``bench/capacity_control``: is the one-step gap of the 2-D students the map's or the training's?
 
 The control (Luhman & Luhman 2021): the same one-step network as the RealUID student (the teacher's
-weights read at ``t_src`` through :class:`realuid.models.OneStepGenerator`) trained by plain MSE
+weights read at ``t_src`` through :class:`realuid.sampling.OneStepGenerator`) trained by plain MSE
 regression on a fixed set of (noise ``z`` -> teacher ODE sample from ``z``) pairs, with the student's
 batch, optimizer and number of generator updates. Regression on deterministic pairs asks nothing of the
 training but to fit a map, so:
@@ -39,7 +39,8 @@ import torch
 from realuid.api import load_generator
 from realuid.atomic import atomic_write
 from realuid.matching import make_family
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.models import build_model, model_spec
+from realuid.sampling import OneStepGenerator
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.optimization import EMA, make_optimizer, optimizer_step
