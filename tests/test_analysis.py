@@ -78,9 +78,9 @@ def test_exact_field_is_the_regression_optimum_of_the_path_monte_carlo(key):
     n = 200_000
     x1 = mixture.sample(n, rng)
     x0 = torch.randn(n, 2, generator=rng, dtype=torch.float64)
-    z = torch.randn(n, 2, generator=rng, dtype=torch.float64) if fam.needs_noise else None
+    noise = torch.randn(n, 2, generator=rng, dtype=torch.float64) if fam.needs_noise else None
     t = fam.t_min + (fam.t_max - fam.t_min) * torch.rand(n, generator=rng, dtype=torch.float64)
-    path = fam.path_sample(x0, x1, t, z)
+    path = fam.path_sample(x0, x1, t, noise)
     residual = path.target - exact_field(fam, mixture, t, path.x_t)
     for h in (torch.ones(n, dtype=torch.float64), torch.tanh(2 * path.x_t[:, 0]), torch.tanh(2 * path.x_t[:, 1]),
               torch.exp(-(path.x_t**2).sum(1))):
