@@ -134,7 +134,7 @@ def test_endpoint_values_by_family():
     bridge = make_family("bridge")
     torch.testing.assert_close(bridge.path_sample(x0, x1, zero, noise).x_t, x0)
     torch.testing.assert_close(bridge.path_sample(x0, x1, zero, noise).target, x1 - x0)
-    # VE reaches x1 up to sigma_min = 0.002 and starts at 80 x0 + x1; VP's a(1) is ~1, s(1) ~ 0.01.
+    # VE reaches x1 up to VE_SIGMA_MIN = 0.002 and starts at 80 x0 + x1; VP's a(1) is ~1, s(1) ~ 0.01.
     ve = make_family("diffusion", schedule="ve")
     torch.testing.assert_close(ve.path_sample(x0, x1, one).x_t, x1 + 0.002 * x0)
     torch.testing.assert_close(ve.path_sample(x0, x1, zero).x_t, x1 + 80.0 * x0)

@@ -324,7 +324,7 @@ def test_one_step_generation_for_flow_matching_is_z_plus_g():
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
 
 
-def test_one_step_generation_for_ve_diffusion_reads_sigma_2_5():
+def test_one_step_generation_for_ve_diffusion_reads_generator_sigma_2_5():
     family = make_family("diffusion", schedule="ve", prediction="x1")
     seen = {}
 

@@ -63,7 +63,8 @@ FAMILIES = ("fm", "diffusion", "si", "bridge")
 VP_BETA_MIN = 0.1
 VP_BETA_MAX = 20.0
 VP_TAU_EPS = 1e-3
-# VE schedule in EDM units (Karras et al., 2022): noise level from sigma_max at t=0 to sigma_min at t=1.
+# VE schedule in EDM units (Karras et al., 2022): noise level s/a (EDM's sigma, the unit of
+# Diffusion.generator_sigma) from VE_SIGMA_MAX at t=0 to VE_SIGMA_MIN at t=1.
 VE_SIGMA_MIN = 0.002
 VE_SIGMA_MAX = 80.0
 
@@ -98,7 +99,7 @@ class PathCoefficients(NamedTuple):
 
 def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
     # Coefficients are computed in float64 for float64 inputs and in float32 otherwise, so half-precision
-    # inputs do not lose the schedule's small values (s(1) of VP is ~1e-2, sigma_min of VE is 2e-3).
+    # inputs do not lose the schedule's small values (s(1) of VP is ~1e-2, VE_SIGMA_MIN is 2e-3).
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -452,14 +453,14 @@ class Diffusion(Family):
         _check_choice(self.schedule, "schedule", ("vp", "ve", "table"))
         object.__setattr__(self, "alphas_cumprod", _check_table(self.alphas_cumprod, self.schedule))
         _check_choice(self.prediction, "prediction", ("eps", "x1"))
-        sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
+        generator_sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
         lo, hi = self._ratio_at(1.0), self._ratio_at(0.0)
-        if not lo < sigma < hi:
+        if not lo < generator_sigma < hi:
             raise ConfigError(
                 f"generator_sigma must lie strictly between s/a at t=1 ({lo:.4g}) and at t=0 ({hi:.4g}) "
-                f"for the {self.schedule!r} schedule, got {sigma}"
+                f"for the {self.schedule!r} schedule, got {generator_sigma}"
             )
-        object.__setattr__(self, "generator_sigma", sigma)
+        object.__setattr__(self, "generator_sigma", generator_sigma)
 
     def options(self) -> dict[str, Any]:
         options = super().options()
