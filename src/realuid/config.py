@@ -36,7 +36,8 @@ def opt(default=dataclasses.MISSING, **spec) -> Any:
 
 @dataclass(frozen=True)
 class FamilyConfig:
-    """The matching family shared by teacher, distillation and sampling."""
+    """The matching family's path, shared by teacher, distillation and sampling (where the generator
+    starts on it is :class:`GeneratorConfig`; :func:`realuid.matching.make_family` gets both)."""
 
     name: str = opt(choices=("fm", "diffusion", "si", "bridge"))
     schedule: str = opt(choices=("vp", "ve"), doc="diffusion: noise schedule")

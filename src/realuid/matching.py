@@ -192,6 +192,11 @@ def build_path(coefficients: PathCoefficients, x0: Tensor, x1: Tensor, noise: Te
 class Family:
     """A matching family: how ``x0`` is drawn, the path, the target, the weight and the conversions.
 
+    A family object also fixes where the one-step generator starts (``t_src``, ``generator_noise``,
+    :meth:`source_state`; options ``generator_sigma``, ``generator_t``), because that start is a point on
+    the path. The params keep the two apart: ``family.*`` is the path alone, ``generator.*`` the start
+    (:class:`realuid.config.GeneratorConfig` turns it into these options).
+
     Class attributes every family defines:
       name:        registry name ('fm', 'diffusion', 'si', 'bridge').
       paired:      True when x0 comes with the data (bridge); then :meth:`sample_source` refuses.
