@@ -61,11 +61,11 @@ def test_bridge_student_keeps_its_corrupted_input_and_re_noises_with_path_noise(
     x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     expected = []
     for i in range(4):
-        noise, z = stream(i, 2)  # the generator's own noise, then the path noise of the re-noising
-        state = (1 - s) * x0[i:i + 1] + sigma * (s * (1 - s)) ** 0.5 * noise[None]
+        start_noise, stage_noise = stream(i, 2)  # path noise of the generator's start, then of the re-noising
+        state = (1 - s) * x0[i:i + 1] + sigma * (s * (1 - s)) ** 0.5 * start_noise[None]
         x = state + (1 - s) * net(torch.full((1,), s), state, None)
         t = times[0]
-        x_t = t * x + (1 - t) * x0[i:i + 1] + sigma * (t * (1 - t)) ** 0.5 * z[None]
+        x_t = t * x + (1 - t) * x0[i:i + 1] + sigma * (t * (1 - t)) ** 0.5 * stage_noise[None]
         expected.append((x_t + (1 - t) * net(torch.full((1,), t), x_t, None))[0])
     torch.testing.assert_close(gen.sample(4, x0=x0), torch.stack(expected), rtol=0, atol=1e-6)
 

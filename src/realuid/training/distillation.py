@@ -112,9 +112,9 @@ class FakeWithHead(nn.Module):
 @dataclass
 class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
-    as in :func:`draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
-    generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
-    one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
+    as in :func:`draw`, the generator input ``z`` and the path noise of its start ``z_noise`` (None unless
+    the family's generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise``
+    [b, ...], one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
     ``(x0_j, noise_j)`` of the re-noising stages up to the one this phase trains on (empty: the first)."""
 
     x1: torch.Tensor
