@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Plain asserts in the shared helpers report their operands as the tests' own do.
+pytest.register_assert_rewrite("helpers")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,16 +27,3 @@ def subprocess_env():
     env["OMP_NUM_THREADS"] = "1"
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (``Umask:`` in /proc/self/status)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # elsewhere reading it means setting it: restore it at once
-    os.umask(mask)
-    return mask

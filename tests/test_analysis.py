@@ -1,4 +1,4 @@
-"""RealUID's fixed point for Gaussian mixtures (realuid.analysis) and the exact fields it rests on."""
+"""RealUID's fixed point for Gaussian mixtures (realuid.fixed_point) and the exact fields it rests on."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from realuid.analysis import FixedPointProblem, Quadrature, alpha_equals_beta_weights, fixed_point, objective
+from realuid.fixed_point import FixedPointProblem, Quadrature, alpha_equals_beta_weights, fixed_point, objective
 from realuid.analytic import ExactTeacher, GaussianMixture, exact_field
 from realuid.matching import make_family
 
@@ -54,15 +54,15 @@ def test_exact_field_of_one_gaussian_gives_the_posterior_data_mean(key):
     B^2 Sigma + (A^2 + C^2) I: here with a full covariance, solved as a matrix (not in its eigenbasis)."""
     fam = family(key)
     mu = torch.tensor([[0.4, -0.3]], dtype=torch.float64)
-    sigma = torch.tensor([[[0.2, 0.07], [0.07, 0.05]]], dtype=torch.float64)
-    mixture = GaussianMixture(mu, covariances=sigma)
+    cov = torch.tensor([[[0.2, 0.07], [0.07, 0.05]]], dtype=torch.float64)
+    mixture = GaussianMixture(mu, covariances=cov)
     x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     t = torch.tensor([0.05, 0.3, 0.5, 0.7, 0.95], dtype=torch.float64)
     t = fam.t_min + (fam.t_max - fam.t_min) * t
     A, B, C = fam.path_coefficients(t)[:3]
     for i in range(5):
-        S = B[i] ** 2 * sigma[0] + (A[i] ** 2 + C[i] ** 2) * torch.eye(2, dtype=torch.float64)
-        expected = mu[0] + B[i] * sigma[0] @ torch.linalg.solve(S, x[i] - B[i] * mu[0])
+        S = B[i] ** 2 * cov[0] + (A[i] ** 2 + C[i] ** 2) * torch.eye(2, dtype=torch.float64)
+        expected = mu[0] + B[i] * cov[0] @ torch.linalg.solve(S, x[i] - B[i] * mu[0])
         got = fam.predict_x1(t[i : i + 1], x[i : i + 1], exact_field(fam, mixture, t[i : i + 1], x[i : i + 1]))
         torch.testing.assert_close(got[0], expected)
 
@@ -78,9 +78,9 @@ def test_exact_field_is_the_regression_optimum_of_the_path_monte_carlo(key):
     n = 200_000
     x1 = mixture.sample(n, rng)
     x0 = torch.randn(n, 2, generator=rng, dtype=torch.float64)
-    z = torch.randn(n, 2, generator=rng, dtype=torch.float64) if fam.needs_noise else None
+    noise = torch.randn(n, 2, generator=rng, dtype=torch.float64) if fam.needs_noise else None
     t = fam.t_min + (fam.t_max - fam.t_min) * torch.rand(n, generator=rng, dtype=torch.float64)
-    path = fam.path_sample(x0, x1, t, z)
+    path = fam.path_sample(x0, x1, t, noise)
     residual = path.target - exact_field(fam, mixture, t, path.x_t)
     for h in (torch.ones(n, dtype=torch.float64), torch.tanh(2 * path.x_t[:, 0]), torch.tanh(2 * path.x_t[:, 1]),
               torch.exp(-(path.x_t**2).sum(1))):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import current_umask
+from helpers.umask import current_umask
 from realuid.atomic import atomic_open, atomic_write, temporary_folder
 
 ROOT = Path(__file__).resolve().parents[1]

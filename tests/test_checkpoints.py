@@ -20,11 +20,11 @@ import pytest
 import torch
 
 import realuid
+from helpers.training import MODEL, spec_for
 from realuid import checkpoints
 from realuid.api import Generator, Teacher, load_generator, load_teacher
 from realuid.checkpoints import Checkpoint, CheckpointError, read_checkpoint, read_state, save_checkpoint, save_state
 from realuid.models import build_model, model_spec
-from test_training import MODEL, spec_for
 
 FM = {"name": "fm", "options": {}}
 
@@ -321,7 +321,8 @@ def test_api_refuses_what_it_cannot_sample(tmp_path):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """A tiny 2-D fm project run through every stage up to sample, fine-tuning on (in-process CLIs)."""
-    from test_pipeline import TOY, make_project, run_stage, stage_named, tiny_params
+    from helpers.project import TOY, make_project, tiny_params
+    from helpers.stages import run_stage, stage_named
 
     project = make_project(tmp_path_factory.mktemp("ckpt"),
                            tiny_params(TOY, finetune__enabled=True, finetune__steps=2), git=False)
@@ -376,7 +377,7 @@ def test_api_samples_what_the_sample_stage_wrote(pipeline):
 
 def stage_error(pipeline, stage: str, swap: dict, capsys) -> str:
     """Run ``stage``'s CLI with the arguments of ``swap`` replaced; returns its one stderr line."""
-    from test_pipeline import stage_argv, stage_named
+    from helpers.stages import stage_argv, stage_named
 
     argv = stage_argv(stage_named(stage))
     for flag, value in swap.items():

@@ -11,10 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
+from helpers.umask import current_umask
 from realuid import data
 from realuid.config import PrepareConfig
 from realuid.data import DataError, Split
-from conftest import current_umask
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -616,8 +616,8 @@ def test_keys_a_source_ignores_leave_the_split_files_byte_identical(tmp_path, ba
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape, n, batch", [((2,), 777, 7), ((1, 8, 8), 1000, 64), ((3, 32, 32), 1200, 256),
-                                             ((3, 32, 32), 1200, 1200)])
+@pytest.mark.parametrize("shape, n, batch", [((2,), 777, 7), ((1, 8, 8), 1000, 64), ((1, 8, 8), 10_000, 300),
+                                             ((3, 32, 32), 1200, 256), ((3, 32, 32), 1200, 1200)])
 @pytest.mark.parametrize("paired", [False, True])
 def test_a_split_written_batch_by_batch_is_the_file_write_split_writes(tmp_path, shape, n, batch, paired):
     # Same arrays and attrs: the same bytes, whatever the batch size (CIFAR-shaped rows span several
@@ -634,6 +634,37 @@ def test_a_split_written_batch_by_batch_is_the_file_write_split_writes(tmp_path,
     assert (tmp_path / "streamed.h5").read_bytes() == (tmp_path / "whole.h5").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.h5", "whole.h5"]  # no temporary left
     assert (tmp_path / "streamed.h5").stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("shape, n", [((2,), 200_000), ((1, 8, 8), 10_000), ((3, 32, 32), 500), ((3, 64, 64), 40),
+                                      ((3, 256, 256), 3)])
+def test_chunks_hold_whole_rows_of_about_a_mebibyte(tmp_path, shape, n):
+    import h5py
+
+    data.write_split(tmp_path / "s.h5", np.zeros((n, *shape), np.float32), y=np.arange(n) % 3, attrs={"source": "s"})
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for name in ("x1", "y"):
+            dataset = f[name]
+            row_bytes = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+            assert dataset.chunks[1:] == dataset.shape[1:], name  # whole rows: a batch read touches its chunks only
+            assert dataset.chunks[0] == max(1, min(n, data.H5_CHUNK_BYTES // row_bytes)), name
+
+
+def test_a_split_writer_holds_one_chunk_of_rows_whatever_the_split_size(tmp_path):
+    """Python-side peak memory of streaming 8x8 rows in batches of 256 is the same for 5k and 100k rows (it
+    grew with the split when h5py chose the chunks: 16000 rows of one pixel each at 128k rows)."""
+    import tracemalloc
+
+    batch = np.random.default_rng(0).uniform(-1, 1, (256, 1, 8, 8)).astype(np.float32)
+    peaks = {}
+    for n in (5_000, 100_000):
+        tracemalloc.start()
+        with data.SplitWriter(tmp_path / f"{n}.h5", n, (1, 8, 8), attrs={"source": "s"}) as writer:
+            for start in range(0, n, 256):
+                writer.append(batch[:min(256, n - start)])
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[100_000] - peaks[5_000] < 256 * 1024, peaks
 
 
 def test_a_split_writer_that_fails_leaves_nothing(tmp_path):

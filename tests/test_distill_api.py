@@ -7,13 +7,13 @@ import torch
 import yaml
 
 import realuid
+from helpers.training import spec_for
 from realuid.api import Teacher
 from realuid.checkpoints import CheckpointError, read_checkpoint
 from realuid.config import ConfigError
 from realuid.distill_api import DEFAULT_SETTINGS, distill_settings
 from realuid.matching import make_family
 from realuid.models import MLP, build_model
-from test_training import spec_for
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 QUICK = dict(steps=6, batch_size=32, fake_updates_per_generator_update=2, ema_decays=[0.9], device="cpu")

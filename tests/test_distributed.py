@@ -27,19 +27,21 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
+from helpers.digits import digit_images, evaluate_inputs
+from helpers.training import DISTILL, MODEL, TEACHER, same_weights, spec_for, toy_data
 from realuid import distributed
-from realuid.api import one_step_inputs
 from realuid.checkpoints import Checkpoint, read_checkpoint, read_state, save_checkpoint
 from realuid.config import ConfigError, GanConfig, Params, build, in_effect
 from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
-from realuid.models import OneStepGenerator, build_model
+from realuid.models import build_model, data_shape, model_spec
+from realuid.sampling import OneStepGenerator, draw_samples, one_step_inputs
+from realuid.training.batches import TrainData
 from realuid.stages import sample as sample_stage
 from realuid.training import distillation
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher
-from test_training import DISTILL, TEACHER, spec_for, toy_data
 
 ATOL = 1e-5  # weights after a few dozen steps, 2 processes vs 1 (measured: < 1e-6; summation order only)
 WORLD = 2
@@ -92,6 +94,21 @@ def distill_setup(case):
     return family, data, teacher, spec, cfg, dict(alpha=alpha, beta=beta)
 
 
+class OwnModule(torch.nn.Module):
+    """A network of one's own (no spec) holding a parameter its forward never uses, as user modules may."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net, self.unused = build_model(spec_for()), torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, t, x, y=None):
+        return self.net(t, x, y)
+
+
+OWN_MODULE_RUN = dataclasses.replace(DISTILL_RUN, fake_init="teacher")
+
+
 def sampling_setup(family_name: str, method: str):
     """A tiny class-conditional teacher, two generator copies and 50 inputs (7 batches of 8, the last short)."""
     family, spec = make_family(family_name), spec_for(classes=3)
@@ -110,15 +127,6 @@ SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
 FEATURE_BATCH = 16  # 90 images: 6 batches, the last short, 3 per process
 
 
-def digit_images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """sklearn digits [n, 1, 8, 8] in [-1, 1] and their labels [n]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (torch.tensor(digits.images[:n], dtype=torch.float32)[:, None] / 8.0 - 1.0,
-            torch.as_tensor(digits.target[:n], dtype=torch.long))
-
-
 def feature_setup(folder: Path) -> tuple[torch.Tensor, str]:
     """90 images and an untrained classifier feature net saved under ``folder`` (one per rank: no race)."""
     from realuid.features import FeatureNet, save_feature_net
@@ -135,7 +143,7 @@ def in_training_evaluation(folder: Path, dist: Dist = SINGLE_PROCESS) -> dict[st
     fixed one-step map, as the distill loop calls it on every process."""
     from types import SimpleNamespace
 
-    from realuid import quality
+    from realuid import in_training_eval as quality
     from realuid.data import Split
 
     images, extractor = feature_setup(folder)
@@ -156,12 +164,15 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     for case in DISTILL_CASES:
         family, data, teacher, spec, cfg, coef = distill_setup(case)
         out[case[0]] = distill(family, data, teacher, spec, cfg, folder / case[0], progress=False, dist=dist, **coef)
+    family = make_family("fm")
+    out["own_module"] = distill(family, toy_data(family), OwnModule(), None, OWN_MODULE_RUN, folder / "own_module",
+                                progress=False, dist=dist, alpha=0.9, beta=0.95)
     # The same command as the killed run, again: it resumes from the killed run's last checkpoint.
     family, data, teacher, spec, cfg, coef = distill_setup(DISTILL_CASES[0])
     out["rerun"] = distill(family, data, teacher, spec, cfg, folder / "killed", progress=False, dist=dist, **coef)
     for family_name, method in SAMPLING_CASES:
         family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
-        out[f"samples_{method}"] = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
+        out[f"samples_{method}"] = draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
     images, extractor = feature_setup(folder)
     out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
                                      device="cpu", dist=dist)
@@ -201,7 +212,7 @@ def two_process_runs(tmp_path_factory):
     run_processes(_equivalence_job, str(folder))
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for rank in ranks:  # training results travel as plain dicts (no pickled classes): rebuild them
-        for run in ("teacher", *(case[0] for case in DISTILL_CASES), "rerun"):
+        for run in ("teacher", *(case[0] for case in DISTILL_CASES), "own_module", "rerun"):
             rank[run] = Checkpoint(**rank[run])
     return folder, ranks
 
@@ -210,10 +221,6 @@ def assert_close_weights(a: dict, b: dict, atol: float = ATOL) -> None:
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def curve_columns(path: Path) -> dict[str, np.ndarray]:
@@ -259,6 +266,58 @@ def test_two_process_distillation_equals_one_process(two_process_runs, tmp_path,
         np.testing.assert_allclose(curves_two[name], curves_one[name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+def test_a_module_of_ones_own_with_an_unused_parameter_trains_on_two_processes(two_process_runs, tmp_path):
+    # DDP searches such a module's graph for unused parameters (a network realuid builds skips the search:
+    # see the next test), so the unused parameter neither hangs nor fails the run.
+    _, ranks = two_process_runs
+    family = make_family("fm")
+    single = distill(family, toy_data(family), OwnModule(), None, OWN_MODULE_RUN, tmp_path, progress=False,
+                     alpha=0.9, beta=0.95)
+    assert_close_weights(ranks[0]["own_module"].weights, single.weights)
+    assert same_weights(ranks[0]["own_module"].weights, ranks[1]["own_module"].weights)
+    assert torch.equal(single.weights["unused"], torch.zeros(3))
+
+
+def _tiny_diffusers_teacher(tmp_path: Path, classes: int) -> tuple[dict, dict]:
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from realuid.teachers.diffusers import load_diffusers_teacher
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       norm_num_groups=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), num_class_embeds=classes or None)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
+    spec, _, record = load_diffusers_teacher(tmp_path)
+    return spec, make_family(record["name"], **record["options"])
+
+
+@pytest.mark.parametrize("arch, classes, gan", [("mlp", 0, False), ("mlp", 3, True), ("unet", 0, False),
+                                                ("unet", 3, True), ("diffusers", 3, False)])
+def test_every_parameter_of_a_built_network_gets_a_gradient_in_its_phase(tmp_path, arch, classes, gan):
+    """The precondition of DDP without unused-parameter search (``Dist.data_parallel``), for every
+    architecture realuid builds: after each phase's backward, every parameter the phase trains has a
+    gradient (else a multi-process run would fail at its next step)."""
+    if arch == "diffusers":
+        spec, family = _tiny_diffusers_teacher(tmp_path, classes)
+    else:
+        shape = (2,) if arch == "mlp" else (1, 8, 8)
+        model = dataclasses.replace(MODEL, class_cond=bool(classes), channels=32,
+                                    attention_resolutions="4" if arch == "unet" else "")
+        spec, family = model_spec(model, shape, classes), make_family("fm")
+    shape = data_shape(spec)
+    gen = torch.Generator().manual_seed(0)
+    data = TrainData(torch.rand(8, *shape, generator=gen) * 2 - 1,
+                     torch.randint(0, classes, (8,), generator=gen) if classes else None)
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    cfg = dataclasses.replace(DISTILL_RUN, batch_size=8, gan=GAN if gan else DISTILL_RUN.gan, fake_init="teacher")
+    uid = distillation.RealUID(family, teacher, spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+    uid.fake_step(data, torch.Generator().manual_seed(1))
+    assert [n for n, p in uid.fake_trained.named_parameters() if p.grad is None] == []
+    uid.generator_step(data, torch.Generator().manual_seed(2))
+    assert [n for n, p in uid.generator.net.named_parameters() if p.grad is None] == []
+
+
 def test_only_rank_zero_writes_the_state(two_process_runs):
     folder, _ = two_process_runs
     for run in ("teacher", "fm", "bridge_gan", "killed"):
@@ -269,7 +328,7 @@ def test_only_rank_zero_writes_the_state(two_process_runs):
 def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_name, method):
     _, ranks = two_process_runs
     family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
-    single, seconds = sample_stage.draw_samples(family, teacher, generators, inputs, 50, cfg)
+    single, seconds = draw_samples(family, teacher, generators, inputs, 50, cfg)
     sharded = ranks[0][f"samples_{method}"]
     assert sharded.keys() == single.keys() == {"teacher", *generators}
     for who in single:
@@ -501,36 +560,6 @@ def test_distill_stage_under_torchrun_matches_one_process(tmp_path, subprocess_e
     assert "ChildFailedError" not in done.stderr
     assert re.match(r"\[rank \d\] error: ", done.stderr.strip().splitlines()[-1]), done.stderr[-2000:]
     assert not (tmp_path / "out_bad").exists()
-
-
-def evaluate_inputs(folder: Path) -> tuple[dict, list[str]]:
-    """Image splits, a samples folder as ``sample`` writes it, and two features folders: one with the
-    reference cache the features stage writes, one without (the reference is then extracted here)."""
-    from realuid.data import write_split
-    from realuid.features import FeatureNet, save_feature_net
-    from realuid.metrics import cache_reference_features
-
-    images, labels = digit_images(400)
-    write_split(folder / "train.h5", images[:200].numpy(), y=labels[:200].numpy(), attrs={"source": "digits"})
-    write_split(folder / "test.h5", images[200:].numpy(), y=labels[200:].numpy(), attrs={"source": "digits"})
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
-    samples = folder / "samples"
-    for who, level in (("teacher", 0.05), ("student", 0.2), ("student_raw", 0.3)):
-        drawn = (images[200:300] + level * noise[200:300]).clamp(-1, 1)
-        write_split(samples / f"{who}.h5", drawn.numpy(), y=labels[200:300].numpy(), attrs={"source": who})
-    timing = {"nfe": 1, "samples_per_second": 1000.0}
-    (samples / "timing.json").write_text(json.dumps({"teacher": {**timing, "nfe": 9}, "student": timing}))
-    for name in ("features_cached", "features_bare"):
-        (folder / name).mkdir()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            save_feature_net(folder / name / "extractor.pt", FeatureNet(1, 8, num_classes=10, width=8), {})
-    cache_reference_features(images[200:], extractor="realuid-features", batch_size=32, device="cpu",
-                             extractor_weights_path=folder / "features_cached" / "extractor.pt",
-                             cache_root=folder / "features_cached" / "reference_cache")
-    params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
-    params["evaluate"].update(kid_subset_size=50, batch_size=32, device="cpu")
-    return params, ["--samples", str(samples), "--train", str(folder / "train.h5"), "--test", str(folder / "test.h5")]
 
 
 def test_evaluate_stage_under_torchrun_writes_the_one_process_metrics(tmp_path, subprocess_env):

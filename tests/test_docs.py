@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import make_project, sh, tiny_params
+from helpers.project import make_project, sh, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

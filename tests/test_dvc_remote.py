@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 import yaml
-from test_pipeline import TOY, dvc_changed, dvc_reproduce, make_project, sh, tiny_params
+from helpers.project import TOY, dvc_changed, dvc_reproduce, make_project, sh, tiny_params
 
 pytestmark = pytest.mark.slow  # a full tiny pipeline run: about a minute on 2 cores
 

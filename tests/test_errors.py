@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from test_pipeline import TOY, make_project, tiny_params
+from helpers.project import TOY, make_project, tiny_params
 from realuid.errors import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -333,8 +334,6 @@ def test_duplicate_key_in_a_section_is_an_error_for_the_stage_and_the_registry(t
 
 
 def test_snakemake_refuses_a_params_file_with_a_duplicate_key(tmp_path):
-    from test_pipeline import make_project
-
     project = make_project(tmp_path / "project", tiny_params(), git=False)
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "alpha: 0.5\n")
     done = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=project, capture_output=True, text=True,
@@ -545,7 +544,7 @@ def test_a_bug_in_the_library_shows_its_traceback_not_an_error_line(tmp_path):
 def digits_prepared(tmp_path_factory) -> Path:
     """A digits project with prepare done, and a tiny class-conditional DDPM pipeline folder beside it."""
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     project = tmp_path_factory.mktemp("digits")
     write_params(project, tiny_params())
@@ -621,7 +620,7 @@ def test_the_gan_head_on_a_diffusers_teacher_stops_distill_before_any_work(digit
 def test_a_class_conditional_teacher_on_unlabelled_data_is_one_error_line(tmp_path):
     import numpy as np
     from diffusers import DDPMScheduler
-    from test_teachers_diffusers import save_pipeline
+    from helpers.diffusers_pipelines import save_pipeline
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", x=pixels)
@@ -680,3 +679,13 @@ def test_bad_step_counts_or_guidance_stop_sample_before_any_work(distilled, tmp_
     args = [a.replace("data/finetune/", "data/distill/") for a in dvc_args("sample")]  # finetune is off
     assert_failed(stage(project, "sample", *args), *fragments)
     assert snapshot(project) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name, key", [("features", "features__device"), ("train_teacher", "train_teacher__device")])
+def test_a_device_that_is_not_there_is_one_error_line_before_any_work(tmp_path, name, key):
+    write_params(tmp_path, tiny_params(TOY, **{key: "cuda:1"}))
+    assert stage(tmp_path, "prepare", "--out", "data/prepare").returncode == 0
+    before = snapshot(tmp_path)
+    assert_failed(stage(tmp_path, name, *dvc_args(name)), "'cuda:1'", "CUDA is not available")
+    assert snapshot(tmp_path) == before

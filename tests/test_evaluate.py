@@ -10,8 +10,8 @@ import yaml
 
 from realuid.data import write_split
 from realuid.metrics import sliced_wasserstein2
+from realuid.scoring import joint_metrics as _joint_metrics
 from realuid.stages import evaluate as evaluate_stage
-from realuid.stages.evaluate import _joint_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "configs/toy.yaml"  # the 2-D configuration; params.yaml is the digits default
@@ -157,7 +157,7 @@ def test_published_reference_statistics_replace_the_splits_for_fid(tmp_path, cap
     from realuid.checkpoints import file_digest
     from realuid.data import read_split
     from realuid.metrics import image_features
-    from test_distributed import evaluate_inputs
+    from helpers.digits import evaluate_inputs
 
     params, argv = evaluate_inputs(tmp_path)
     features = tmp_path / "features_cached"

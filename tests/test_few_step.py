@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.training import DISTILL, assert_same_generators, same_weights, spec_for, straight_and_resumed, toy_data
 from realuid.api import Generator, load_generator
 from realuid.config import in_effect
 from realuid.errors import ConfigError
@@ -15,8 +16,6 @@ from realuid.models import build_model
 from realuid.training import distillation
 from realuid.training.distillation import RealUID, distill, generator_times
 
-from test_training import (DISTILL, assert_same_generators, same_weights, spec_for, straight_and_resumed,
-                           toy_data)
 
 
 def tiny_net(seed=0, classes=0):
@@ -62,11 +61,11 @@ def test_bridge_student_keeps_its_corrupted_input_and_re_noises_with_path_noise(
     x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     expected = []
     for i in range(4):
-        noise, z = stream(i, 2)  # the generator's own noise, then the path noise of the re-noising
-        state = (1 - s) * x0[i:i + 1] + sigma * (s * (1 - s)) ** 0.5 * noise[None]
+        start_noise, stage_noise = stream(i, 2)  # path noise of the generator's start, then of the re-noising
+        state = (1 - s) * x0[i:i + 1] + sigma * (s * (1 - s)) ** 0.5 * start_noise[None]
         x = state + (1 - s) * net(torch.full((1,), s), state, None)
         t = times[0]
-        x_t = t * x + (1 - t) * x0[i:i + 1] + sigma * (t * (1 - t)) ** 0.5 * z[None]
+        x_t = t * x + (1 - t) * x0[i:i + 1] + sigma * (t * (1 - t)) ** 0.5 * stage_noise[None]
         expected.append((x_t + (1 - t) * net(torch.full((1,), t), x_t, None))[0])
     torch.testing.assert_close(gen.sample(4, x0=x0), torch.stack(expected), rtol=0, atol=1e-6)
 
@@ -91,7 +90,7 @@ def test_one_step_student_trains_as_without_the_feature(tmp_path, monkeypatch):
         raise AssertionError("a one-step student re-noises nothing")
 
     monkeypatch.setattr(distillation, "renoise_inputs", unreachable)
-    monkeypatch.setattr(RealUID, "_generate", lambda self, d, y: self.generator(d.z, y, d.z_noise))
+    monkeypatch.setattr(RealUID, "_generate", lambda self, d, y, net: self.generator(d.z, y, d.z_noise))
     without = run("b")
     assert same_weights(with_feature.weights, without.weights)
     assert all(same_weights(with_feature.copies[k], without.copies[k]) for k in without.copies)
@@ -173,7 +172,7 @@ def test_sample_stage_writes_each_step_count_and_the_guided_teacher_as_the_libra
     from realuid.models import model_spec
     from realuid.stages import sample as sample_stage
 
-    from test_training import MODEL
+    from helpers.training import MODEL
 
     family, fm, classes = make_family("fm"), {"name": "fm", "options": {}}, 3
     spec = model_spec(dataclasses.replace(MODEL, class_cond=True, class_dropout=0.1), (2,), classes)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from helpers.training import DISTILL, MODEL, TEACHER, Crash, crash_at, same_weights, toy_data
 from realuid.api import Teacher
 from realuid.config import in_effect
 from realuid.errors import ConfigError
@@ -13,7 +14,6 @@ from realuid.models import build_model, check_guidance, guided, model_spec, null
 from realuid.training.distillation import RealUID, distill
 from realuid.training.teacher import train_teacher
 
-from test_training import DISTILL, MODEL, TEACHER, Crash, crash_at, same_weights, toy_data
 
 CLASSES = 3
 

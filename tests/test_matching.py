@@ -31,8 +31,8 @@ CASE_IDS = [name + "-" + "-".join(str(v) for v in opts.values()) for name, opts 
 
 def endpoints(shape, seed=0, dtype=torch.float64):
     rng = torch.Generator().manual_seed(seed)
-    x0, x1, z = (torch.randn(shape, generator=rng, dtype=dtype) for _ in range(3))
-    return x0, x1, z
+    x0, x1, noise = (torch.randn(shape, generator=rng, dtype=dtype) for _ in range(3))
+    return x0, x1, noise
 
 
 def random_times(family, batch, seed=1, dtype=torch.float64):
@@ -57,7 +57,7 @@ def ve_signal_noise(t):
     return torch.ones_like(t), 80.0 * (0.002 / 80.0) ** t
 
 
-def expected_path(name, opts, x0, x1, z, t):
+def expected_path(name, opts, x0, x1, noise, t):
     """(x_t, g) from the formulas of docs/method.md §2."""
     tc = col(t, x0)
     if name == "fm":
@@ -75,16 +75,16 @@ def expected_path(name, opts, x0, x1, z, t):
         else:
             A, B = torch.cos(math.pi * tc / 2), torch.sin(math.pi * tc / 2)
             dA, dB = -math.pi / 2 * torch.sin(math.pi * tc / 2), math.pi / 2 * torch.cos(math.pi * tc / 2)
-        return A * x0 + B * x1 + gamma * z, dA * x0 + dB * x1 + dgamma * z
+        return A * x0 + B * x1 + gamma * noise, dA * x0 + dB * x1 + dgamma * noise
     if name == "bridge":
         sig = opts["sigma"]
-        x_t = tc * x1 + (1 - tc) * x0 + sig * torch.sqrt(tc * (1 - tc)) * z
+        x_t = tc * x1 + (1 - tc) * x0 + sig * torch.sqrt(tc * (1 - tc)) * noise
         return x_t, (x1 - x_t) / (1 - tc)
     raise AssertionError(name)
 
 
-def noise_for(family, z):
-    return z if family.needs_noise else None
+def noise_for(family, noise):
+    return noise if family.needs_noise else None
 
 
 # ------------------------------------------------------------------------------------- closed forms
@@ -94,10 +94,10 @@ def noise_for(family, z):
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
 def test_path_sample_matches_closed_form_at_random_times(name, opts, shape):
     family = make_family(name, **opts)
-    x0, x1, z = endpoints(shape)
+    x0, x1, noise = endpoints(shape)
     t = random_times(family, shape[0])
-    sample = family.path_sample(x0, x1, t, noise_for(family, z))
-    x_t, g = expected_path(name, opts, x0, x1, z, t)
+    sample = family.path_sample(x0, x1, t, noise_for(family, noise))
+    x_t, g = expected_path(name, opts, x0, x1, noise, t)
     assert isinstance(sample, PathSample)
     torch.testing.assert_close(sample.x_t, x_t)
     torch.testing.assert_close(sample.target, g)
@@ -108,16 +108,16 @@ def test_path_sample_matches_closed_form_at_random_times(name, opts, shape):
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
 def test_path_sample_at_endpoints(name, opts, shape):
     family = make_family(name, **opts)
-    x0, x1, z = endpoints(shape)
+    x0, x1, noise = endpoints(shape)
     batch = shape[0]
     for t_value in (0.0, 1.0):
         t = torch.full((batch,), t_value, dtype=x0.dtype)
         if not family.t_min <= t_value <= family.t_max:
             with pytest.raises(ValueError, match="t must lie in"):
-                family.path_sample(x0, x1, t, noise_for(family, z))
+                family.path_sample(x0, x1, t, noise_for(family, noise))
             continue
-        sample = family.path_sample(x0, x1, t, noise_for(family, z))
-        x_t, g = expected_path(name, opts, x0, x1, z, t)
+        sample = family.path_sample(x0, x1, t, noise_for(family, noise))
+        x_t, g = expected_path(name, opts, x0, x1, noise, t)
         torch.testing.assert_close(sample.x_t, x_t)
         torch.testing.assert_close(sample.target, g)
     # The endpoints that are allowed are the ones where the target stays finite.
@@ -126,15 +126,15 @@ def test_path_sample_at_endpoints(name, opts, shape):
 
 
 def test_endpoint_values_by_family():
-    x0, x1, z = endpoints((4, 3))
+    x0, x1, noise = endpoints((4, 3))
     zero, one = torch.zeros(4, dtype=x0.dtype), torch.ones(4, dtype=x0.dtype)
     fm = make_family("fm")
     torch.testing.assert_close(fm.path_sample(x0, x1, zero).x_t, x0)
     torch.testing.assert_close(fm.path_sample(x0, x1, one).x_t, x1)
     bridge = make_family("bridge")
-    torch.testing.assert_close(bridge.path_sample(x0, x1, zero, z).x_t, x0)
-    torch.testing.assert_close(bridge.path_sample(x0, x1, zero, z).target, x1 - x0)
-    # VE reaches x1 up to sigma_min = 0.002 and starts at 80 x0 + x1; VP's a(1) is ~1, s(1) ~ 0.01.
+    torch.testing.assert_close(bridge.path_sample(x0, x1, zero, noise).x_t, x0)
+    torch.testing.assert_close(bridge.path_sample(x0, x1, zero, noise).target, x1 - x0)
+    # VE reaches x1 up to VE_SIGMA_MIN = 0.002 and starts at 80 x0 + x1; VP's a(1) is ~1, s(1) ~ 0.01.
     ve = make_family("diffusion", schedule="ve")
     torch.testing.assert_close(ve.path_sample(x0, x1, one).x_t, x1 + 0.002 * x0)
     torch.testing.assert_close(ve.path_sample(x0, x1, zero).x_t, x1 + 80.0 * x0)
@@ -160,7 +160,7 @@ def test_target_is_the_conditional_expectation_for_gaussian_data(name, opts):
     x = torch.linspace(-2.0, 2.0, 9, dtype=torch.float64)[:, None]
 
     def moments(tt):
-        """(m, V, Cov(x1, x_t), Cov(g, x_t), E g) with x_t = A x0 + B x1 + C z, g = P x0 + Q x1 + R z."""
+        """(m, V, Cov(x1, x_t), Cov(g, x_t), E g) with x_t = A x0 + B x1 + C noise, g = P x0 + Q x1 + R noise."""
         A, B, C, P, Q, R = family.path_coefficients(tt)
         return B * mu, A**2 + B**2 * v + C**2, B * v, A * P + B * Q * v + C * R, Q * mu
 
@@ -181,9 +181,9 @@ def test_target_is_the_conditional_expectation_for_gaussian_data(name, opts):
 @pytest.mark.parametrize("name,opts", [c for c in CASES if c[0] != "si"], ids=[i for c, i in zip(CASES, CASE_IDS) if c[0] != "si"])
 def test_predict_x1_recovers_x1_from_the_exact_target(name, opts, shape):
     family = make_family(name, **opts)
-    x0, x1, z = endpoints(shape)
+    x0, x1, noise = endpoints(shape)
     t = random_times(family, shape[0])
-    sample = family.path_sample(x0, x1, t, noise_for(family, z))
+    sample = family.path_sample(x0, x1, t, noise_for(family, noise))
     torch.testing.assert_close(family.predict_x1(t, sample.x_t, sample.target), x1)
 
 
@@ -191,11 +191,11 @@ def test_predict_x1_recovers_x1_from_the_exact_target(name, opts, shape):
 @pytest.mark.parametrize("interpolant", ["linear", "trig"])
 @pytest.mark.parametrize("sigma", [0.0, 0.5, 1.3])
 def test_si_predict_x1_recovers_a_point_mass(interpolant, sigma, shape):
-    """For x1 = mu fixed, E[g | x_t] = B' mu + A' E[x0|x_t] + gamma' E[z|x_t] with the Gaussian
-    posteriors E[x0|n] = A n/(A^2+gamma^2), E[z|n] = gamma n/(A^2+gamma^2), n = x_t - B mu;
+    """For x1 = mu fixed, E[g | x_t] = B' mu + A' E[x0|x_t] + gamma' E[noise|x_t] with the Gaussian
+    posteriors E[x0|n] = A n/(A^2+gamma^2), E[noise|n] = gamma n/(A^2+gamma^2), n = x_t - B mu;
     predict_x1 of that velocity must give back mu (including at t = 0, where the generator reads)."""
     family = make_family("si", interpolant=interpolant, sigma=sigma)
-    x0, mu, z = endpoints(shape)
+    x0, mu, noise = endpoints(shape)
     t = random_times(family, shape[0])
     t[0] = 0.0  # the source end: gamma' diverges there but gamma' gamma does not
     tc = col(t, x0)
@@ -206,7 +206,7 @@ def test_si_predict_x1_recovers_a_point_mass(interpolant, sigma, shape):
         dA, dB = -math.pi / 2 * B, math.pi / 2 * A
     gamma_sq = sigma**2 * tc * (1 - tc)
     gamma_dgamma = sigma**2 * (1 - 2 * tc) / 2
-    x_t = A * x0 + B * mu + torch.sqrt(gamma_sq) * z
+    x_t = A * x0 + B * mu + torch.sqrt(gamma_sq) * noise
     n = x_t - B * mu
     velocity = dB * mu + (dA * A + gamma_dgamma) * n / (A**2 + gamma_sq)
     torch.testing.assert_close(family.predict_x1(t, x_t, velocity), mu)
@@ -219,9 +219,9 @@ def test_si_predict_x1_matches_regression_of_the_target():
     n, mu = 200_000, 1.5
     for t_value in (0.1, 0.5, 0.9):
         x0 = torch.randn(n, 1, generator=rng, dtype=torch.float64)
-        z = torch.randn(n, 1, generator=rng, dtype=torch.float64)
+        noise = torch.randn(n, 1, generator=rng, dtype=torch.float64)
         t = torch.full((n,), t_value, dtype=torch.float64)
-        sample = family.path_sample(x0, torch.full_like(x0, mu), t, z)
+        sample = family.path_sample(x0, torch.full_like(x0, mu), t, noise)
         design = torch.cat([sample.x_t, torch.ones_like(sample.x_t)], dim=1)
         slope, intercept = torch.linalg.lstsq(design, sample.target).solution[:, 0]
         grid = torch.linspace(-1, 2, 5, dtype=torch.float64)[:, None]
@@ -238,10 +238,10 @@ def test_velocity_is_the_time_derivative_of_the_path(name, opts, shape):
     if name == "bridge":
         opts = {"sigma": 0.0}
     family = make_family(name, **opts)
-    x0, x1, z = endpoints(shape)
+    x0, x1, noise = endpoints(shape)
     t = random_times(family, shape[0]).clamp(0.01, 0.98)
     h = 1e-6
-    noise = noise_for(family, z)
+    noise = noise_for(family, noise)
     derivative = (family.path_sample(x0, x1, t + h, noise).x_t - family.path_sample(x0, x1, t - h, noise).x_t) / (2 * h)
     sample = family.path_sample(x0, x1, t, noise)
     velocity = family.velocity(t, sample.x_t, sample.target)
@@ -313,9 +313,9 @@ def test_diffusion_sde_drift_is_velocity_plus_half_g2_score():
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
 def test_source_state_is_the_path_without_data(name, opts, shape):
     family = make_family(name, **opts)
-    x0, _, z = endpoints(shape)
+    x0, _, noise = endpoints(shape)
     t = random_times(family, shape[0])
-    expected = family.path_sample(x0, torch.zeros_like(x0), t, torch.zeros_like(z) if family.needs_noise else None).x_t
+    expected = family.path_sample(x0, torch.zeros_like(x0), t, torch.zeros_like(noise) if family.needs_noise else None).x_t
     torch.testing.assert_close(family.source_state(x0, t), expected)
     # At t = 0 it is x0 itself, except that a diffusion's source is s(0) x0 (80 x0 for VE).
     start = family.source_state(x0, 0.0)
@@ -347,15 +347,15 @@ def test_t_src_of_the_other_families_is_the_source_end():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("generator_t", [0.05, 0.3])
 def test_bridge_generator_input_is_the_bridge_at_generator_t_without_its_data_part(shape, generator_t):
-    # (1 - s) x0 + sigma sqrt(s (1 - s)) z: the path at s with x1 = 0 and the same noise.
+    # (1 - s) x0 + sigma sqrt(s (1 - s)) noise: the path at s with x1 = 0 and the same noise.
     family = make_family("bridge", sigma=0.4, generator_t=generator_t)
     assert family.t_src == generator_t and family.generator_noise
-    x0, _, z = endpoints(shape)
+    x0, _, noise = endpoints(shape)
     s = generator_t
-    expected = (1 - s) * x0 + 0.4 * math.sqrt(s * (1 - s)) * z
-    torch.testing.assert_close(family.source_state(x0, s, z), expected)
+    expected = (1 - s) * x0 + 0.4 * math.sqrt(s * (1 - s)) * noise
+    torch.testing.assert_close(family.source_state(x0, s, noise), expected)
     t = torch.full((shape[0],), s, dtype=torch.float64)
-    torch.testing.assert_close(family.source_state(x0, t, z), family.path_sample(x0, torch.zeros_like(x0), t, z).x_t)
+    torch.testing.assert_close(family.source_state(x0, t, noise), family.path_sample(x0, torch.zeros_like(x0), t, noise).x_t)
 
 
 def test_source_noise_only_where_the_path_has_noise():
@@ -366,7 +366,7 @@ def test_source_noise_only_where_the_path_has_noise():
         make_family("bridge", generator_t=0.1).source_state(x0, 0.1, torch.randn(3, 4))
 
 
-# ------------------------------------------------------------------------------ sampling of t, x0, z
+# ------------------------------------------------------------------------------ sampling of t, x0, noise
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=CASE_IDS)
@@ -411,16 +411,16 @@ def test_path_sample_draws_missing_noise_from_the_rng():
     first = family.path_sample(x0, x1, t, rng=torch.Generator().manual_seed(9))
     second = family.path_sample(x0, x1, t, rng=torch.Generator().manual_seed(9))
     torch.testing.assert_close(first.x_t, second.x_t)
-    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(9), dtype=x0.dtype)
-    torch.testing.assert_close(first.x_t, family.path_sample(x0, x1, t, z).x_t)
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(9), dtype=x0.dtype)
+    torch.testing.assert_close(first.x_t, family.path_sample(x0, x1, t, noise).x_t)
 
 
 def test_float32_inputs_keep_their_dtype():
     for name, opts in CASES:
         family = make_family(name, **opts)
-        x0, x1, z = (v.float() for v in endpoints((3, 2)))
+        x0, x1, noise = (v.float() for v in endpoints((3, 2)))
         t = family.sample_time(3)
-        sample = family.path_sample(x0, x1, t, noise_for(family, z))
+        sample = family.path_sample(x0, x1, t, noise_for(family, noise))
         assert sample.x_t.dtype == sample.target.dtype == sample.weight.dtype == torch.float32
         assert family.predict_x1(t, sample.x_t, sample.target).dtype == torch.float32
 

@@ -7,7 +7,8 @@ import torch
 
 from realuid.config import ModelConfig
 from realuid.matching import make_family
-from realuid.models import MLP, OneStepGenerator, build_model, model_spec
+from realuid.models import MLP, build_model, model_spec
+from realuid.sampling import OneStepGenerator
 
 # torchcfm's UNet normalises with 32 groups, so 32 base channels is the smallest width it builds.
 MODEL = ModelConfig(arch="auto", hidden_dim=32, depth=2, time_embed_dim=16, channels=32, channel_mult=[1, 2],

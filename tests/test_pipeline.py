@@ -12,121 +12,26 @@ import importlib
 import json
 import math
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import current_umask
+from helpers.project import (ROOT, TOY, dvc_changed, dvc_reproduce, make_project, sh, shell_env, snakemake_pending,
+                             tiny_params)
+from helpers.stages import STAGES, run_stage, stage_argv, stage_named
+from helpers.umask import current_umask
 from realuid.config import load_params
-from realuid.stages import common
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "workflow"))
-from registry import load_stages  # noqa: E402
-
-STAGES = load_stages(ROOT / "dvc.yaml")
 DOWNSTREAM_OF_ALPHA = {"distill", "finetune", "sample", "evaluate", "report"}
-
-
-TOY = ROOT / "configs/toy.yaml"  # the 2-D default (`make config CONFIG=toy`)
-DEFAULT = ROOT / "params.yaml"  # the committed default: the 8x8 digits with a UNet teacher
-
-
-def tiny_params(base: Path = DEFAULT, **sections) -> dict:
-    """A params file (the committed params.yaml unless ``base``) shrunk to seconds of work.
-
-    Only sizes shrink (steps, batches, sample counts; batch sizes never grow): the layout, such as the
-    UNet's ``channel_mult``, stays the file's. ``sections`` override whole keys (``distill__steps=3``).
-    """
-    p = yaml.safe_load(Path(base).read_text())
-    p["prepare"].update(n_train=1000, n_test=300)
-    p["features"].update(steps=40, batch_size=64)
-    p["train_teacher"]["model"].update(hidden_dim=32, depth=1, time_embed_dim=16, channels=32)
-    p["train_teacher"].update(steps=30, batch_size=min(128, p["train_teacher"]["batch_size"]),
-                              checkpoint_every_steps=30, log_every_steps=10)
-    # 5 in-training evaluations of every copy (steps 2, 4, ..., 10), as the embedded default does every 50.
-    p["distill"].update(steps=10, batch_size=min(128, p["distill"]["batch_size"]), checkpoint_every_steps=4,
-                        log_every_steps=2, eval_every_steps=2, eval_samples=200)
-    p["sample"].update(n_samples=300, batch_size=150, teacher_nfe=8)
-    p["evaluate"].update(kid_subset_size=100, batch_size=100)
-    for key, value in sections.items():
-        node = p
-        *parents, leaf = key.split("__")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return p
-
-
-def make_project(folder: Path, params: dict, *, git: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "Snakefile", ".dvcignore"):
-        shutil.copy(ROOT / name, folder / name)
-    for name in ("workflow", "src"):
-        shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if git:
-        for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-            subprocess.run(cmd, cwd=folder, check=True, capture_output=True, env=_env(folder))
-    return folder
-
-
-def _env(folder: Path) -> dict:
-    import os
-
-    env = dict(os.environ)
-    # A new user's shell: the venv's bin first on PATH (as README says), no PYTHONPATH.
-    env.pop("PYTHONPATH", None)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env.setdefault("GIT_AUTHOR_NAME", "test")
-    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.com")
-    env.setdefault("GIT_COMMITTER_NAME", "test")
-    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.com")
-    return env
-
-
-def sh(folder: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=_env(folder))
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
 # Stage CLIs in-process, recording which params each stage reads
 # --------------------------------------------------------------------------------------------------
-
-
-def recording(obj, seen: set, prefix: str = ""):
-    """A copy of a params dataclass that records every leaf key read (``"distill.steps"``)."""
-    values = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        values[f.name] = recording(value, seen, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else value
-    names = {f.name for f in dataclasses.fields(obj)}
-
-    def getattribute(self, name):
-        value = object.__getattribute__(self, name)
-        if name in names and not dataclasses.is_dataclass(value):
-            seen.add(prefix + name)
-        return value
-
-    cls = type(type(obj).__name__, (type(obj),), {"__getattribute__": getattribute})
-    return cls(**values)
-
-
-def stage_argv(stage) -> list[str]:
-    """The arguments of a stage's command in dvc.yaml, after ``PYTHONPATH=src python -m <module>``."""
-    argv = shlex.split(stage.cmd)
-    assert argv[:4] == ["PYTHONPATH=src", "python", "-m", f"realuid.stages.{stage.name}"], argv[:4]
-    return argv[4:]
 
 
 def test_stage_commands_run_the_code_of_the_folder_they_run_in(tmp_path):
@@ -135,22 +40,13 @@ def test_stage_commands_run_the_code_of_the_folder_they_run_in(tmp_path):
     prefixes = {stage.cmd.split(" -m ")[0] for stage in STAGES}
     assert prefixes == {"PYTHONPATH=src python"}
     project = make_project(tmp_path / "copy", tiny_params(), git=False)
-    env = _env(project)
+    env = shell_env(project)
     for prefix, inside in ((prefixes.pop(), True), ("python", False)):
         probe = f"{prefix} -c 'import realuid; print(realuid.__file__)'"
         done = subprocess.run(["sh", "-c", probe], cwd=project, capture_output=True, text=True, env=env)
         # Without the prefix the import finds another copy (the installed one), or none at all.
         imported = Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
         assert (imported is not None and imported.is_relative_to(project.resolve())) == inside, (prefix, done)
-
-
-def run_stage(stage, monkeypatch) -> set:
-    """Run one stage's CLI in-process exactly as dvc.yaml writes it; returns the params keys it read."""
-    seen: set = set()
-    monkeypatch.setattr(common, "load_params", lambda path: recording(load_params(path), seen))
-    code = importlib.import_module(f"realuid.stages.{stage.name}").cli(stage_argv(stage))
-    assert code == 0, f"stage {stage.name} exited with {code}"
-    return seen
 
 
 def covers(declared: list[str], key: str) -> bool:
@@ -297,10 +193,6 @@ def check_samples_do_not_depend_on_batch_size(project: Path, params: dict) -> No
 # --------------------------------------------------------------------------------------------------
 
 
-def stage_named(name):
-    return next(s for s in STAGES if s.name == name)
-
-
 def test_unknown_param_key_stops_before_any_work(tmp_path, monkeypatch, capsys):
     params = tiny_params()
     params["distill"]["learning_rate"] = 0.1
@@ -366,24 +258,6 @@ def snakemake_edges(project) -> set:
     labels = dict(re.findall(r'(\d+)\[label = "(\w+)"', dot))
     edges = {(labels[a], labels[b]) for a, b in re.findall(r"(\d+) -> (\d+)", dot)}
     return {(a, b) for a, b in edges if "all" not in (a, b)}
-
-
-def snakemake_pending(project) -> set:
-    """Rules a dry run would execute (parsed from the job-stats table)."""
-    out = sh(project, "snakemake", "--cores", "1", "--dry-run", "--quiet", "rules").stdout
-    rows = re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M)
-    return {name for name, _ in rows if name not in ("all", "total")}
-
-
-def dvc_reproduce(project) -> set:
-    """Run ``dvc repro``; returns the stages it executed (restored-from-run-cache ones included)."""
-    out = sh(project, "dvc", "repro").stdout
-    return set(re.findall(r"Running stage '(\w+)'", out)) | set(re.findall(r"Stage '(\w+)' is cached", out))
-
-
-def dvc_changed(project) -> set:
-    """Stages whose own recorded inputs or outputs differ from dvc.lock."""
-    return set(json.loads(sh(project, "dvc", "status", "--json").stdout))
 
 
 def set_alpha(project, value):
@@ -522,10 +396,23 @@ def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.mark.slow  # four tiny pipeline runs: about three minutes on 2 cores
-def test_keys_the_configuration_does_not_use_retrain_nothing(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params(TOY))
+@pytest.fixture(scope="module")
+def finished_toy(tmp_path_factory) -> Path:
+    """The 2-D default at a tiny size after a full `dvc repro`; tests take a copy (:func:`copy_of`)."""
+    project = make_project(tmp_path_factory.mktemp("finished") / "project", tiny_params(TOY))
     sh(project, "dvc", "repro")
+    return project
+
+
+def copy_of(project: Path, folder: Path) -> Path:
+    """A copy of a finished project (git, DVC cache, outputs, states and its own src/) to edit freely."""
+    return Path(shutil.copytree(project, folder / "project", symlinks=True))
+
+
+@pytest.mark.slow  # three tiny pipeline runs after the shared one: about two minutes on 2 cores
+def test_keys_the_configuration_does_not_use_retrain_nothing(finished_toy, tmp_path):
+    project = copy_of(finished_toy, tmp_path)
+    assert dvc_changed(project) == set()  # the copy is the finished run
     trained, states = digests(project), state_folders(project)
     assert len(states) == 2  # the teacher's and the distillation's
 
@@ -559,33 +446,26 @@ def test_state_names_hash_only_the_settings_in_effect():
     assert same(dataclasses.replace(t, steps=t.steps + 1)) != same(t)
 
 
-@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
-def test_editing_code_a_stage_runs_retrains_it_and_nothing_upstream(tmp_path):
-    project = make_project(tmp_path / "project", tiny_params(TOY))
-    sh(project, "dvc", "repro")
-    teacher_states = sorted((project / "state/train_teacher").iterdir())
-    distill_states = sorted((project / "state/distill").iterdir())
-    with open(project / "src/realuid/quality.py", "a") as fh:  # run by distill and finetune only
-        fh.write("\n# an edit\n")
-    assert dvc_changed(project) == {"distill", "finetune"}
-    sh(project, "dvc", "repro")
-    # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
-    assert sorted((project / "state/train_teacher").iterdir()) == teacher_states
-    assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1
-
-
-@pytest.mark.slow  # two tiny pipeline runs: about a minute on 2 cores
-def test_editing_the_gan_head_reruns_the_distillation_never_the_teacher(tmp_path):
+@pytest.mark.slow  # the stages after the teacher, once per edit: about half a minute each on 2 cores
+@pytest.mark.parametrize("module", [
+    "in_training_eval.py",  # run by distill and finetune only
     # The teacher loop imports nothing of the distillation (realuid.training's modules), so an edit of
     # the GAN head (off in this config, but code the distillation runs) leaves the teacher's stage alone.
-    project = make_project(tmp_path / "project", tiny_params(TOY))  # a copy of src/: the edit stays there
-    sh(project, "dvc", "repro")
-    with open(project / "src/realuid/gan.py", "a") as fh:
+    "gan.py",
+])
+def test_editing_code_the_distillation_runs_reruns_it_and_nothing_upstream(finished_toy, tmp_path, module):
+    project = copy_of(finished_toy, tmp_path)  # its own copy of src/: the edit stays there
+    teacher_states = sorted(p.name for p in (project / "state/train_teacher").iterdir())
+    distill_states = sorted(p.name for p in (project / "state/distill").iterdir())
+    with open(project / "src/realuid" / module, "a") as fh:
         fh.write("\n# an edit\n")
     assert dvc_changed(project) == {"distill", "finetune"}
     rerun = dvc_reproduce(project)
     assert "distill" in rerun and rerun <= DOWNSTREAM_OF_ALPHA
     assert not rerun & {"prepare", "features", "train_teacher"}
+    # A finished state of the older code is not published again: distill trained afresh, the teacher did not.
+    assert sorted(p.name for p in (project / "state/train_teacher").iterdir()) == teacher_states
+    assert len(list((project / "state/distill").iterdir())) == len(distill_states) + 1
 
 
 @pytest.mark.slow  # one tiny pipeline run: about half a minute on 2 cores

@@ -14,12 +14,13 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from test_pipeline import TOY, make_project, sh, tiny_params
 
+from helpers.project import TOY, make_project, sh, tiny_params
 from realuid.config import load_params
 from realuid.matching import make_family
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.models import build_model, model_spec
 from realuid.plan import cli, count_flops, make_plan, measure_loop
+from realuid.sampling import OneStepGenerator
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 

@@ -26,7 +26,7 @@ SMALL_TOY = {"n_train": 200, "n_test": 50}
 @pytest.fixture(scope="module", autouse=True)
 def gx_ready():
     """Build the great-expectations context once for the module (the slow part of validation)."""
-    from realuid import validation
+    from realuid import data_checks as validation
 
     validation._batch_definition()
 

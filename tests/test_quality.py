@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from realuid import quality
+from helpers.training import DISTILL, Crash, crash_at, same_weights, spec_for, toy_data
+from realuid import in_training_eval as quality
 from realuid.config import ConfigError, build, Params
 from realuid.data import Split
 from realuid.matching import make_family
 from realuid.metrics import PointReference, energy_distance, sliced_wasserstein2
-from realuid.models import OneStepGenerator, build_model
+from realuid.models import build_model
+from realuid.sampling import OneStepGenerator
 from realuid.training.distillation import distill
-
-from test_training import DISTILL, Crash, crash_at, same_weights, spec_for, toy_data
 
 # 12 generator updates, checkpoints at 4 and 8, evaluations every 2: 6 rows per copy.
 CFG = dataclasses.replace(DISTILL, steps=12, checkpoint_every_steps=4, eval_every_steps=2, eval_samples=64)

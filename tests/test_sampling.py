@@ -46,7 +46,7 @@ def scaled_identity(t, x, y=None):
 class GaussianTeacher(nn.Module):
     """Exact UM optimum E[g | x_t] of an unpaired family for x0 ~ N(0, I), x1 ~ N(mu, v) per coordinate.
 
-    x_t = A x0 + B x1 + C z has mean B mu and variance V = A^2 + B^2 v + C^2; g = P x0 + Q x1 + R z has
+    x_t = A x0 + B x1 + C noise has mean B mu and variance V = A^2 + B^2 v + C^2; g = P x0 + Q x1 + R noise has
     Cov(g, x_t) = A P + B Q v + C R (for si, C R = gamma gamma' is evaluated in closed form, finite at t=0).
     """
 
@@ -324,7 +324,7 @@ def test_one_step_generation_for_flow_matching_is_z_plus_g():
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
 
 
-def test_one_step_generation_for_ve_diffusion_reads_sigma_2_5():
+def test_one_step_generation_for_ve_diffusion_reads_generator_sigma_2_5():
     family = make_family("diffusion", schedule="ve", prediction="x1")
     seen = {}
 

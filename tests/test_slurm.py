@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import TOY, dvc_changed, make_project, sh, snakemake_pending, tiny_params
+
+from helpers.project import TOY, dvc_changed, make_project, sh, snakemake_pending, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))

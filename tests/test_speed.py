@@ -174,9 +174,7 @@ def test_compiled_networks_keep_their_state_dict_keys_and_outputs():
 def test_sample_precision_bf16_autocasts_the_networks_and_stores_float32_samples():
     from types import SimpleNamespace
 
-    from realuid.api import one_step_inputs
-    from realuid.models import OneStepGenerator
-    from realuid.stages.sample import draw_samples
+    from realuid.sampling import OneStepGenerator, draw_samples, one_step_inputs
 
     family = make_family("fm")
     teacher = random_unet()

@@ -74,7 +74,7 @@ def test_imports_point_one_way():
 # What the distillation alone runs: editing it must not retrain the teacher (a day at paper scale) or
 # resample it. losses.py stays: the teacher's matching loss lives beside the RealUID losses.
 DISTILLATION_ONLY = {"realuid/training/distillation.py", "realuid/distillation_losses.py", "realuid/gan.py",
-                     "realuid/quality.py"}
+                     "realuid/in_training_eval.py"}
 
 
 @pytest.mark.parametrize("stage", ["train_teacher", "sample", "evaluate"])

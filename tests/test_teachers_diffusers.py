@@ -10,29 +10,13 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import (DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler,
-                       UNet2DModel)
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+from helpers.diffusers_pipelines import SHAPE, save_pipeline
 from realuid.matching import make_family
 from realuid.models import build_model
 from realuid.sampling import sample_ode
 from realuid.teachers.diffusers import load_diffusers_teacher
-
-SHAPE = (1, 8, 8)
-
-
-def tiny_unet(num_class_embeds=None) -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=SHAPE[-1], in_channels=SHAPE[0], out_channels=SHAPE[0], block_out_channels=(16, 32),
-                       layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8, num_class_embeds=num_class_embeds)
-
-
-def save_pipeline(folder, scheduler, num_class_embeds=None):
-    pipeline = DDIMPipeline if isinstance(scheduler, DDIMScheduler) else DDPMPipeline
-    unet = tiny_unet(num_class_embeds)
-    pipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
-    return unet.double().eval()
 
 
 def imported(folder):
@@ -121,7 +105,8 @@ def test_dvc_repro_distils_a_diffusers_teacher(tmp_path):
     import json
     import math
 
-    from test_pipeline import STAGES, dvc_changed, dvc_reproduce, make_project, tiny_params
+    from helpers.project import dvc_changed, dvc_reproduce, make_project, tiny_params
+    from helpers.stages import STAGES
 
     from realuid import load_generator, load_teacher
 

@@ -150,7 +150,7 @@ def test_a_torchcfm_teacher_runs_through_the_pipeline(tmp_path):
     writes computes torchcfm's EMA model, and every later stage runs on it."""
     import json
 
-    from test_pipeline import make_project, sh, tiny_params
+    from helpers.project import make_project, sh, tiny_params
 
     # The UNet of the committed params on digits: two levels of 32 channels, one block each, attention only in
     # the middle block with 4 heads (heads split the same weights, so they must match the params: the weights

@@ -1,4 +1,4 @@
-"""Per-sample summary and the great-expectations suite (realuid.validation)."""
+"""Per-sample summary and the great-expectations suite (realuid.data_checks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from realuid import validation
+from realuid import data_checks as validation
 from realuid.data import Split
 
 

@@ -1,7 +1,7 @@
 """The code deps of each stage in dvc.yaml, computed from the sources.
 
 ``dvc.yaml`` lists each stage's code deps; ``tests/test_stage_deps.py`` checks them against the source
-closure of the stage's command (:func:`realuid.sources.closure`: every import, lazy ones included), so
+closure of the stage's command (:func:`realuid.code_digest.closure`: every import, lazy ones included), so
 editing a module a stage runs always reruns it, and editing one it does not never does.
 ``python workflow/code_deps.py --write`` rewrites the code deps of every stage in dvc.yaml (the other
 deps and everything else stay as they are); without ``--write`` it prints them.
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from realuid.sources import closure  # noqa: E402
+from realuid.code_digest import closure  # noqa: E402
 
 
 def stage_module(cmd: str) -> str:

@@ -1,7 +1,7 @@
 """``bench/bridge_noise``: does a bridge generator need noise to match ``p(x1 | x0)``?
 
 A generator read at ``generator_t = 0`` sees ``x0`` alone and is one deterministic map of it; with
-``generator_t = s > 0`` it reads ``(1-s) x0 + sigma sqrt(s(1-s)) z`` with fresh ``z``. Both are distilled
+``generator_t = s > 0`` it reads ``(1-s) x0 + sigma sqrt(s(1-s)) noise`` with fresh path noise. Both are distilled
 from the same teacher with the same seeds, so their difference is the input alone.
 """
 

@@ -199,7 +199,7 @@ def build_settings(args) -> presets.StudySettings:
 
 
 def main(argv=None) -> int:
-    from .report import write_report
+    from .report import report_name, write_report
 
     args = parse_args(argv)
     try:
@@ -258,10 +258,3 @@ def code_version() -> str:
     if code["commit"] is None:
         return "unknown (not a git checkout, or git not available)"
     return code["commit"][:12] + (" with uncommitted changes under src/ or bench/" if code["dirty"] else "")
-
-
-def report_name(study: presets.StudySettings, user: tasks.UserPoints | None) -> str:
-    """RESULTS.md for the full study on the built-in sets; other runs never overwrite it."""
-    if user is not None:
-        return f"RESULTS-{Path(user.path).stem}.md"
-    return "RESULTS.md" if study.name == "full" else f"RESULTS-{study.name}.md"

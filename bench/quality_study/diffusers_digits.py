@@ -241,7 +241,7 @@ def distil(folder: str, prepare: dict, features: str, alpha: float, beta: float,
     ``out``), its validation curve, and the copy it hands over scored on the test digits: ``COPY`` at the
     last update, or with ``keep_best`` the (copy, update) of lowest validation FID."""
     import realuid
-    from realuid import quality
+    from realuid import in_training_eval
     from realuid.distill_api import distill_settings
 
     torch.set_num_threads(1)
@@ -249,7 +249,7 @@ def distil(folder: str, prepare: dict, features: str, alpha: float, beta: float,
     fit, val, test = three_splits(prepare)
     teacher = import_teacher(folder)
     cfg = distill_settings(**settings, seed=seed, device="cpu")
-    evaluator = quality.image_evaluator(
+    evaluator = in_training_eval.image_evaluator(
         teacher.family, val, cfg, argparse.Namespace(feature_extractor="realuid-features",
                                         kid_subset_size=min(200, settings["eval_samples"])),
         weights_path=features, cache_root=None, num_classes=0, device=torch.device("cpu"))

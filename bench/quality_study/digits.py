@@ -19,8 +19,8 @@ import torch
 
 from realuid.matching import make_family
 from realuid.api import load_generator, load_teacher
-from realuid.models import OneStepGenerator, build_model, model_spec
-from realuid.sampling import sample_teacher
+from realuid.models import build_model, model_spec
+from realuid.sampling import OneStepGenerator, sample_teacher
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher

@@ -11,7 +11,7 @@ FID against it; the test split is never read). Every image set is scored on the 
 per-seed noise of seeds ``HISTOGRAM_SEED + i`` for the teacher (Euler, NFE ``--nfe``) and every student
 (its ``--copy`` at the end of the run).
 
-Beside the measurements, a **2-D analogue** of RealUID's fixed point (realuid.analysis, fm family): two
+Beside the measurements, a **2-D analogue** of RealUID's fixed point (realuid.fixed_point, fm family): two
 Gaussian modes at (±1, 0), std 0.2, with teacher weights (h, 1-h), h the measured teacher heavy mass, and
 data weights (d, 1-d), d the validation digits' heavy mass. It is the theory's answer for two modes in the
 plane, not a prediction for images.

@@ -139,19 +139,18 @@ def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None 
 
 def fid_evaluator(shared: dict, distill_cfg, val):
     """In-training FID (and KID) against the validation digits ``val``, with the study's feature extractor."""
-    from realuid import quality
+    from realuid import in_training_eval
 
     evaluate_cfg = argparse.Namespace(feature_extractor="realuid-features", kid_subset_size=KID_SUBSET)
-    return quality.image_evaluator(make_family("fm"), val, distill_cfg, evaluate_cfg,
-                                   weights_path=shared["features"], cache_root=None, num_classes=0,
-                                   device=torch.device("cpu"))
+    return in_training_eval.image_evaluator(make_family("fm"), val, distill_cfg, evaluate_cfg,
+                                            weights_path=shared["features"], cache_root=None, num_classes=0,
+                                            device=torch.device("cpu"))
 
 
 def score_teacher(shared: dict, base: dict, eval_samples: int, nfe: int) -> dict:
     """The teacher's FID at ``nfe`` Euler steps (and at 1) on the noise set every student is scored on."""
     from realuid.api import load_teacher
-    from realuid.models import OneStepGenerator
-    from realuid.sampling import sample_teacher
+    from realuid.sampling import OneStepGenerator, sample_teacher
 
     torch.set_num_threads(1)
     fit, val = splits(base["prepare"])

@@ -1,7 +1,7 @@
 """``bench/fixed_points``: where does real data move the RealUID student? Theory vs trained students.
 
 For each case (a teacher distribution p_T and a data distribution p_d, Gaussian mixtures on the same
-modes with different weights) and family, the fixed point of :mod:`realuid.analysis` is computed on a
+modes with different weights) and family, the fixed point of :mod:`realuid.fixed_point` is computed on a
 fine (α, β) grid, and students are distilled with the project's :func:`realuid.training.distillation.distill` at a
 few (α, β) from the **exact closed-form teacher** of p_T (:class:`realuid.analytic.ExactTeacher`): the
 teacher has no training error by construction, so any gap between student and data is the method's.
@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from realuid.analysis import FixedPointProblem, Quadrature
+from realuid.fixed_point import FixedPointProblem, Quadrature
 from realuid.analytic import ExactTeacher, GaussianMixture
 from realuid.atomic import atomic_write
 from realuid.matching import make_family
 from realuid.metrics import knn_precision_recall, mode_masses, sliced_wasserstein2
-from realuid.models import OneStepGenerator, build_model, model_spec
+from realuid.models import build_model, model_spec
+from realuid.sampling import OneStepGenerator
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher

@@ -433,11 +433,16 @@ def summary_json(results: dict) -> dict:
     return out
 
 
+def report_name(study: StudySettings, user: UserPoints | None) -> str:
+    """RESULTS.md for the full study on the built-in sets; other runs never overwrite it."""
+    if user is not None:
+        return f"RESULTS-{Path(user.path).stem}.md"
+    return "RESULTS.md" if study.name == "full" else f"RESULTS-{study.name}.md"
+
+
 def write_report(results: dict, study: StudySettings, user: UserPoints | None, out: Path, *, command: str,
                  wall: dict, machine: dict) -> Path:
     """Write RESULTS*.md, the figures and a JSON of every number; returns the markdown path."""
-    from .cli import report_name
-
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = out / "figures"
     prefix = _prefix(study, user)

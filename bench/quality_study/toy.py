@@ -31,8 +31,8 @@ from realuid import metrics
 from realuid.analytic import ExactFMTeacher, gmm8
 from realuid.matching import make_family
 from realuid.api import load_generator, load_teacher
-from realuid.models import OneStepGenerator, model_spec
-from realuid.sampling import sample_teacher
+from realuid.models import model_spec
+from realuid.sampling import OneStepGenerator, sample_teacher
 from realuid.training.batches import TrainData
 from realuid.training.distillation import distill
 from realuid.training.teacher import train_teacher

@@ -1,9 +1,9 @@
 """Closed-form data and teachers: Gaussian mixtures and the exact fields of every unpaired family.
 
 These serve as exact teachers (no training error) in tests and benchmarks: with ``x0 ~ N(0, I)``, the
-path noise ``z ~ N(0, I)`` and ``x1`` drawn from a Gaussian mixture, every affine path of
-:mod:`realuid.matching` (``x_t = A x0 + B x1 + C z``) is itself a Gaussian mixture at every t and the
-target ``g = P x0 + Q x1 + R z`` is jointly Gaussian with ``x_t`` given the component, so ``E[g | x_t]``
+path noise ``noise ~ N(0, I)`` and ``x1`` drawn from a Gaussian mixture, every affine path of
+:mod:`realuid.matching` (``x_t = A x0 + B x1 + C noise``) is itself a Gaussian mixture at every t and the
+target ``g = P x0 + Q x1 + R noise`` is jointly Gaussian with ``x_t`` given the component, so ``E[g | x_t]``
 is available in closed form (:func:`exact_field`; :func:`exact_fm_velocity` is its flow-matching case).
 """
 
@@ -184,7 +184,7 @@ def component_fields(family, means: Tensor, eigen: tuple[Tensor, Tensor], t: Ten
 def exact_field(family, mixture: GaussianMixture, t: Tensor | float, x: Tensor) -> Tensor:
     """Exact optimum ``E[g | x_t = x]`` of the matching loss of ``family`` for ``x1 ~ mixture``.
 
-    ``x0 ~ N(0, I)`` and the path noise ``z ~ N(0, I)`` independent of ``x1``; the field of the mixture
+    ``x0 ~ N(0, I)`` and the path noise ``noise ~ N(0, I)`` independent of ``x1``; the field of the mixture
     is the posterior-weighted field of its components (:func:`component_fields`), the posterior a
     softmax of log-likelihoods (the numerically stable form of the ratio of mixture densities).
 

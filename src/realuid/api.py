@@ -14,26 +14,25 @@ in another order, and samples agree to float rounding only (a few float32 units 
 CPU; more where a GPU computes in TF32 or bf16). The ``sample`` stage samples with these same
 functions: ``n = sample.n_samples``, ``seed = sample.seed`` and ``batch_size = sample.batch_size``
 reproduce its files exactly (on the same device).
-A k-step student's re-noising noise continues each seed's own stream (:func:`renoise_noise`), so its
-sample i is also the same whatever ``n``, and its first draw stays the one-step sample's.
+A k-step student's re-noising noise continues each seed's own stream
+(:func:`realuid.sampling.renoise_noise`), so its sample i is also the same whatever ``n``, and its first
+draw stays the one-step sample's. The per-seed inputs and the batch loop are :mod:`realuid.sampling`'s.
 
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, CheckpointError, read_checkpoint
 from .errors import ConfigError
-from .models import OneStepGenerator, build_model, check_guidance, data_shape
-from .models.generator import generate_steps, renoise_inputs
+from .models import build_model, check_guidance, data_shape
+from .sampling import OneStepGenerator, generate_steps, renoise_noise, sample_in_batches, sample_teacher_batch
 
-__all__ = ["Generator", "Teacher", "check_noise", "family_of", "load_generator", "load_teacher", "network",
-           "one_step_inputs", "renoise_noise", "sample_layout", "sample_teacher_batch"]
+__all__ = ["Generator", "Teacher", "family_of", "load_generator", "load_teacher", "network", "sample_layout"]
 
 
 def family_of(checkpoint: Checkpoint):
@@ -92,126 +91,6 @@ def _read(source: str | os.PathLike | Checkpoint, kind: str, needed_by: str, exp
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-seed inputs
-# --------------------------------------------------------------------------------------------------
-
-
-def one_step_inputs(family, start: int, n: int, *, seed: int, shape: Sequence[int], num_classes: int,
-                    x0: Tensor | None = None, labels: Tensor | Sequence[int] | None = None,
-                    noise: Tensor | None = None):
-    """Inputs of samples ``start .. start+n-1``: ``(z [n, ...], y [n] or None, noise [n, ...] or None)``.
-
-    ``z`` is the noise of seeds ``seed + i`` (paired families: ``x0[i % len(x0)]``, the corrupted input);
-    ``noise`` is the generator's own noise (seeds ``seed + i``) when ``family.generator_noise``; ``y`` is
-    ``labels[i]``, or ``i % num_classes`` when no labels are given (None for an unconditional model).
-    The teacher starts from the same ``z``. A given ``noise`` (``[N, ...]`` for all samples, checked by
-    :func:`check_noise`) replaces the per-seed draws: its rows ``start .. start+n-1`` are used instead.
-    """
-    from .sampling import seeded_noise
-
-    seeds = list(range(seed + start, seed + start + n))
-    idx = torch.arange(start, start + n)
-    draw = (lambda: seeded_noise(seeds, tuple(shape))) if noise is None else (lambda: noise[start:start + n])
-    if family.paired:
-        if x0 is None or len(x0) == 0:
-            raise ValueError(f"the {family.name} family is paired: pass x0, the corrupted inputs [M, ...]")
-        z = torch.as_tensor(x0)[idx % len(x0)]
-    else:
-        if x0 is not None:
-            raise ValueError(f"the {family.name} family draws its own noise: x0 is only for paired families")
-        z = draw()
-    noise = draw() if family.generator_noise else None
-    if not num_classes:
-        if labels is not None:
-            raise ValueError("this model is unconditional: pass labels=None")
-        return z, None, noise
-    y = idx % num_classes if labels is None else torch.as_tensor(labels, dtype=torch.long)[start:start + n]
-    if len(y) != n:
-        raise ValueError(f"labels must hold one class per sample: {n} needed from index {start}, got {len(y)}")
-    return z, y, noise
-
-
-def renoise_noise(family, z: Tensor, start: int, stages: int, *, seed: int, shape: Sequence[int]) -> list[tuple]:
-    """Inputs ``(x0_j, noise_j)`` of ``stages`` re-noising stages of samples ``start .. start+len(z)-1``
-    (:func:`realuid.models.generator.renoise_inputs`): the draws after the first of seeds ``seed + i``,
-    on z's device. z: ``[n, ...]``, the chain's source (a bridge's corrupted inputs are reused as they are).
-    """
-    from .sampling import seeded_noise_draws
-
-    if stages == 0:  # one step: no per-seed streams to open
-        return []
-    per_stage = (not family.paired) + family.needs_noise
-    seeds = list(range(seed + start, seed + start + len(z)))
-    draws = iter(seeded_noise_draws(seeds, tuple(shape), per_stage * stages, skip=1, dtype=z.dtype))
-    return renoise_inputs(family, z, stages, lambda like: next(draws).to(like.device))
-
-
-def check_noise(noise: Tensor | None, n: int, shape: Sequence[int], module: nn.Module) -> None:
-    """One clear error unless ``noise`` is None or a floating-point ``[n, *shape]`` tensor of the module's
-    dtype, on the CPU or on the module's device (batches are moved there as the per-seed noise is)."""
-    if noise is None:
-        return
-    param = next(module.parameters(), None)
-    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
-    if not isinstance(noise, Tensor):
-        raise ValueError(f"noise must be a tensor [{n}, {', '.join(map(str, shape))}], got {type(noise).__name__}")
-    if tuple(noise.shape) != (n, *shape):
-        raise ValueError(f"noise must have shape [{n}, {', '.join(map(str, shape))}] (n samples of the model's "
-                         f"shape), got {list(noise.shape)}")
-    if noise.dtype != dtype:
-        raise ValueError(f"noise must have the model's dtype {dtype}, got {noise.dtype}")
-    if noise.device.type != "cpu" and noise.device != device:
-        raise ValueError(f"noise is on {noise.device}, the model on {device}: put it on either the CPU or {device}")
-
-
-def _batches(n: int, batch_size: int | None):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    size = n if batch_size is None else batch_size
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return [(start, min(size, n - start)) for start in range(0, n, max(size, 1))]
-
-
-def _to(device, *tensors):
-    return tuple(None if a is None else a.to(device) for a in tensors)
-
-
-def _in_batches(module, n: int, batch_size: int | None, *, seed: int, labels, x0: Tensor | None,
-                noise: Tensor | None, refusal: str | None, sample) -> Tensor:
-    """``n`` samples ``[n, *shape]`` of a :class:`Generator` or :class:`Teacher` on its device, batch by batch:
-    ``sample(start, z, y, noise)`` from each batch's :func:`one_step_inputs`. ``refusal``: the error for
-    a given ``noise`` the module does not take (None: it takes it)."""
-    device = next(module.net.parameters()).device
-    _batches(n, batch_size)  # n and batch_size are checked before noise's shape, which uses n
-    check_noise(noise, n, module.shape, module.net)
-    if noise is not None and refusal is not None:
-        raise ValueError(refusal)
-    out = []
-    for start, m in _batches(n, batch_size):
-        z, y, z_noise = _to(device, *one_step_inputs(module.family, start, m, seed=seed, shape=module.shape,
-                                                     num_classes=module.num_classes, x0=x0, labels=labels,
-                                                     noise=noise))
-        out.append(sample(start, z, y, z_noise))
-    return torch.cat(out) if out else torch.empty((0, *module.shape), device=device)
-
-
-def sample_teacher_batch(family, net, x0: Tensor, y: Tensor | None, *, nfe: int, method: str, seed: int,
-                         start: int, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
-    """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
-
-    SDE noise is drawn per batch from ``seed + start`` (on the inputs' device): reproducible for a
-    fixed batch size; the ODE methods depend on the inputs only. ``guidance_scale`` and ``null_label``
-    as in :func:`realuid.sampling.sample_teacher`.
-    """
-    from .sampling import sample_teacher
-
-    rng = torch.Generator(device=x0.device).manual_seed(seed + start)
-    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng, guidance_scale=guidance_scale,
-                          null_label=null_label)
-
-
-# --------------------------------------------------------------------------------------------------
 # Modules
 # --------------------------------------------------------------------------------------------------
 
@@ -261,9 +140,9 @@ class Generator(OneStepGenerator):
         steps = self.check_steps(steps)
         refusal = (f"this {self.family.name} generator starts from x0 alone: it takes no noise"
                    if self.family.paired and not self.family.generator_noise else None)
-        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
-                           sample=lambda start, z, y, z_noise: self.sample_batch(z, y, z_noise, start=start,
-                                                                                 seed=seed, steps=steps))
+        return sample_in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                                 sample=lambda start, z, y, z_noise: self.sample_batch(z, y, z_noise, start=start,
+                                                                                       seed=seed, steps=steps))
 
     def check_steps(self, steps: int | None) -> int:
         """``steps`` (None: the trained k) if it is an integer from 1 to k, else one :class:`ConfigError`."""
@@ -277,7 +156,8 @@ class Generator(OneStepGenerator):
     def sample_batch(self, z: Tensor, y: Tensor | None, noise: Tensor | None, *, start: int, seed: int,
                      steps: int) -> Tensor:
         """Samples ``start .. start+len(z)-1`` ``[B, ...]`` with ``steps`` evaluations from their one-step inputs
-        (:func:`one_step_inputs`, on the module's device); the re-noising draws come from seeds ``seed + i``."""
+        (:func:`realuid.sampling.one_step_inputs`, on the module's device); the re-noising draws come from
+        seeds ``seed + i``."""
         steps = self.check_steps(steps)
         renoise = renoise_noise(self.family, z, start, steps - 1, seed=seed, shape=self.shape)
         return generate_steps(self.family, self.net, z, y, noise, times=self.times[:steps - 1], renoise=renoise)
@@ -323,10 +203,10 @@ class Teacher(nn.Module):
         null = check_guidance(self.spec, guidance_scale)
         refusal = (f"the {self.family.name} teacher starts from x0, the corrupted inputs: it takes no noise"
                    if self.family.paired else None)
-        return _in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
-                           sample=lambda start, z, y, _: sample_teacher_batch(
-                               self.family, self.net, z, y, nfe=nfe, method=method, seed=seed, start=start,
-                               guidance_scale=guidance_scale, null_label=null))
+        return sample_in_batches(self, n, batch_size, seed=seed, labels=labels, x0=x0, noise=noise, refusal=refusal,
+                                 sample=lambda start, z, y, _: sample_teacher_batch(
+                                     self.family, self.net, z, y, nfe=nfe, method=method, seed=seed, start=start,
+                                     guidance_scale=guidance_scale, null_label=null))
 
 
 def _teacher_copy(checkpoint: Checkpoint) -> str | None:

@@ -36,13 +36,15 @@ def opt(default=dataclasses.MISSING, **spec) -> Any:
 
 @dataclass(frozen=True)
 class FamilyConfig:
-    """The matching family shared by teacher, distillation and sampling."""
+    """The matching family's path, shared by teacher, distillation and sampling (where the generator
+    starts on it is :class:`GeneratorConfig`; :func:`realuid.matching.make_family` gets both)."""
 
     name: str = opt(choices=("fm", "diffusion", "si", "bridge"))
     schedule: str = opt(choices=("vp", "ve"), doc="diffusion: noise schedule")
     prediction: str = opt(choices=("eps", "x1"), doc="diffusion: regression target")
     interpolant: str = opt(choices=("linear", "trig"), doc="si: the A(t), B(t) pair")
-    sigma: float = opt(ge=0, doc="si: gamma(t) = sigma*sqrt(t(1-t)); bridge: Brownian noise")
+    sigma: float = opt(ge=0, doc="si, bridge: scale of the path noise; si: gamma(t) = sigma*sqrt(t(1-t)); "
+                                 "bridge: Brownian noise sigma dW")
 
     def options(self) -> dict:
         """Keyword arguments of :func:`realuid.matching.make_family` for this family."""
@@ -60,7 +62,7 @@ class GeneratorConfig:
     """Where the one-step generator reads its input, one block for every family: each family reads its
     own key and ignores the others, so a key of another family never reruns anything."""
 
-    sigma: float = opt(gt=0, doc="diffusion: noise level (EDM units) the generator starts from")
+    sigma: float = opt(gt=0, doc="diffusion: noise level s/a (EDM units) the generator starts from")
     t: float = opt(ge=0, lt=0.5, doc="bridge: time the generator reads the bridge at; > 0 gives it noise, "
                                      "so it can match p(x1 | x0) (needs family.sigma > 0)")
 
@@ -92,6 +94,8 @@ class FeaturesConfig:
     batch_size: int = opt(gt=0)
     lr: float = opt(gt=0)
     seed: int = opt(ge=0)
+    device: str = opt("auto", doc="auto | cpu | cuda | cuda:N: where the extractor trains and the reference "
+                                  "features are extracted")
 
 
 @dataclass(frozen=True)

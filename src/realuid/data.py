@@ -744,12 +744,13 @@ def write_split(path: str | Path, x1: np.ndarray, *, y: np.ndarray | None = None
 
 class SplitWriter:
     """The file :func:`write_split` writes, with ``x1`` arriving batch by batch (:meth:`append`, rows in
-    order): only one band of HDF5 chunks (``chunks[0]`` rows) is held, never the whole array. ``y`` and
-    ``x0`` are given whole at the start (labels and inputs are known before sampling).
+    order): besides the batch, only the rows of one chunk (``chunks[0]`` rows, about :data:`H5_CHUNK_BYTES`)
+    are held, never the whole array. ``y`` and ``x0`` are given whole at the start (labels and inputs are
+    known before sampling).
 
     Leaving the ``with`` block completes the file: byte-identical to ``write_split`` of the concatenated
-    rows, because the chunks reach the file in the same order (whole bands, each flushed at once, as
-    one full write flushes them) and the other datasets and the attributes follow as there. It is built
+    rows, because the chunks reach the file in the same order (whole chunks, flushed at once, as one
+    full write flushes them) and the other datasets and the attributes follow as there. It is built
     under a temporary name beside ``path`` and renamed into place; an error leaves nothing behind.
     Unlike ``write_split``, HDF5 writes to disk itself here.
     """
@@ -774,7 +775,7 @@ class SplitWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = temporary_file(self.path)
         self.file = h5py.File(self.tmp, "w", libver=H5_LIBVER, track_order=False)
-        self.x1 = self.file.create_dataset("x1", shape=shape, dtype=np.float32, **H5_DATASET_OPTIONS)
+        self.x1 = self.file.create_dataset("x1", shape=shape, dtype=np.float32, **h5_dataset_options(shape, np.float32))
         # content_hash's x1 part, fed as the rows come
         self.digest = hashlib.sha256(f"x1|{np.dtype(np.float32).str}|{shape}|".encode())
         self.pending: list[np.ndarray] = []
@@ -791,9 +792,9 @@ class SplitWriter:
         self.digest.update(x1.tobytes())
         self.pending.append(x1)
         last = self.written + held == self.shape[0]
-        band = self.x1.chunks[0]
-        if last or held >= band:
-            rows = held if last else held - held % band
+        chunk_rows = self.x1.chunks[0]
+        if last or held >= chunk_rows:
+            rows = held if last else held - held % chunk_rows
             block = np.concatenate(self.pending)
             self.x1[self.written:self.written + rows] = block[:rows]
             self.x1.id.flush()  # these chunks go to the file now, in order, as one full write puts them
@@ -820,7 +821,7 @@ class SplitWriter:
             if array is not None:
                 self.digest.update(f"{name}|{array.dtype.str}|{tuple(array.shape)}|".encode())
                 self.digest.update(array.tobytes())
-                self.file.create_dataset(name, data=array, **H5_DATASET_OPTIONS)
+                self.file.create_dataset(name, data=array, **h5_dataset_options(array.shape, array.dtype))
         all_attrs = {"num_classes": 0, **self.attrs, "kind": kind_of(np.empty((0, *self.shape[1:]))),
                      "shape": list(self.shape[1:]), "paired": self.x0 is not None,
                      "content_hash": self.digest.hexdigest()}
@@ -830,10 +831,21 @@ class SplitWriter:
         os.replace(self.tmp, self.path)
 
 
-H5_DATASET_OPTIONS = dict(chunks=True, compression="gzip", compression_opts=H5_GZIP_LEVEL, shuffle=True,
-                          fletcher32=True,
+H5_DATASET_OPTIONS = dict(compression="gzip", compression_opts=H5_GZIP_LEVEL, shuffle=True, fletcher32=True,
                           # HDF5 itself stamps objects with times; h5py's default (off) has varied, so say it.
                           track_times=False)
+H5_CHUNK_BYTES = 1 << 20
+
+
+def h5_dataset_options(shape: tuple[int, ...], dtype) -> dict:
+    """Options of a dataset ``[N, ...]``: :data:`H5_DATASET_OPTIONS` with chunks of whole rows, about
+    :data:`H5_CHUNK_BYTES` each. A reader of a batch of rows then decompresses only the chunks holding
+    them, and :class:`SplitWriter` holds at most one chunk's rows. (h5py's own choice cuts across rows,
+    e.g. 16000 rows of one pixel for 128k 8x8 images: every batch read decompresses whole columns, and a
+    writer in row order must hold 16000 rows.)"""
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    rows = max(1, min(int(shape[0]), H5_CHUNK_BYTES // row_bytes))
+    return {**H5_DATASET_OPTIONS, "chunks": (rows, *(int(s) for s in shape[1:]))}
 
 
 def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
@@ -846,7 +858,7 @@ def _hdf5_image(name: str, arrays, attrs: dict) -> bytes:
     try:
         for dataset, array in arrays:
             if array is not None:
-                f.create_dataset(dataset, data=array, **H5_DATASET_OPTIONS)
+                f.create_dataset(dataset, data=array, **h5_dataset_options(array.shape, array.dtype))
         for key in sorted(attrs):
             _write_attr(f.attrs, key, attrs[key])
         f.flush()

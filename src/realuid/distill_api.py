@@ -92,7 +92,7 @@ def distill(teacher: nn.Module, data: Tensor, *, alpha: float, beta: float, out:
     ``steps``, ``batch_size``, ``generator_optim={"lr": 1e-4}``, ``ema_decays``, ``device``); the rest keep the
     library's defaults (:data:`DEFAULT_SETTINGS`). ``eval_every_steps`` > 0 scores every generator copy during
     training (points: against ``eval_samples`` rows of ``data``; images: pass ``evaluator``, e.g. one of
-    :mod:`realuid.quality`), into ``out/eval.csv``.
+    :mod:`realuid.in_training_eval`), into ``out/eval.csv``.
 
     ``out`` (a folder) holds the run: ``checkpoint.pt`` (the resumable state: call again with the same
     arguments after an interruption and it goes on, ending with the same weights; ``stop_after`` ends a call
@@ -195,15 +195,15 @@ def _evaluator(evaluator, cfg, family, data: Tensor, labels, x0, num_classes: in
                              "> 0 (points) or pass evaluator=")
         return evaluator
     if data.dim() != 2:
-        raise ValueError("eval_every_steps on images needs evaluator= (e.g. realuid.quality.image_evaluator with a "
-                         "feature extractor)")
-    from . import quality
+        raise ValueError("eval_every_steps on images needs evaluator= (e.g. realuid.in_training_eval.image_evaluator "
+                         "with a feature extractor)")
+    from . import in_training_eval
     from .data import Split
 
     numpy = lambda a: None if a is None else a.detach().cpu().numpy()  # noqa: E731
     split = Split(numpy(data.float()), numpy(labels), numpy(x0))
-    quality.check_settings(cfg, None, split)
-    return quality.point_evaluator(family, split, cfg, num_classes=num_classes, device=device)
+    in_training_eval.check_settings(cfg, None, split)
+    return in_training_eval.point_evaluator(family, split, cfg, num_classes=num_classes, device=device)
 
 
 def _claim(out: Path, run: dict) -> None:

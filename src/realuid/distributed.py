@@ -4,14 +4,16 @@ A stage runs as one process, or as ``N`` processes started by ``torchrun`` (one 
 CPU), which find each other through torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
 ``MASTER_ADDR``, ``MASTER_PORT``). The training loops keep a *global* view of every step: each process
 takes the whole global batch and draws all of its random numbers, then computes only its own rows, so
-the union over processes is exactly the one-process step. Gradients are averaged across processes in
-one flat all-reduce before clipping, which leaves every process with the same weights, optimizer state
-and EMA; only the main process (rank 0) writes files.
+the union over processes is exactly the one-process step. The network a phase trains runs inside
+:class:`torch.nn.parallel.DistributedDataParallel` (:meth:`Dist.data_parallel`), which averages its
+gradients across processes during the backward pass, bucket by bucket as they are ready, so that the
+communication overlaps the rest of the backward. Every process then clips and steps the same gradient and
+keeps the same weights, optimizer state and EMA; only the main process (rank 0) writes files.
 
-Why not :class:`torch.nn.parallel.DistributedDataParallel`: RealUID alternates two networks, each with
-its own optimizer, and runs the fake model forward in both phases while only one of them may update it.
-Averaging the gradients of exactly the parameters a phase steps, right before that phase clips and
-steps, states this directly and needs no ``no_sync``/unused-parameter bookkeeping.
+RealUID alternates two networks, each with its own optimizer, and runs the fake model forward in both
+phases while only the fake phase may update it. Each phase calls the network it trains through its DDP
+wrapper and the other one as the plain module with ``requires_grad`` off (or under ``no_grad``), so the
+untrained network never enters DDP's gradient bookkeeping and no ``no_sync`` is needed.
 
 :func:`launch_if_needed` lets a stage read its process count from params and start itself under
 ``torchrun --standalone`` on this machine, so ``dvc repro`` and Snakemake run the same command for any
@@ -35,6 +37,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as torch_dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError, FolderError, StageError
 
@@ -153,21 +156,22 @@ class Dist:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
 
-    def average_gradients_(self, params: Sequence[nn.Parameter]) -> None:
-        """Average the ``.grad`` of ``params`` over processes (parameters without a gradient are skipped).
+    def data_parallel(self, module: nn.Module, *, every_parameter_used: bool = True) -> nn.Module:
+        """``module`` inside :class:`~torch.nn.parallel.DistributedDataParallel` when there are several
+        processes, else ``module`` itself. Call the result for the forward passes whose gradients a step
+        uses: the backward pass then leaves every parameter's ``.grad`` averaged over processes.
 
-        Which parameters have a gradient depends on the graph only, never on the data, so the set is
-        the same on every process.
+        The wrapper starts by copying rank 0's parameters and buffers to every process. With
+        ``every_parameter_used`` (true of every network realuid builds, tested) each backward after a call of
+        the wrapper must give every parameter a gradient; otherwise DDP searches the graph for unused ones
+        after each forward (a module of one's own, whose parameters nobody has checked). Buffers are not
+        re-broadcast before each forward: the networks here keep no batch statistics.
         """
-        self.average_([p.grad for p in params if p.grad is not None])
-
-    def broadcast_module_(self, module: nn.Module) -> None:
-        """Copy rank 0's parameters and buffers into ``module`` on every process."""
         if not self.parallel:
-            return
-        with torch.no_grad():
-            for tensor in module.state_dict().values():
-                torch_dist.broadcast(tensor, src=0)
+            return module
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False, find_unused_parameters=not every_parameter_used)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every process's ``obj`` (picklable), in rank order, on every process."""

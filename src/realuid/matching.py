@@ -5,8 +5,8 @@ source endpoint (Gaussian noise, or the corrupted input of a bridge), ``x1`` the
 
 Every family here has an *affine* path and target::
 
-    x_t = path_x0(t) x0   + path_x1(t) x1   + path_z(t) z     (z ~ N(0, I), only where ``needs_noise``)
-    g   = target_x0(t) x0 + target_x1(t) x1 + target_z(t) z
+    x_t = path_x0(t) x0   + path_x1(t) x1   + path_noise(t) noise   (noise ~ N(0, I), only where ``needs_noise``)
+    g   = target_x0(t) x0 + target_x1(t) x1 + target_noise(t) noise
 
 The maths elsewhere (:mod:`realuid.analytic`, the tests) writes them ``A, B, C`` and ``P, Q, R``, as
 docs/method.md writes the interpolant's ``A(t), B(t)``; the code spells them out so that no coefficient
@@ -19,7 +19,10 @@ the package builds ``x_t`` inline. Families also own the conversions a trained m
 final denoising step of samplers), :meth:`Family.velocity` (probability-flow ODE drift) and, where
 there is one, the SDE drift and diffusion coefficient.
 
-Shapes: ``t`` is ``[B]``; ``x0``, ``x1``, ``z``, ``x_t``, model outputs are ``[B, ...]`` with at least
+``noise`` is always this extra path noise (docs/method.md's ``ξ``); ``z`` is only ever the one-step
+generator's input (:meth:`Family.source_state` at ``t_src``).
+
+Shapes: ``t`` is ``[B]``; ``x0``, ``x1``, ``noise``, ``x_t``, model outputs are ``[B, ...]`` with at least
 one non-batch dimension; weights are ``[B]``.
 """
 
@@ -60,7 +63,8 @@ FAMILIES = ("fm", "diffusion", "si", "bridge")
 VP_BETA_MIN = 0.1
 VP_BETA_MAX = 20.0
 VP_TAU_EPS = 1e-3
-# VE schedule in EDM units (Karras et al., 2022): noise level from sigma_max at t=0 to sigma_min at t=1.
+# VE schedule in EDM units (Karras et al., 2022): noise level s/a (EDM's sigma, the unit of
+# Diffusion.generator_sigma) from VE_SIGMA_MAX at t=0 to VE_SIGMA_MIN at t=1.
 VE_SIGMA_MIN = 0.002
 VE_SIGMA_MAX = 80.0
 
@@ -79,15 +83,15 @@ class PathSample(NamedTuple):
 
 
 class PathCoefficients(NamedTuple):
-    """Coefficients of ``x_t = path_x0 x0 + path_x1 x1 + path_z z`` and
-    ``g = target_x0 x0 + target_x1 x1 + target_z z``; each is ``[B]`` (one per sample)."""
+    """Coefficients of ``x_t = path_x0 x0 + path_x1 x1 + path_noise noise`` and
+    ``g = target_x0 x0 + target_x1 x1 + target_noise noise``; each is ``[B]`` (one per sample)."""
 
     path_x0: Tensor
     path_x1: Tensor
-    path_z: Tensor
+    path_noise: Tensor
     target_x0: Tensor
     target_x1: Tensor
-    target_z: Tensor
+    target_noise: Tensor
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -95,7 +99,7 @@ class PathCoefficients(NamedTuple):
 
 def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
     # Coefficients are computed in float64 for float64 inputs and in float32 otherwise, so half-precision
-    # inputs do not lose the schedule's small values (s(1) of VP is ~1e-2, sigma_min of VE is 2e-3).
+    # inputs do not lose the schedule's small values (s(1) of VP is ~1e-2, VE_SIGMA_MIN is 2e-3).
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -169,15 +173,15 @@ def _check_t_eps(value: Any) -> float:
 def build_path(coefficients: PathCoefficients, x0: Tensor, x1: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
     """The one place where ``x_t`` and the target ``g`` are built from endpoints and coefficients.
 
-    coefficients: each ``[B]``.  x0, x1, noise: ``[B, ...]`` (noise may be None when path_z = target_z = 0).
+    coefficients: each ``[B]``.  x0, x1, noise: ``[B, ...]`` (noise may be None when path_noise = target_noise = 0).
     Returns ``(x_t, g)``, both ``[B, ...]``.
     """
     c = PathCoefficients(*(_as_column(coef, x0) for coef in coefficients))
     x_t = c.path_x0 * x0 + c.path_x1 * x1
     g = c.target_x0 * x0 + c.target_x1 * x1
     if noise is not None:
-        x_t = x_t + c.path_z * noise
-        g = g + c.target_z * noise
+        x_t = x_t + c.path_noise * noise
+        g = g + c.target_noise * noise
     return x_t.to(x0.dtype), g.to(x0.dtype)
 
 
@@ -188,6 +192,11 @@ def build_path(coefficients: PathCoefficients, x0: Tensor, x1: Tensor, noise: Te
 class Family:
     """A matching family: how ``x0`` is drawn, the path, the target, the weight and the conversions.
 
+    A family object also fixes where the one-step generator starts (``t_src``, ``generator_noise``,
+    :meth:`source_state`; options ``generator_sigma``, ``generator_t``), because that start is a point on
+    the path. The params keep the two apart: ``family.*`` is the path alone, ``generator.*`` the start
+    (:class:`realuid.config.GeneratorConfig` turns it into these options).
+
     Class attributes every family defines:
       name:        registry name ('fm', 'diffusion', 'si', 'bridge').
       paired:      True when x0 comes with the data (bridge); then :meth:`sample_source` refuses.
@@ -197,7 +206,7 @@ class Family:
                    bridge started inside the path, so it can match ``p(x1 | x0)``, not one map of x0).
       t_end:       last time of the teacher samplers; when the path at ``t_end`` is not exactly x1
                    (``needs_final_denoise``) samplers finish with one ``predict_x1`` evaluation.
-      needs_noise: the path has an extra Gaussian ``z`` besides x0 and x1.
+      needs_noise: the path has an extra Gaussian ``noise`` besides x0 and x1.
       has_sde:     the family defines an SDE sampler (``sde_drift``/``sde_diffusion``).
     """
 
@@ -242,7 +251,7 @@ class Family:
         """``{'name': ..., **options}``, e.g. for a checkpoint."""
         return {"name": self.name, **self.options()}
 
-    # -- sampling of t, x0 and z
+    # -- sampling of t, x0 and the path noise
     def sample_time(
         self, n: int, *, rng: torch.Generator | None = None, device: torch.device | str | None = None
     ) -> Tensor:
@@ -265,7 +274,7 @@ class Family:
         return standard_normal_like(like, rng)
 
     def sample_noise(self, like: Tensor, *, rng: torch.Generator | None = None) -> Tensor | None:
-        """The extra path noise ``z ~ N(0, I)`` shaped like ``like``, or None when the path has none."""
+        """The extra path noise ``noise ~ N(0, I)`` shaped like ``like``, or None when the path has none."""
         check_batch(like, "like", floating=True)
         return standard_normal_like(like, rng) if self.needs_noise else None
 
@@ -290,7 +299,7 @@ class Family:
         """Point ``x_t`` on the path, target ``g`` and weight ``w(t)``.
 
         x0, x1: ``[B, ...]`` source and data endpoints.  t: ``[B]`` in ``[t_min, t_max]``.
-        noise: ``[B, ...]`` the extra path noise z, only for families with ``needs_noise``; when it is
+        noise: ``[B, ...]`` the extra path noise, only for families with ``needs_noise``; when it is
         None there, it is drawn from ``rng`` (pass it explicitly to share it between samples).
         """
         check_batch(x0, "x0", floating=True)
@@ -310,7 +319,7 @@ class Family:
         return PathSample(x_t=x_t, target=g, weight=weight)
 
     def source_state(self, x0: Tensor, t: float | Tensor, noise: Tensor | None = None) -> Tensor:
-        """The path at time ``t`` with the data part set to zero: ``path_x0(t) x0 (+ path_z(t) noise)``.
+        """The path at time ``t`` with the data part set to zero: ``path_x0(t) x0 (+ path_noise(t) noise)``.
 
         It is the start state of the teacher samplers and the input of the one-step generator
         (at ``t_src``). x0: ``[B, ...]``; t: a float or a ``[B]`` tensor in ``[0, t_end]``; noise: the
@@ -325,7 +334,7 @@ class Family:
             if not self.needs_noise:
                 raise ValueError(f"family {self.name!r} has no extra path noise; pass noise=None")
             check_same_shape(noise, x0, "noise", "x0")
-            state = state + _as_column(self.path_coefficients(t).path_z, x0) * noise
+            state = state + _as_column(self.path_coefficients(t).path_noise, x0) * noise
         return state.to(x0.dtype)
 
     # -- conversions of a model output
@@ -409,7 +418,8 @@ class FlowMatching(Family):
 
     def path_coefficients(self, t: Tensor) -> PathCoefficients:
         one, zero = torch.ones_like(t), torch.zeros_like(t)
-        return PathCoefficients(path_x0=1 - t, path_x1=t, path_z=zero, target_x0=-one, target_x1=one, target_z=zero)
+        return PathCoefficients(path_x0=1 - t, path_x1=t, path_noise=zero,
+                                target_x0=-one, target_x1=one, target_noise=zero)
 
     def _predict_x1(self, t, x_t, output):
         return x_t + _as_column(1 - t, x_t) * output
@@ -448,14 +458,14 @@ class Diffusion(Family):
         _check_choice(self.schedule, "schedule", ("vp", "ve", "table"))
         object.__setattr__(self, "alphas_cumprod", _check_table(self.alphas_cumprod, self.schedule))
         _check_choice(self.prediction, "prediction", ("eps", "x1"))
-        sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
+        generator_sigma = _check_real(self.generator_sigma, "generator_sigma", positive=True)
         lo, hi = self._ratio_at(1.0), self._ratio_at(0.0)
-        if not lo < sigma < hi:
+        if not lo < generator_sigma < hi:
             raise ConfigError(
                 f"generator_sigma must lie strictly between s/a at t=1 ({lo:.4g}) and at t=0 ({hi:.4g}) "
-                f"for the {self.schedule!r} schedule, got {sigma}"
+                f"for the {self.schedule!r} schedule, got {generator_sigma}"
             )
-        object.__setattr__(self, "generator_sigma", sigma)
+        object.__setattr__(self, "generator_sigma", generator_sigma)
 
     def options(self) -> dict[str, Any]:
         options = super().options()
@@ -542,8 +552,10 @@ class Diffusion(Family):
         a, s = self.signal_noise(t)
         one, zero = torch.ones_like(t), torch.zeros_like(t)
         if self.prediction == "eps":
-            return PathCoefficients(path_x0=s, path_x1=a, path_z=zero, target_x0=one, target_x1=zero, target_z=zero)
-        return PathCoefficients(path_x0=s, path_x1=a, path_z=zero, target_x0=zero, target_x1=one, target_z=zero)
+            return PathCoefficients(path_x0=s, path_x1=a, path_noise=zero,
+                                    target_x0=one, target_x1=zero, target_noise=zero)
+        return PathCoefficients(path_x0=s, path_x1=a, path_noise=zero,
+                                target_x0=zero, target_x1=one, target_noise=zero)
 
     def _source_coefficient(self, t):
         return self.signal_noise(t)[1]
@@ -595,13 +607,13 @@ class Diffusion(Family):
 
 @dataclass(frozen=True)
 class StochasticInterpolant(Family):
-    """Stochastic interpolant ``x_t = coef_x0 x0 + coef_x1 x1 + gamma z`` with ``gamma = sigma sqrt(t(1-t))``.
+    """Stochastic interpolant ``x_t = coef_x0 x0 + coef_x1 x1 + gamma noise``, ``gamma = sigma sqrt(t(1-t))``.
 
     ``coef_x0``, ``coef_x1`` are docs/method.md's ``A(t)``, ``B(t)``. interpolant: 'linear' (coef_x0 = 1-t,
     coef_x1 = t) or 'trig' (coef_x0 = cos(pi t/2), coef_x1 = sin(pi t/2)).
-    Target ``g = coef_x0' x0 + coef_x1' x1 + gamma' z`` (the time derivative of the path); ``gamma'`` diverges at
-    both ends, so training times are clipped to ``[t_eps, 1 - t_eps]``. The model output is the
-    velocity; :meth:`predict_x1` inverts it exactly for ``x0 ~ N(0, I)`` independent of ``z``.
+    Target ``g = coef_x0' x0 + coef_x1' x1 + gamma' noise`` (the time derivative of the path); ``gamma'``
+    diverges at both ends, so training times are clipped to ``[t_eps, 1 - t_eps]``. The model output is the
+    velocity; :meth:`predict_x1` inverts it exactly for ``x0 ~ N(0, I)`` independent of ``noise``.
     """
 
     name: ClassVar[str] = "si"
@@ -640,12 +652,12 @@ class StochasticInterpolant(Family):
         root = torch.sqrt(t * (1 - t))
         gamma = self.sigma * root
         dgamma = self.sigma * (1 - 2 * t) / (2 * root)
-        return PathCoefficients(path_x0=coef_x0, path_x1=coef_x1, path_z=gamma,
-                                target_x0=dcoef_x0, target_x1=dcoef_x1, target_z=dgamma)
+        return PathCoefficients(path_x0=coef_x0, path_x1=coef_x1, path_noise=gamma,
+                                target_x0=dcoef_x0, target_x1=dcoef_x1, target_noise=dgamma)
 
     def _predict_x1(self, t, x_t, output):
-        # With n = coef_x0 x0 + gamma z ~ N(0, (coef_x0^2 + gamma^2) I) independent of x1 and
-        # x_t = coef_x1 x1 + n, E[coef_x0' x0 + gamma' z | n] = c n with
+        # With n = coef_x0 x0 + gamma noise ~ N(0, (coef_x0^2 + gamma^2) I) independent of x1 and
+        # x_t = coef_x1 x1 + n, E[coef_x0' x0 + gamma' noise | n] = c n with
         # c = (coef_x0' coef_x0 + gamma' gamma)/(coef_x0^2 + gamma^2), so the exact velocity is
         # b = c x + (coef_x1' - c coef_x1) E[x1 | x]. gamma' gamma = sigma^2 (1 - 2t)/2 is finite at t = 0.
         coef_x0, coef_x1, dcoef_x0, dcoef_x1 = self._endpoint_coefficients(t)
@@ -664,16 +676,16 @@ class StochasticInterpolant(Family):
 
 @dataclass(frozen=True)
 class BridgeMatching(Family):
-    """Brownian bridge matching between paired ``(x0, x1)``: ``x_t = t x1 + (1-t) x0 + sigma sqrt(t(1-t)) z``.
+    """Brownian bridge matching of paired ``(x0, x1)``: ``x_t = t x1 + (1-t) x0 + sigma sqrt(t(1-t)) noise``.
 
-    Target ``g = (x1 - x_t)/(1-t) = x1 - x0 - sigma sqrt(t/(1-t)) z``, so training times are clipped
+    Target ``g = (x1 - x_t)/(1-t) = x1 - x0 - sigma sqrt(t/(1-t)) noise``, so training times are clipped
     to ``[0, 1 - t_eps]``. The model output is the drift of the teacher SDE ``dx = f dt + sigma dW``
     started at the corrupted ``x0``; ``E[x1 | x_t] = x_t + (1-t) f``.
 
     generator_t: where the one-step generator reads its input. At 0 (default) the input is ``x0`` alone,
     so the generator is one deterministic map of ``x0``: it can match the marginal of ``x1`` but not a
     spread ``p(x1 | x0)``. At ``generator_t = s > 0`` (needs ``sigma > 0``) the input is the bridge state
-    at ``s`` without its data part, ``(1-s) x0 + sigma sqrt(s(1-s)) z`` with fresh ``z``: the noise the
+    at ``s`` without its data part, ``(1-s) x0 + sigma sqrt(s(1-s)) noise`` with fresh ``noise``: what the
     teacher SDE would have injected by time ``s``, which the generator turns into the spread.
     """
 
@@ -716,10 +728,10 @@ class BridgeMatching(Family):
         return PathCoefficients(
             path_x0=1 - t,
             path_x1=t,
-            path_z=self.sigma * torch.sqrt(t * (1 - t)),
+            path_noise=self.sigma * torch.sqrt(t * (1 - t)),
             target_x0=-one,
             target_x1=one,
-            target_z=-self.sigma * torch.sqrt(t / (1 - t)),
+            target_noise=-self.sigma * torch.sqrt(t / (1 - t)),
         )
 
     def _predict_x1(self, t, x_t, output):

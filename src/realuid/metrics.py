@@ -721,6 +721,8 @@ def _my_share(n: int, dist: Dist) -> slice:
 def fid_statistics(features: torch.Tensor, dist: Dist = SINGLE_PROCESS) -> dict[str, np.ndarray]:
     """``{"mu" [F], "sigma" [F, F]}`` (float64; unbiased covariance as torch-fidelity) of features [N, F].
 
+    The covariance keeps the key ``sigma`` of torch-fidelity and of the published ``.npz`` files.
+
     Two passes in float64 on the features' device, each process summing its share of rows: the mean,
     then the centred outer products (no E[xx^T] - mu mu^T cancellation).
     """
@@ -730,8 +732,8 @@ def fid_statistics(features: torch.Tensor, dist: Dist = SINGLE_PROCESS) -> dict[
     mine = features[_my_share(n, dist)].double()
     mu = dist.sum_(mine.sum(dim=0)) / n
     centred = mine - mu
-    sigma = dist.sum_(centred.T @ centred) / (n - 1)
-    return {"mu": mu.cpu().numpy(), "sigma": sigma.cpu().numpy()}
+    cov = dist.sum_(centred.T @ centred) / (n - 1)
+    return {"mu": mu.cpu().numpy(), "sigma": cov.cpu().numpy()}
 
 
 def fid_from_statistics(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
@@ -824,10 +826,10 @@ def read_reference_statistics(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a readable .npz of FID statistics ({error})") from error
     if set(stats) != {"mu", "sigma"}:
         raise DataError(f"{path} must hold arrays 'mu' and 'sigma', it holds {keys}")
-    mu, sigma = stats["mu"], stats["sigma"]
-    if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
-        raise DataError(f"{path}: mu must be [F] and sigma [F, F], got {mu.shape} and {sigma.shape}")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    mu, cov = stats["mu"], stats["sigma"]
+    if mu.ndim != 1 or cov.shape != (mu.size, mu.size):
+        raise DataError(f"{path}: mu must be [F] and sigma [F, F], got {mu.shape} and {cov.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(cov).all()):
         raise DataError(f"{path}: mu or sigma contains NaN or Inf")
     return stats
 
@@ -889,3 +891,17 @@ class ImageScorer:
         size = n // blocks
         values = np.array([self.fid(features[b * size:(b + 1) * size]) for b in range(blocks)])
         return {"fid_mean": float(values.mean()), "fid_min": float(values.min()), "fid_std": float(values.std())}
+
+
+def image_scorer(reference: torch.Tensor, extractor: str, weights_path: str | os.PathLike, *, batch_size: int,
+                 kid_subset_size: int, seed: int, device: torch.device | str,
+                 cache_root: str | os.PathLike | None = None, reference_stats: dict[str, np.ndarray] | None = None,
+                 dist: Dist = SINGLE_PROCESS) -> tuple[FeatureExtractor, ImageScorer]:
+    """The extractor on ``device`` and an :class:`ImageScorer` against ``reference`` images [M, C, H, W] in
+    [-1, 1], their features read from ``cache_root`` (:func:`reference_features_everywhere`) when there.
+    The evaluate stage and in-training evaluation score alike through this. A collective: every process calls it.
+    """
+    extract = FeatureExtractor(extractor, weights_path, device=device)
+    real = reference_features_everywhere(reference, extract, batch_size=batch_size, cache_root=cache_root, dist=dist)
+    return extract, ImageScorer(real, extractor=extractor, kid_subset_size=kid_subset_size, seed=seed,
+                                reference_stats=reference_stats, dist=dist)

@@ -400,14 +400,14 @@ def _in_training_evaluation(ctx: Context, cfg) -> tuple[float, int, float]:
     of building the evaluator: the training split's image features, unless the features stage cached them)."""
     if cfg.eval_every_steps == 0:
         return 0.0, 0, 0.0
-    from . import quality
-    from .models import OneStepGenerator
+    from . import in_training_eval
+    from .sampling import OneStepGenerator
 
     _, family = _families(ctx.params)
     teacher, spec = _teacher_net(ctx)
     weights = None if ctx.train.kind == "points" else _extractor_weights(ctx)
     built = []
-    build_seconds = _seconds(lambda: built.append(quality.build(
+    build_seconds = _seconds(lambda: built.append(in_training_eval.build(
         family, ctx.train, cfg, ctx.params.evaluate, weights_path=weights, cache_root=None,
         num_classes=spec["args"].get("num_classes", 0), device=ctx.device)), ctx.device)
     if ctx.train.kind == "images" and ctx.params.evaluate.reference == "train":

@@ -1,4 +1,4 @@
-"""Backbones and the one-step generator wrapper.
+"""Backbones, their specs and the classifier-free guidance wrapper.
 
 Every network is described by a plain ``spec`` dict (architecture name, data shape, number of classes
 and the architecture's own arguments). Checkpoints carry that spec, so a checkpoint rebuilds its own
@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .generator import OneStepGenerator
 from .mlp import MLP
 
 # A diffusers UNet2DModel behind the teacher adapter (an imported diffusers teacher and its students).
@@ -127,5 +126,5 @@ def data_shape(spec: dict) -> tuple[int, ...]:
     return (int(args["dim"]),) if spec["arch"] == "mlp" else tuple(int(s) for s in args["shape"])
 
 
-__all__ = ["DIFFUSERS_UNET", "MLP", "OneStepGenerator", "build_model", "check_guidance", "data_shape", "guided",
+__all__ = ["DIFFUSERS_UNET", "MLP", "build_model", "check_guidance", "data_shape", "guided",
            "model_spec", "null_label"]

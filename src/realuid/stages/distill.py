@@ -1,7 +1,7 @@
 """Stage ``distill``: RealUID distillation of the teacher into a one-step generator.
 
 With ``distill.eval_every_steps`` > 0 it also scores the raw generator and every EMA copy during training
-(:mod:`realuid.quality`) into ``eval.csv``; ``finetune`` does the same with the helpers here.
+(:mod:`realuid.in_training_eval`) into ``eval.csv``; ``finetune`` does the same with the helpers here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..config import in_effect
 from ..data import read_split
 from ..devices import resolve_device
 from ..distributed import session
-from ..sources import code_digest
+from ..code_digest import code_digest
 from ..training.bookkeeping import state_key
 from ..training.distillation import distill, generator_times
 from . import common
@@ -69,10 +69,10 @@ def evaluation_settings(params, split, features_dir: str) -> tuple[str | None, d
     rows depend on beyond ``distill`` (the extractor and its weights, KID's subset size), which names the
     state folder with the rest.
     """
-    from .. import quality
+    from .. import in_training_eval
 
     cfg = params.distill
-    quality.check_settings(cfg, params.evaluate, split)
+    in_training_eval.check_settings(cfg, params.evaluate, split)
     if cfg.eval_every_steps == 0 or split.kind == "points":
         return None, None
     from .features import reference_weights
@@ -80,17 +80,17 @@ def evaluation_settings(params, split, features_dir: str) -> tuple[str | None, d
     weights = reference_weights(params, Path(features_dir))
     if not Path(weights).is_file():
         raise common.StageError(f"the in-training evaluation needs the feature extractor {weights}: run the features stage")
-    return weights, quality.identity(cfg, params.evaluate, split, weights)
+    return weights, in_training_eval.identity(cfg, params.evaluate, split, weights)
 
 
 def build_evaluator(params, cfg, family, split, teacher_spec: dict, weights: str | None, features_dir: str, dist):
     """The in-training evaluator, on every process (they share the work), or None when
     ``cfg.eval_every_steps`` is 0."""
-    from .. import quality
+    from .. import in_training_eval
 
     if cfg.eval_every_steps == 0:
         return None
-    evaluator = quality.build(family, split, cfg, params.evaluate, weights_path=weights,
+    evaluator = in_training_eval.build(family, split, cfg, params.evaluate, weights_path=weights,
                               cache_root=Path(features_dir) / "reference_cache",
                               num_classes=teacher_spec["args"].get("num_classes", 0), device=dist.device, dist=dist)
     if dist.is_main:

@@ -30,45 +30,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data import Split, read_split
 from ..distributed import Dist, session
+from ..scoring import image_scores, point_scores, real_floor_rows, split_roles
 from . import common
-
-
-def _real_floor(split, n: int, seed: int) -> np.ndarray:
-    """Rows of ``n`` real samples (a fixed random subset) standing in for a perfect generator.
-
-    They come from the split the samples are *not* compared with, so the floor is an honest one.
-    """
-    rng = np.random.default_rng(seed)
-    return rng.choice(len(split), size=min(n, len(split)), replace=False)
-
-
-def _joint_metrics(metrics: dict, gen: dict, sources: dict, reference, seed: int) -> None:
-    """Paired point data: sliced W2 of the pairs ``(x0, x1)``, so a student that ignores which ``x0`` it
-    was given (or maps each to one point where ``p(x1 | x0)`` is spread) scores worse than its marginal says."""
-    from ..metrics import sliced_wasserstein2
-
-    pairs = np.concatenate([reference.x0, reference.x1], axis=1)
-    for who, x in gen.items():
-        joint = np.concatenate([sources[who], x], axis=1)
-        metrics[who]["joint_sliced_wasserstein2"] = sliced_wasserstein2(joint, pairs, seed=seed)
-
-
-def _structure_metrics(metrics: dict, gen: dict, reference: np.ndarray, dataset: str | None) -> None:
-    """Points: k-NN precision and recall of every row against the reference (is each sample where data
-    is, is all the data covered?), and on gmm8, whose modes are known, the mass each mode receives
-    (within 4 standard deviations of its centre)."""
-    from ..data import GMM8_NUM_COMPONENTS, GMM8_STD, gmm8_centers
-    from ..metrics import knn_precision_recall, mode_metrics
-
-    for who, x in gen.items():
-        metrics[who].update(knn_precision_recall(x, reference))
-        if dataset == "gmm8":
-            weights = np.full(GMM8_NUM_COMPONENTS, 1.0 / GMM8_NUM_COMPONENTS)
-            metrics[who].update(mode_metrics(x, gmm8_centers(), weights, 4 * GMM8_STD))
 
 
 def main(args, params) -> None:
@@ -108,8 +74,8 @@ def _evaluate(args, params, dist: Dist, reference_stats: dict | None = None) -> 
     if train.kind == "images" and (n % cfg.fid_blocks or n // cfg.fid_blocks < 2):
         raise common.StageError(f"evaluate.fid_blocks: {n} samples do not split into {cfg.fid_blocks} blocks "
                                 "of at least 2; rerun sample")
-    reference, other = (train, test) if cfg.reference == "train" else (test, train)
-    floor_rows = _real_floor(other, n, cfg.seed)
+    reference, other = split_roles(train, test, cfg.reference)
+    floor_rows = real_floor_rows(other, n, cfg.seed)
 
     if train.kind == "points":
         drawn = {who: student if who == "student" else read_split(samples / f"{who}.h5") for who in names}
@@ -118,23 +84,23 @@ def _evaluate(args, params, dist: Dist, reference_stats: dict | None = None) -> 
             return
         if dist.parallel:
             print("evaluate: point metrics run in one process; evaluate.nproc > 1 only shares image features")
-        from ..metrics import point_metrics
-
-        metrics = {who: point_metrics(x, reference.x1, seed=cfg.seed) for who, x in gen.items()}
-        _structure_metrics(metrics, gen, reference.x1, train.attrs.get("dataset"))
-        if reference.x0 is not None:
+        sources = None
+        if reference.x0 is not None:  # paired: each sample is scored with the input it was drawn from
             missing = [who for who, split in drawn.items() if split.x0 is None]
             if missing:
                 raise common.StageError(f"paired data, but the samples of {missing} carry no inputs x0: rerun sample")
-            sources = {who: split.x0 for who, split in drawn.items()}
-            _joint_metrics(metrics, gen, {**sources, "real": other.x0[floor_rows]}, reference, cfg.seed)
+            sources = {**{who: split.x0 for who, split in drawn.items()}, "real": other.x0[floor_rows]}
+        metrics = point_scores(gen, reference, seed=cfg.seed, dataset=train.attrs.get("dataset"), sources=sources)
     else:
         # One row's images at a time: at paper scale each is 50k-150k images (0.6-1.8 GB for CIFAR-10).
         rows = {who: (lambda who=who: student if who == "student" else read_split(samples / f"{who}.h5"))
                 for who in names}
         rows["real"] = lambda: Split(other.x1[floor_rows])
-        metrics = _image_metrics(rows, reference, params, Path(args.features), dist,
-                                 same=_headline_rows(names, samples, timing), reference_stats=reference_stats)
+        from .features import reference_weights
+
+        metrics = image_scores(rows, reference.x1, cfg, reference_weights(params, Path(args.features)),
+                               cache_root=Path(args.features) / "reference_cache", dist=dist,
+                               same=_headline_rows(names, samples, timing), reference_stats=reference_stats)
         if not dist.is_main:
             return
     for who in metrics:  # NFE and speed: the teacher, the student and every row of more than one step
@@ -208,87 +174,6 @@ def _recorded_hash(path: Path) -> str | None:
     with h5py.File(path, "r") as f:
         recorded = f.attrs.get("content_hash")
     return recorded.decode() if isinstance(recorded, bytes) else recorded
-
-
-def _image_metrics(rows: dict, reference, params, features_dir: Path, dist: Dist,
-                   same: dict[str, str] | None = None, reference_stats: dict | None = None) -> dict:
-    """FID, KID and precision/recall of every row, scored by all processes together (every process returns
-    the same numbers): the extractor and the reference (features and FID statistics) are prepared once.
-    ``rows`` maps each row to a function reading its split: one row's images and features are held at a
-    time besides the reference's.
-
-    ``same`` maps a row to another row with identical samples (the headline ``student`` and its copy):
-    it gets that row's numbers, as computing them again would (at paper scale: 150k Inception passes
-    and K + 1 FIDs saved). ``reference_stats`` ({"mu", "sigma"}) replace the reference's own for FID.
-
-    The reference features come from the features stage's cache (``reference_cache``), which is read,
-    never written (it is that stage's output): a miss (other images, other weights) recomputes them here.
-    Class-conditional pipelines also get the classifier's metrics (:class:`_ClassMetrics`).
-    """
-    from ..metrics import FeatureExtractor, ImageScorer, reference_features_everywhere
-    from .features import reference_weights
-
-    cfg = params.evaluate
-    extract = FeatureExtractor(cfg.feature_extractor, reference_weights(params, features_dir), device=dist.device)
-    real = reference_features_everywhere(torch.as_tensor(reference.x1), extract, batch_size=cfg.batch_size,
-                                         cache_root=features_dir / "reference_cache", dist=dist)
-    scorer = ImageScorer(real, extractor=cfg.feature_extractor, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed,
-                         reference_stats=reference_stats, dist=dist)
-    classes = _ClassMetrics.build(params, features_dir, reference.x1, dist.device)
-    same = same or {}
-    metrics = {}
-    for who, read in rows.items():
-        if who in same:
-            continue
-        split = read()
-        try:
-            features = extract.everywhere(torch.as_tensor(split.x1), batch_size=cfg.batch_size, dist=dist)
-            metrics[who] = scorer.score(features)
-            if who != "real":  # the floor's size follows the other split, not the seed blocks
-                metrics[who].update(scorer.fid_blocks(features, cfg.fid_blocks))
-        except ValueError as error:  # e.g. published statistics of another extractor's dimension
-            raise common.StageError(f"{who}: {error}") from error
-        del features
-        if classes is not None:  # every process: the pipeline's small classifier, no collective
-            metrics[who].update(classes.row(split, labelled=who != "real"))
-    metrics.update({who: dict(metrics[copy]) for who, copy in same.items()})
-    return {who: metrics[who] for who in rows}  # the rows in the order of rows, as before
-
-
-class _ClassMetrics:
-    """The pipeline's classifier on each row (``evaluate.feature_extractor: realuid-features`` trained for
-    classification): ``class_accuracy`` (class-conditional samples: does it see the class each sample was
-    asked for?) and ``class_tv`` with ``class_mass_<c>`` (does the model draw the classes as often as the
-    reference does? the fraction labelled c, and the total variation distance of those fractions to the
-    reference's own, 0 for the same histogram)."""
-
-    def __init__(self, net, target: np.ndarray):
-        self.net, self.target = net, target
-
-    @classmethod
-    def build(cls, params, features_dir: Path, reference: np.ndarray, device: torch.device) -> "_ClassMetrics | None":
-        if params.evaluate.feature_extractor != "realuid-features":
-            return None
-        from ..features import class_masses, load_feature_net
-
-        net = load_feature_net(features_dir / "extractor.pt").to(device)
-        if net.task != "classification":
-            return None
-        return cls(net, class_masses(net, torch.as_tensor(reference)))
-
-    def row(self, split, *, labelled: bool) -> dict[str, float]:
-        from ..features import class_masses, classifier_accuracy
-
-        images = torch.as_tensor(split.x1).clamp(-1, 1)
-        out = {}
-        if labelled and split.y is not None:
-            acc = classifier_accuracy(self.net, images, torch.as_tensor(split.y))
-            out["class_accuracy"] = acc["accuracy"]
-            out.update({f"class_accuracy_{c}": a for c, a in acc["per_class_accuracy"].items()})
-        masses = class_masses(self.net, images)
-        out["class_tv"] = float(0.5 * np.abs(masses - self.target).sum())
-        out.update({f"class_mass_{c}": float(m) for c, m in enumerate(masses)})
-        return out
 
 
 def cli(argv: list[str] | None = None) -> int:

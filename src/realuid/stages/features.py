@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import read_split
+from ..devices import resolve_device
 from . import common
 
 
@@ -32,6 +33,7 @@ def reference_weights(params, features_dir: Path) -> str:
 
 def main(args, params) -> None:
     cfg = params.features
+    device = resolve_device(cfg.device)  # a device that is not there fails here, before any work
     train, test = read_split(args.data), read_split(args.test)
     if train.kind == "images":
         reference_weights(params, Path(args.out))  # a missing Inception file fails here, before any training
@@ -46,7 +48,8 @@ def main(args, params) -> None:
 
             torch.set_num_threads(torch.get_num_threads())
             net = train_feature_net(torch.as_tensor(train.x1), None if train.y is None else torch.as_tensor(train.y),
-                                    steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+                                    steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                    device=device)
             info = {"kind": "images", "extractor": "extractor.pt", "labels": train.y is not None}
             if test.y is not None and train.y is not None:
                 acc = classifier_accuracy(net, torch.as_tensor(test.x1), torch.as_tensor(test.y))
@@ -61,7 +64,7 @@ def main(args, params) -> None:
             weights = reference_weights(params, tmp)
             cache_reference_features(torch.as_tensor(reference.x1), extractor=params.evaluate.feature_extractor,
                                      extractor_weights_path=weights, cache_root=tmp / "reference_cache",
-                                     batch_size=params.evaluate.batch_size)
+                                     batch_size=params.evaluate.batch_size, device=str(device))
             info["reference"] = {"split": params.evaluate.reference, "extractor": params.evaluate.feature_extractor}
         common.write_json(info, tmp / "info.json")
 

@@ -17,7 +17,7 @@ from ..config import in_effect, to_dict
 from ..data import read_split
 from ..devices import resolve_device
 from ..distributed import launched_rank, session
-from ..sources import code_digest
+from ..code_digest import code_digest
 from ..training.bookkeeping import state_key
 from ..training.distillation import distill
 from . import common

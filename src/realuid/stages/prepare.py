@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Split, build_splits, expected_sample_shape, save_split
-from ..validation import ValidationResult, json_ready, validate_split
+from ..data_checks import ValidationResult, json_ready, validate_split
 from . import common
 
 SPLIT_NAMES = ("train", "test")

@@ -23,95 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 
-from ..api import load_generator, load_teacher, one_step_inputs, sample_teacher_batch
+from ..api import load_generator, load_teacher
 from ..checkpoints import read_checkpoint
 from ..config import BEST_COPY
 from ..data import SplitWriter, read_split
-from ..devices import autocast, resolve_device
-from ..distributed import SINGLE_PROCESS, Dist, session
+from ..devices import resolve_device
+from ..distributed import Dist, session
 from ..errors import ConfigError
 from ..models import check_guidance
 from ..plots import image_grid, scatter
+from ..sampling import class_labels, one_step_inputs, stream_samples
 from . import common
 from . import families
 
 GRID_IMAGES = 100
-
-
-def _timed(fn, device: torch.device):
-    """Run ``fn`` and return (result, seconds), synchronising CUDA so the time is the real one."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
-
-
-def class_labels(idx: np.ndarray, num_classes: int) -> torch.Tensor | None:
-    """Labels of samples ``idx`` [n]: balanced classes, ``idx % num_classes`` (None when unconditional)."""
-    return torch.as_tensor(idx % num_classes, dtype=torch.long) if num_classes else None
-
-
-def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
-                   dist: Dist = SINGLE_PROCESS, sink: Callable[[dict[str, torch.Tensor]], None] | None = None,
-                   *, guidance_scale: float = 1.0, null_label: int | None = None) -> dict[str, float]:
-    """Samples ``0 .. n_samples-1`` of the teacher and of each named generator, batch by batch.
-
-    ``inputs(start, n)`` gives the generator inputs, labels and generator noise of samples
-    ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
-    makes only those of its own batches. ``generators[name](start, x0, y, noise)`` samples them [n, ...];
-    the teacher samples with ``guidance_scale`` and ``null_label`` (:func:`sample_teacher_batch`). Rank 0
-    calls ``sink({who: samples [b, ...] on CPU})`` for every batch in order (batches of a round of processes
-    are gathered together, so at most ``world_size`` batches are held). Returns ``{who: seconds}``, the
-    slowest process's (the wall time of a parallel run).
-    """
-    device = dist.device
-    seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
-    batches = -(-n_samples // cfg.batch_size)
-    # bf16 (sample.precision): forward passes autocast; samples are stored in float32 either way.
-    with torch.no_grad(), autocast(device, getattr(cfg, "precision", "fp32")):
-        for first in range(0, batches, dist.world_size):  # one round: batch first + rank on each process
-            mine = {}
-            start = (first + dist.rank) * cfg.batch_size
-            if start < n_samples:
-                xb, yb, nb = (None if a is None else a.to(device)
-                              for a in inputs(start, min(cfg.batch_size, n_samples - start)))
-                # SDE noise is drawn per batch from (seed, batch start): reproducible for a fixed batch size.
-                out, sec = _timed(lambda: sample_teacher_batch(family, teacher, xb, yb, nfe=cfg.teacher_nfe,
-                                                               method=cfg.teacher_method, seed=cfg.seed, start=start,
-                                                               guidance_scale=guidance_scale, null_label=null_label),
-                                  device)
-                mine[start] = {"teacher": out.float().cpu()}
-                seconds["teacher"] += sec
-                for name, generator in generators.items():
-                    out, sec = _timed(lambda: generator(start, xb, yb, nb), device)
-                    mine[start][name] = out.float().cpu()
-                    seconds[name] += sec
-            ordered = dist.gather_batches(mine)
-            if ordered is not None and sink is not None:
-                for batch in ordered:
-                    sink(batch)
-    return {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
-
-
-def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,
-                 dist: Dist = SINGLE_PROCESS, **guidance) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
-    """:func:`stream_samples` collected: ``({who: samples [N, ...] on CPU} on rank 0 (None elsewhere),
-    {who: seconds})``."""
-    batches: list[dict[str, torch.Tensor]] = []
-    seconds = stream_samples(family, teacher, generators, inputs, n_samples, cfg, dist, sink=batches.append,
-                             **guidance)
-    if not dist.is_main:
-        return None, seconds
-    return {who: torch.cat([b[who] for b in batches]) for who in seconds}, seconds
 
 
 def main(args, params) -> None:

@@ -13,7 +13,7 @@ from ..data import read_split
 from ..devices import resolve_device
 from ..distributed import launched_rank, session
 from ..models import model_spec
-from ..sources import code_digest
+from ..code_digest import code_digest
 from ..training.bookkeeping import state_key
 from ..training.teacher import train_teacher
 from . import common

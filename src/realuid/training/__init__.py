@@ -5,7 +5,7 @@ data stream and the per-process rows), :mod:`.optimization` (Adam, its schedule,
 :mod:`.bookkeeping` (curves, host syncs, checkpoint cadence, resume), and the two loops:
 :mod:`.teacher` and :mod:`.distillation` (RealUID, its GAN head and in-training evaluation). This
 package imports none of them, so a stage that trains the teacher runs no distillation code (its code
-deps, :mod:`realuid.sources`, do not name it).
+deps, :mod:`realuid.code_digest`, do not name it).
 
 Resuming: every random draw of step ``k`` comes from an RNG seeded by ``(seed, k, phase)`` and the
 data order of epoch ``e`` from one seeded by ``(seed, e)``, so the loop's randomness is a pure function of

@@ -17,8 +17,9 @@ from ..distributed import SINGLE_PROCESS, Dist
 from ..errors import ConfigError
 from ..gan import DiscriminatorHead, discriminator_loss, encoder_features, feature_dim, gan_time_sample, generator_gan_loss
 from ..distillation_losses import fake_loss, generator_loss
-from ..models import OneStepGenerator, build_model, check_guidance, guided
-from ..models.generator import check_generator_times, generate_steps, renoise_inputs, renoise_step
+from ..models import build_model, check_guidance, guided
+from ..sampling import (OneStepGenerator, check_generator_times, generate_one_step, generate_steps, renoise_inputs,
+                        renoise_step)
 from ..speed import CompileTimer, prepare_backends, prepare_network
 from ..tensors import standard_normal_like
 from .batches import BatchStream, TrainData, draw, take
@@ -45,7 +46,7 @@ class EvaluatedChain(nn.Module):
 
 class QualityLog:
     """In-training evaluation of every generator copy (raw weights, then each EMA copy) with ``evaluator``
-    (see :mod:`realuid.quality`; any callable ``evaluator(generator) -> {metric: value}`` with
+    (see :mod:`realuid.in_training_eval`; any callable ``evaluator(generator) -> {metric: value}`` with
     ``every_steps``, ``metrics`` and ``rank_by`` will do).
 
     Rows ``{step, copy, *metrics}`` go to ``path`` (full precision) every ``evaluator.every_steps`` generator
@@ -95,12 +96,25 @@ class QualityLog:
         self.best = state.get("best")
 
 
+class FakeWithHead(nn.Module):
+    """The fake model and the GAN head as one module, so that one DDP wrapper averages the gradients of
+    both (they share the fake phase's optimizer and clip). Called, it is the fake model; the head reads the
+    fake model's encoder through :func:`realuid.gan.encoder_features`."""
+
+    def __init__(self, fake: nn.Module, head: nn.Module):
+        super().__init__()
+        self.fake, self.head = fake, head
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fake(t, x, y)
+
+
 @dataclass
 class StepDraws:
     """Every random input of one phase, for this process's rows: ``x1``, ``y``, ``x0``, ``t``, ``noise``
-    as in :func:`draw`, the generator input ``z`` and its noise ``z_noise`` (None unless the family's
-    generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise`` [b, ...],
-    one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
+    as in :func:`draw`, the generator input ``z`` and the path noise of its start ``z_noise`` (None unless
+    the family's generator takes noise), and the GAN head's times ``gan_t`` [b] and path noise ``gan_noise``
+    [b, ...], one per (generated, real) pair (None without the GAN); for a k-step student, ``renoise``: the inputs
     ``(x0_j, noise_j)`` of the re-noising stages up to the one this phase trains on (empty: the first)."""
 
     x1: torch.Tensor
@@ -130,8 +144,10 @@ class RealUID:
     layout is the teacher's, so any teacher file loads as it is. ``cfg.speed`` options apply to all three
     networks, the caller's teacher module included (in place: compiled, its attention and GroupNorms swapped).
 
-    A phase receives the *global* batch; under ``dist`` each process computes its own rows and the phase's
-    gradients are averaged over processes before its clip and step.
+    A phase receives the *global* batch; under ``dist`` each process computes its own rows. Each phase
+    calls the network it trains through its DDP wrapper (:meth:`Dist.data_parallel`; the fake model with
+    the GAN head as one module), whose backward averages the phase's gradients over processes before the
+    clip and step, and the other network as the plain module.
     """
 
     def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
@@ -168,12 +184,15 @@ class RealUID:
         # optimizer settings and one joint gradient clip (the authors' head is part of the fake network).
         self.gan = cfg.gan if cfg.gan.enabled else None
         self.disc_head = DiscriminatorHead(feature_dim(self.fake)).to(device).train() if self.gan else None
-        for net in (self.generator, self.fake, *([self.disc_head] if self.gan else [])):
-            dist.broadcast_module_(net)  # identical starting weights on every process (before the EMA copies)
         speed = getattr(cfg, "speed", SpeedConfig())
         prepare_backends(speed, device)
         for net in (self.teacher, self.generator.net, self.fake):
             prepare_network(net, speed)
+        # The wrappers copy rank 0's weights to every process, before the EMA copies are taken.
+        built = spec is not None  # a network of one's own may hold parameters its forward never uses
+        self.generator_trained = dist.data_parallel(self.generator.net, every_parameter_used=built)
+        self.fake_trained = dist.data_parallel(self.fake if self.gan is None else FakeWithHead(self.fake, self.disc_head),
+                                               every_parameter_used=built)
         self.fake_params = list(self.fake.parameters()) + (list(self.disc_head.parameters()) if self.gan else [])
         self.gen_opt, self.gen_sched = make_optimizer(self.generator.parameters(), cfg.generator_optim, cfg.steps,
                                                       fused=speed.fused_adam)
@@ -208,16 +227,17 @@ class RealUID:
                        for inputs in renoise_inputs(self.family, z, stage, lambda like: standard_normal_like(like, rng))]
         return StepDraws(*take(rows, batch.x1, y, z, z_noise, x0, t, noise, gan_t, gan_noise), renoise=renoise)
 
-    def _generate(self, d: StepDraws, y: torch.Tensor | None) -> torch.Tensor:
-        """The student's output ``[b, ...]`` at the phase's stage: the chain runs without gradients up to the
-        stage before it, and only the stage itself is differentiated (a one-step student: its one step)."""
+    def _generate(self, d: StepDraws, y: torch.Tensor | None, net: nn.Module) -> torch.Tensor:
+        """The student's output ``[b, ...]`` at the phase's stage, its network called as ``net`` (the plain
+        generator network, or its DDP wrapper in the generator phase): the chain runs without gradients up to
+        the stage before it, and only the stage itself is differentiated (a one-step student: its one step)."""
         if not d.renoise:
-            return self.generator(d.z, y, d.z_noise)
+            return generate_one_step(self.family, net, d.z, y, d.z_noise)
         *before, (source, noise) = d.renoise
         with torch.no_grad():
             x1 = generate_steps(self.family, self.generator.net, d.z, y, d.z_noise, times=self.times[:len(before)],
                                 renoise=before)
-        return renoise_step(self.family, self.generator.net, x1, self.times[len(before)], source, y, noise)
+        return renoise_step(self.family, net, x1, self.times[len(before)], source, y, noise)
 
     def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
@@ -240,16 +260,16 @@ class RealUID:
         d = self._draws(batch, rng)
         y, x0, t, noise = d.y, d.x0, d.t, d.noise
         with torch.no_grad(), autocast(self.device, self.cfg.precision):  # the generator is only a sampler here
-            x1_gen = self._generate(d, y).float()
+            x1_gen = self._generate(d, y, self.generator.net).float()
         # Generated and real terms share t, x0 and the path noise within the step.
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
             if self.data_free:
-                f_gen, f_data, data_target = self.fake(t, gen_path.x_t, y).float(), None, None
+                f_gen, f_data, data_target = self.fake_trained(t, gen_path.x_t, y).float(), None, None
             else:
                 data_path = self.family.path_sample(x0, d.x1, t, noise)
                 # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
-                both = self.fake(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
+                both = self.fake_trained(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
                                  None if y is None else y.repeat(2))
                 f_gen, f_data = both.float().chunk(2)
                 data_target = data_path.target
@@ -258,8 +278,7 @@ class RealUID:
         if self.gan is not None:
             logits_gen, logits_data = self._gan_logits(torch.cat([x1_gen, d.x1]), y, d).chunk(2)
             loss = loss + self.gan.disc_coef * discriminator_loss(logits_data, logits_gen).mean()
-        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip,
-                              self.dist)
+        norm = optimizer_step(loss, self.fake_params, self.fake_opt, self.fake_sched, self.cfg.fake_optim.grad_clip)
         return loss.detach(), norm
 
     def generator_step(self, batch: TrainData, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +290,7 @@ class RealUID:
             self.disc_head.requires_grad_(False)
         try:
             with autocast(self.device, self.cfg.precision):
-                x1_gen = self._generate(d, y).float()
+                x1_gen = self._generate(d, y, self.generator_trained).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
                 f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher_field(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
@@ -279,7 +298,7 @@ class RealUID:
             if self.gan is not None:
                 loss = loss + self.gan.gen_coef * generator_gan_loss(self._gan_logits(x1_gen, y, d)).mean()
             norm = optimizer_step(loss, self.generator.parameters(), self.gen_opt, self.gen_sched,
-                                  self.cfg.generator_optim.grad_clip, self.dist)
+                                  self.cfg.generator_optim.grad_clip)
         finally:
             self.fake.requires_grad_(True)
             if self.gan is not None:
@@ -361,7 +380,7 @@ def distill(
     :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
-    with it). ``evaluator`` (a :class:`realuid.quality.QualityEvaluator`, or None) scores every copy of the
+    with it). ``evaluator`` (a :class:`realuid.in_training_eval.QualityEvaluator`, or None) scores every copy of the
     generator every ``evaluator.every_steps`` updates (on every process, rank 0 writing) into ``state_dir/eval.csv``
     (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
     one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as

@@ -9,8 +9,6 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..distributed import SINGLE_PROCESS, Dist
-
 
 class EMA:
     """Exponential moving averages of a module's parameters and buffers, at several decays at once.
@@ -71,16 +69,17 @@ def make_optimizer(params, optim_cfg, total_steps: int, *, fused: bool = False,
     return opt, sched
 
 
-def optimizer_step(loss, params, opt, sched, grad_clip: float, dist: Dist = SINGLE_PROCESS) -> torch.Tensor:
-    """Backward, average gradients over processes, global-norm clip (0 = no clipping), step.
+def optimizer_step(loss, params, opt, sched, grad_clip: float) -> torch.Tensor:
+    """Backward, global-norm clip (0 = no clipping), step.
 
-    ``loss`` is this process's mean over its rows; with equal rows per process the average of the
-    gradients is the gradient of the global batch mean. Returns the pre-clip gradient norm (on device).
+    ``loss`` is this process's mean over its rows. Under several processes it comes from a network called
+    through :meth:`realuid.distributed.Dist.data_parallel`, whose backward averages the gradients over
+    processes; with equal rows per process that average is the gradient of the global batch mean, so the
+    clip sees the global batch's gradient. Returns the pre-clip gradient norm (on device).
     """
     params = list(params)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    dist.average_gradients_(params)  # before clipping: the clip sees the global batch's gradient
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     opt.step()
     sched.step()

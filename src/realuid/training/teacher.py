@@ -46,10 +46,10 @@ def train_teacher(
     rows = dist.rows(cfg.batch_size)
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_model(spec).to(device)
-    dist.broadcast_module_(model)  # seeded construction already agrees; this makes sure of it
     speed = getattr(cfg, "speed", SpeedConfig())
     prepare_backends(speed, device)
     prepare_network(model, speed)
+    trained = dist.data_parallel(model)  # the forward whose backward averages gradients over processes
     ema = EMA(model, [cfg.ema_decay])
     opt, sched = make_optimizer(model.parameters(), cfg.optim, cfg.steps, fused=speed.fused_adam)
     log = CurveLog(state_dir / "curves.csv", ["loss", "grad_norm", "lr"])
@@ -88,9 +88,9 @@ def train_teacher(
         batch, (x0, t, noise) = local_batch(batch, rows), take(rows, x0, t, noise)
         path = family.path_sample(x0, batch.x1, t, noise)
         with autocast(device, cfg.precision):
-            pred = model(t, path.x_t, batch.y if labels else None)
+            pred = trained(t, path.x_t, batch.y if labels else None)
         loss = matching_loss(pred.float(), path.target, path.weight).mean()
-        norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip, dist)
+        norm = optimizer_step(loss, model.parameters(), opt, sched, cfg.optim.grad_clip)
         ema.update(model)
         compile_timer.done()
         meter.add(loss=loss, grad_norm=norm)

@@ -1,4 +1,4 @@
-"""Teacher samplers (ODE and SDE), one-step generation and per-seed noise.
+"""Teacher samplers: the probability-flow ODE (Euler, Heun) and the SDE (Euler–Maruyama), guided or not.
 
 Every model here has the signature ``model(t: Tensor[B], x: Tensor[B, ...], y: Tensor[B] | None)``
 and returns a tensor shaped like ``x``; what the output means (velocity, noise, denoiser, drift) is
@@ -14,92 +14,19 @@ calls is a final denoising step ``x1 = predict_x1(t_end, x, model(t_end, x))``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .matching import Family
-from .tensors import check_batch, standard_normal_like
-# The generator's forward passes (one step, and a k-step student's chain) belong to the model that owns
-# them; exported here with the samplers.
-from .models import guided
-from .models.generator import generate_one_step, generate_steps
-
-__all__ = [
-    "SAMPLER_METHODS",
-    "seeded_noise",
-    "seeded_noise_draws",
-    "sample_ode",
-    "sample_sde",
-    "sample_teacher",
-    "generate_one_step",
-    "generate_steps",
-]
+from ..errors import ConfigError
+from ..matching import Family
+from ..models import guided
+from ..tensors import check_batch, standard_normal_like
 
 SAMPLER_METHODS = ("euler", "heun", "sde")
 
 Model = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
-_MAX_SEED = 2**63 - 1
-
-
-# ------------------------------------------------------------------------------------ per-seed noise
-
-
-def seeded_noise(
-    seeds: Sequence[int] | Tensor,
-    shape: tuple[int, ...],
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Standard normal noise ``[len(seeds), *shape]`` where row i depends only on ``seeds[i]``.
-
-    Each row is drawn by its own CPU ``torch.Generator`` seeded with ``seeds[i]`` and the batch is then
-    moved to ``device``, so sample i is the same whatever the batch split or the device (EDM's
-    per-seed noise). Seeds are integers in ``[0, 2**63)``.
-    """
-    return seeded_noise_draws(seeds, shape, 1, device=device, dtype=dtype)[0]
-
-
-def seeded_noise_draws(
-    seeds: Sequence[int] | Tensor,
-    shape: tuple[int, ...],
-    draws: int,
-    *,
-    skip: int = 0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> list[Tensor]:
-    """``draws`` successive standard normal tensors ``[len(seeds), *shape]`` of each seed's own stream,
-    after its first ``skip`` draws: the first draw is :func:`seeded_noise`'s, so later ones (a k-step
-    student's re-noising) leave it as it was, and row i still depends only on ``seeds[i]``.
-    """
-    if isinstance(seeds, Tensor):
-        if seeds.dim() != 1 or seeds.dtype.is_floating_point or seeds.dtype == torch.bool or seeds.is_complex():
-            raise ValueError(f"seeds must be a 1-D integer tensor, got dtype {seeds.dtype} shape {tuple(seeds.shape)}")
-        seeds = seeds.tolist()
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
-        raise ValueError(f"seeds must be a sequence of ints or a 1-D integer tensor, got {type(seeds).__name__}")
-    shape = _check_shape(shape)
-    rows = []  # [seed][draw]
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-            raise ValueError(f"every seed must be an int in [0, 2**63), got {seed!r}")
-        rng = torch.Generator(device="cpu").manual_seed(seed)
-        rows.append([torch.randn(shape, generator=rng, dtype=dtype) for _ in range(skip + draws)][skip:])
-    noises = [torch.stack([row[i] for row in rows]) if rows else torch.empty((0, *shape), dtype=dtype)
-              for i in range(draws)]
-    return [noise.to(device) if device is not None else noise for noise in noises]
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, int) or not isinstance(shape, (tuple, list, torch.Size)):
-        raise ValueError(f"shape must be a tuple of ints, got {shape!r}")
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-        raise ValueError(f"shape must hold positive ints, got {shape!r}")
-    return tuple(shape)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -270,3 +197,16 @@ def sample_teacher(
     if method == "sde":
         return sample_sde(family, model, x0, nfe=nfe, y=y, rng=rng)
     return sample_ode(family, model, x0, nfe=nfe, method=method, y=y)
+
+
+def sample_teacher_batch(family: Family, net: Model, x0: Tensor, y: Tensor | None, *, nfe: int, method: str,
+                         seed: int, start: int, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
+    """The teacher's samples of one batch ``[B, ...]`` starting at sample ``start``.
+
+    SDE noise is drawn per batch from ``seed + start`` (on the inputs' device): reproducible for a
+    fixed batch size; the ODE methods depend on the inputs only. ``guidance_scale`` and ``null_label``
+    as in :func:`sample_teacher`.
+    """
+    rng = torch.Generator(device=x0.device).manual_seed(seed + start)
+    return sample_teacher(family, net, x0, nfe=nfe, method=method, y=y, rng=rng, guidance_scale=guidance_scale,
+                          null_label=null_label)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.project import make_project, sh
+from helpers.stages import STAGES
 from realuid.config import load_params
-from test_pipeline import STAGES, make_project, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/toy.yaml is the 2-D run (`make config CONFIG=toy`), not an authors' setting: the tiny pipeline

@@ -1,7 +1,9 @@
-"""The one-step generator: a copy of the teacher network evaluated once at the source end.
+"""One- and k-step generation: the generator read once at the source end, then re-noised and read again,
+and :class:`OneStepGenerator`, the module that holds a generator network with its family.
 
-The family (duck-typed: ``t_src``, ``source_state``, ``predict_x1``, ``generator_noise``) decides where the
-generator reads its input and how its output becomes data, so this module needs no sampler.
+The family (duck-typed: ``t_src``, ``source_state``, ``predict_x1``, ``generator_noise``, ``path_sample``)
+decides where the generator reads its input and how its output becomes data, so no solver is needed.
+Gradients flow through every function here (they are the generator of the distillation too).
 """
 
 from __future__ import annotations
@@ -114,5 +116,5 @@ class OneStepGenerator(nn.Module):
         self.family = family
         self.net = net
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: Tensor, y: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         return generate_one_step(self.family, self.net, z, y, noise)

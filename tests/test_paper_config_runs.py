@@ -23,11 +23,11 @@ import pytest
 import torch
 import yaml
 
+from helpers.project import make_project, sh
 from realuid.checkpoints import ema_copy_name, file_digest, read_checkpoint
 from realuid.config import ema_key, load_params
 from realuid.data import read_split
 from realuid.models import build_model
-from test_pipeline import make_project, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {

@@ -34,8 +34,8 @@ import torch
 
 from .errors import ConfigError
 from .distributed import SINGLE_PROCESS, Dist
-from .metrics import FeatureExtractor, ImageScorer, PointReference, reference_features_everywhere
-from .sampling import seeded_noise
+from .metrics import PointReference, image_scorer
+from .sampling import class_labels, seeded_noise
 
 EVAL_SEED = 2_000_000  # generator inputs use seeds EVAL_SEED + i: far from sample.seed's usual 1_000_000 + i
 
@@ -58,7 +58,7 @@ class EvalInputs:
 
 
 class QualityEvaluator:
-    """``evaluator(generator) -> {metric: value}`` for a :class:`realuid.models.OneStepGenerator`.
+    """``evaluator(generator) -> {metric: value}`` for a :class:`realuid.sampling.OneStepGenerator`.
 
     ``score(samples [n, ...] on device)`` computes the metrics; ``metrics`` names them in table order and its
     last entry, the headline (FID, sliced W2), ranks copies (lower is better). Last, because DVC plots a
@@ -104,7 +104,7 @@ def eval_inputs(family, split, rows: np.ndarray, num_classes: int) -> EvalInputs
     n, shape = len(rows), tuple(split.sample_shape)
     seeded = lambda: seeded_noise(list(range(EVAL_SEED, EVAL_SEED + n)), shape)  # noqa: E731
     x0 = torch.as_tensor(split.x0[rows], dtype=torch.float32) if family.paired else seeded()
-    y = torch.as_tensor(np.arange(n) % num_classes, dtype=torch.long) if num_classes else None
+    y = class_labels(np.arange(n), num_classes)
     return EvalInputs(x0, y, seeded() if family.generator_noise else None)
 
 
@@ -148,12 +148,10 @@ def image_evaluator(family, split, cfg, evaluate_cfg, *, weights_path: str | os.
     that stage computed the same ones (``evaluate.reference: train``), else they are extracted here once,
     by all processes; the extractor runs on ``device``.
     """
-    extract = FeatureExtractor(evaluate_cfg.feature_extractor, weights_path, device=device)
     batch = cfg.batch_size
-    reference = reference_features_everywhere(torch.as_tensor(split.x1), extract, batch_size=batch,
-                                              cache_root=cache_root, dist=dist)
-    scorer = ImageScorer(reference, extractor=evaluate_cfg.feature_extractor,
-                         kid_subset_size=evaluate_cfg.kid_subset_size, seed=EVAL_SEED, dist=dist)
+    extract, scorer = image_scorer(torch.as_tensor(split.x1), evaluate_cfg.feature_extractor, weights_path,
+                                   batch_size=batch, kid_subset_size=evaluate_cfg.kid_subset_size, seed=EVAL_SEED,
+                                   device=device, cache_root=cache_root, dist=dist)
     rows = np.arange(cfg.eval_samples)  # only paired families read training rows; images use noise
     score = lambda x: scorer.score(extract.everywhere(x.clamp(-1, 1), batch_size=batch, dist=dist),  # noqa: E731
                                    prc=False)
