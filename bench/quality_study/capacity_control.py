@@ -58,7 +58,7 @@ SPIRAL_POINTS = BENCH / "points" / "spiral.npz"
 # The budget bench/quality chose for every flow-matching teacher on these three sets (the top of its
 # ladder [1500, 3000, 6000], RESULTS.md and RESULTS-spiral.md section 1); not chosen again here.
 TEACHER_STEPS = 6000
-# The issue's target: a student within this factor of its teacher's sliced W2 ...
+# The target: a student within this factor of its teacher's sliced W2 ...
 TARGET_SW2_RATIO = 1.5
 # ... and with k-NN precision at most this far below the teacher's.
 TARGET_PRECISION_GAP = 0.05
@@ -310,7 +310,7 @@ def collect(results: dict, cfg: Settings) -> dict:
 
 
 def reaches_teacher(row: dict, teacher: dict) -> bool:
-    """The issue's target, on seed means: SW2 within TARGET_SW2_RATIO of the teacher's and k-NN precision
+    """The target, on seed means: SW2 within TARGET_SW2_RATIO of the teacher's and k-NN precision
     at most TARGET_PRECISION_GAP below it."""
     sw2 = np.mean(row["sw2"]) / np.mean(teacher["sw2"])
     gap = np.mean(teacher["knn_precision"]) - np.mean(row["knn_precision"])
@@ -448,7 +448,7 @@ def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figur
         f"with replacement, the generator's Adam, warm-up and clip; EMA {distill_cfg.ema_decays[0]:g} reported; "
         f"{distill_cfg.steps} updates (1x, the student's) and {CONTROL_UPDATES[1]}x; {CONTROL_UPDATES[2]}x too on "
         f"{', '.join(cfg.lever_datasets)}",
-        f"- Target of the issue: sliced W2 at most {TARGET_SW2_RATIO}× the teacher's and k-NN precision at most "
+        f"- Target: sliced W2 at most {TARGET_SW2_RATIO}× the teacher's and k-NN precision at most "
         f"{TARGET_PRECISION_GAP} below it (seed means); *reaches the teacher* says whether a row meets both",
         "",
         "- Compute per piece (mean seconds on one worker; count): " + ", ".join(
