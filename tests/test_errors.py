@@ -689,3 +689,18 @@ def test_a_device_that_is_not_there_is_one_error_line_before_any_work(tmp_path, 
     before = snapshot(tmp_path)
     assert_failed(stage(tmp_path, name, *dvc_args(name)), "'cuda:1'", "CUDA is not available")
     assert snapshot(tmp_path) == before
+
+
+def test_a_gpu_out_of_memory_is_one_error_line_with_what_to_change(tmp_path, capsys):
+    from realuid.stages import common
+
+    def main(args, params):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)\n"
+                                          "See documentation for Memory Management")
+
+    write_params(tmp_path, tiny_params())
+    assert common.run(main, common.parser("a stage"), ["--params", str(tmp_path / "params.yaml")]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("error: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total); lower")
+    assert "batch_size" in stderr and "bf16" in stderr and "nproc" in stderr

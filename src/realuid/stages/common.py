@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
+
 from ..atomic import atomic_write, temporary_folder
 from ..config import Params, load_params
 from ..errors import StageError, UserError
@@ -31,8 +33,8 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
     ``processes(params)``, when given, is the number of processes the stage asks for: more than one
     starts ``module`` with the same arguments under ``torchrun`` on this machine and returns its exit
     code (unless this process already belongs to a torchrun job). Expected problems (a
-    :class:`realuid.errors.UserError`: bad params, unusable data or checkpoints, a diverged run; or a
-    file-system error such as a full or read-only disk) print one ``error:`` line, after any progress
+    :class:`realuid.errors.UserError`: bad params, unusable data or checkpoints, a diverged run; a
+    file-system error such as a full or read-only disk; a GPU out of memory) print one ``error:`` line, after any progress
     bar is closed, and give exit code 1 (130 when interrupted); set ``REALUID_TRACEBACK=1`` to see where
     they came from. Any other exception is a bug in the library and ends the stage with its traceback.
     """
@@ -50,6 +52,14 @@ def run(main: Callable[[argparse.Namespace, Params], None], args_parser: argpars
         close_progress_bars(err)
         print(f"{_rank_prefix()}error: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except torch.cuda.OutOfMemoryError as err:  # the run's size, not a bug: say which knobs make it fit
+        close_progress_bars(err)
+        if os.environ.get("REALUID_TRACEBACK"):
+            traceback.print_exc()
+        first = str(err).splitlines()[0] if str(err) else "CUDA out of memory"
+        print(f"{_rank_prefix()}error: {first}; lower the stage's batch_size, use precision: bf16, or spread the "
+              "batch over more processes (nproc); training stages resume from their last checkpoint", file=sys.stderr)
+        return 1
     except (UserError, OSError) as err:  # anything else is a bug: Python prints its traceback
         close_progress_bars(err)
         if os.environ.get("REALUID_TRACEBACK"):
