@@ -182,3 +182,18 @@ def test_bf16_check_scores_both_precisions_from_the_same_weights_each_update():
         assert row["loss_bf16"] != row["loss_fp32"] and -1 <= row["grad_cosine"] <= 1
     summary = bf16_check.summary(rows)
     assert summary["updates"] == 2 and summary["grad_norm_rel_error_max"] >= summary["grad_norm_rel_error_median"]
+
+
+@pytest.mark.slow
+def test_bf16_check_every_nth_update_follows_the_same_fp32_run():
+    import torch
+    from quality_study import bf16_check
+
+    every = bf16_check.compare("cifar-tiny", 3, torch.device("cpu"), 0.92, 0.94)
+    sparse = bf16_check.compare("cifar-tiny", 3, torch.device("cpu"), 0.92, 0.94, compare_every=2)
+    assert [r["update"] for r in sparse] == [0, 2]
+    # The bf16 phase is taken on a copy, so skipping it leaves the fp32 run as it was.
+    assert sparse[1] == every[2]
+    windows = bf16_check.windows(every, 2)
+    assert [(w["window"], w["updates"]) for w in windows] == [([0, 2], 2), ([2, 4], 1)]
+    assert windows[1]["loss_abs_error_max"] == abs(every[2]["loss_bf16"] - every[2]["loss_fp32"])

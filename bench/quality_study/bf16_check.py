@@ -47,9 +47,11 @@ def gradient(net: torch.nn.Module) -> torch.Tensor:
 
 
 def compare(size: str, updates: int, device: torch.device, alpha: float, beta: float, lr: float | None = None,
-            warmup_steps: int | None = None) -> list[dict]:
-    """One row per generator update of the fp32 run: its generator phase in fp32 and again in bf16.
-    ``lr`` and ``warmup_steps`` replace the authors' (3e-5 after 500 warm-up updates) for both networks."""
+            warmup_steps: int | None = None, compare_every: int = 1) -> list[dict]:
+    """One row per ``compare_every``-th generator update of the fp32 run (0, n, 2n, ...): its generator phase
+    in fp32 and again in bf16. ``lr`` and ``warmup_steps`` replace the authors' (3e-5 after 500 warm-up
+    updates) for both networks. The updates between rows run in fp32 only, so a long run costs little more
+    than its fp32 training."""
     setting = dict(SIZES[size])
     if setting["spec"] is None:
         setting["spec"] = gpu_check.paper_size().spec
@@ -70,6 +72,9 @@ def compare(size: str, updates: int, device: torch.device, alpha: float, beta: f
         for k in range(phases - 1):
             uid.fake_step(stream(step * phases + k), seeded(cfg.seed, step, k, device=device))
         batch, k = stream(step * phases + phases - 1), phases - 1
+        if step % compare_every:
+            uid.generator_step(batch, seeded(cfg.seed, step, k, device=device))
+            continue
         low = copy.deepcopy(uid)  # same weights and optimizer state; its step is thrown away
         low.cfg = dataclasses.replace(cfg, precision="bf16")
         loss_bf16, norm_bf16 = low.generator_step(batch, seeded(cfg.seed, step, k, device=device))
@@ -82,6 +87,17 @@ def compare(size: str, updates: int, device: torch.device, alpha: float, beta: f
     return rows
 
 
+def windows(rows: list[dict], width: int) -> list[dict]:
+    """:func:`summary` of the rows of updates ``[0, width)``, ``[width, 2 width)``, ...: how the bf16 error
+    moves through the warm-up and the early phase."""
+    out = []
+    for first in range(0, rows[-1]["update"] + 1, width):
+        part = [r for r in rows if first <= r["update"] < first + width]
+        if part:
+            out.append({"window": [first, first + width], **summary(part)})
+    return out
+
+
 def summary(rows: list[dict]) -> dict:
     loss32, loss16 = (np.array([r[key] for r in rows]) for key in ("loss_fp32", "loss_bf16"))
     norm32, norm16 = (np.array([r[key] for r in rows]) for key in ("grad_norm_fp32", "grad_norm_bf16"))
@@ -90,7 +106,7 @@ def summary(rows: list[dict]) -> dict:
         "updates": len(rows),
         "loss_abs_error_mean": float(loss_error.mean()), "loss_abs_error_max": float(loss_error.max()),
         "loss_rel_error_median": float(np.median(loss_error / np.abs(loss32))),
-        # The loss's own noise: how much it moves from one update (batch) to the next in fp32.
+        # The loss's own noise: how much it moves from one row (batch) to the next in fp32.
         "loss_update_to_update_std": float(np.diff(loss32).std()) if len(rows) > 2 else None,
         "grad_norm_rel_error_median": float(np.median(np.abs(norm16 - norm32) / norm32)),
         "grad_norm_rel_error_max": float((np.abs(norm16 - norm32) / norm32).max()),
@@ -108,10 +124,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.94, help="RealUID beta (authors' CIFAR-10 uncond)")
     p.add_argument("--lr", type=float, help="both networks' learning rate (default: the authors' 3e-5)")
     p.add_argument("--warmup-steps", type=int, help="their warm-up (default: the authors' 500)")
+    p.add_argument("--compare-every", type=int, default=1, help="take the bf16 phase at every n-th update")
+    p.add_argument("--window", type=int, default=500, help="also summarise each window of this many updates")
     p.add_argument("--json", type=Path, help="also write the rows and the summary here")
     args = p.parse_args(argv)
     if args.updates < 1:
         p.error(f"--updates must be positive, got {args.updates}")
+    if args.compare_every < 1 or args.window < 1:
+        p.error("--compare-every and --window must be positive")
     return args
 
 
@@ -122,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():
         # The bf16 copy's scheduler is a deep copy of a used one, which torch takes for a reordered step.
         warnings.filterwarnings("ignore", message="Seems like `optimizer.step\\(\\)` has been overridden")
-        rows = compare(args.size, args.updates, device, args.alpha, args.beta, args.lr, args.warmup_steps)
+        rows = compare(args.size, args.updates, device, args.alpha, args.beta, args.lr, args.warmup_steps,
+                       args.compare_every)
     bench = Path(__file__).resolve().parents[1]
     result = {"code": code_provenance(bench.parent / "src", bench), "device": gpu_check.device_name(device),
               "torch": torch.__version__, "size": args.size,
               "alpha": args.alpha, "beta": args.beta, "lr": args.lr or "authors' 3e-5",
               "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "authors' 500",
-              "summary": summary(rows),
+              "compare_every": args.compare_every, "summary": summary(rows),
+              "windows": windows(rows, args.window),
               "seconds": time.perf_counter() - started, "rows": rows}
     print(json.dumps(result["summary"], indent=2))
     if args.json:
