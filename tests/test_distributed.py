@@ -19,6 +19,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from realuid.distributed import SINGLE_PROCESS, Dist
 from realuid.matching import make_family
 from realuid.metrics import image_features
 from realuid.models import build_model, data_shape, model_spec
-from realuid.sampling import OneStepGenerator, draw_samples, one_step_inputs
+from realuid.sampling import OneStepGenerator, draw_samples, one_step_inputs, stream_samples
 from realuid.training.batches import TrainData
 from realuid.stages import sample as sample_stage
 from realuid.training import distillation
@@ -124,6 +126,26 @@ def sampling_setup(family_name: str, method: str):
 
 
 SAMPLING_CASES = [("fm", "euler"), ("bridge", "sde")]
+SINK_SLEEP_S = 0.3  # rank 0's sink, per batch
+SLOW_SINK_SAMPLES = 32  # 4 batches of 8: two rounds of two processes, 1.2 s of rank 0's writing
+
+
+def slow_sink_sampling(dist: Dist) -> dict:
+    """Sharded sampling whose sink on rank 0 sleeps for every batch: this rank's wall time and the batches
+    its sink got, in the order it got them."""
+    family, teacher, generators, inputs, cfg = sampling_setup("fm", "euler")
+    delivered = []
+
+    def slow_sink(batch):
+        time.sleep(SINK_SLEEP_S)
+        delivered.append(batch)
+
+    dist.barrier()  # both processes start the clock together
+    began = time.perf_counter()
+    stream_samples(family, teacher, generators, inputs, SLOW_SINK_SAMPLES, cfg, dist, sink=slow_sink)
+    return {"wall_s": time.perf_counter() - began, "delivered": delivered}
+
+
 FEATURE_BATCH = 16  # 90 images: 6 batches, the last short, 3 per process
 
 
@@ -173,6 +195,7 @@ def _equivalence_job(dist: Dist, folder: str) -> None:
     for family_name, method in SAMPLING_CASES:
         family, teacher, generators, inputs, cfg = sampling_setup(family_name, method)
         out[f"samples_{method}"] = draw_samples(family, teacher, generators, inputs, 50, cfg, dist)[0]
+    out["slow_sink"] = slow_sink_sampling(dist)
     images, extractor = feature_setup(folder)
     out["features"] = image_features(images, extractor_weights_path=extractor, batch_size=FEATURE_BATCH,
                                      device="cpu", dist=dist)
@@ -336,6 +359,55 @@ def test_sharded_sampling_equals_one_process_exactly(two_process_runs, family_na
         assert torch.equal(sharded[who], single[who]), who
     assert ranks[1][f"samples_{method}"] is None  # only rank 0 receives the samples
     assert set(seconds) == set(single)
+
+
+def test_the_other_process_does_not_wait_while_rank_zero_writes_samples(two_process_runs):
+    # Writing in rank 0's sink used to sit between two gathers: rank 1 waited for every round's write
+    # (here 1.2 s in all) in the next gather or in the final all-gather. Now rank 0 writes behind them.
+    ranks = [rank["slow_sink"] for rank in two_process_runs[1]]
+    total_sleep_s = SINK_SLEEP_S * SLOW_SINK_SAMPLES / 8
+    assert ranks[0]["wall_s"] >= total_sleep_s  # rank 0 returns once every batch is written ...
+    assert ranks[1]["wall_s"] < total_sleep_s / 2, ranks[1]["wall_s"]  # ... rank 1 never waited for it
+    family, teacher, generators, inputs, cfg = sampling_setup("fm", "euler")
+    single, _ = draw_samples(family, teacher, generators, inputs, SLOW_SINK_SAMPLES, cfg)
+    delivered = ranks[0]["delivered"]
+    assert len(delivered) == 4 and all(len(batch["teacher"]) == 8 for batch in delivered)
+    for who in single:  # every batch, in order
+        assert torch.equal(torch.cat([batch[who] for batch in delivered]), single[who]), who
+    assert ranks[1]["delivered"] == []
+
+
+@pytest.mark.parametrize("failing_call", [2, 7], ids=["raised-at-a-later-round", "raised-at-the-end"])
+def test_an_exception_in_the_sink_reaches_the_caller(failing_call):
+    # 7 batches in one process: one round each. The sink raises while the main thread samples on; its
+    # exception, the same object, comes out of stream_samples and nothing is written after it.
+    family, teacher, generators, inputs, cfg = sampling_setup("fm", "euler")
+    error, calls = OSError(28, "No space left on device"), []
+
+    def failing_sink(batch):
+        calls.append(batch)
+        if len(calls) == failing_call:
+            raise error
+
+    with pytest.raises(OSError) as raised:
+        stream_samples(family, teacher, generators, inputs, 50, cfg, sink=failing_sink)
+    assert raised.value is error and len(calls) == failing_call
+    assert not [t for t in threading.enumerate() if t.name == "sample-writer"]
+
+
+def test_an_exception_in_sampling_stops_the_writer_before_it_comes_out():
+    family, teacher, generators, inputs, cfg = sampling_setup("fm", "euler")
+    calls = []
+
+    def failing_generator(start, x0, y, noise):
+        if start == 3 * cfg.batch_size:
+            raise RuntimeError("the fourth batch fails")
+        return x0
+
+    with pytest.raises(RuntimeError, match="the fourth batch fails"):
+        stream_samples(family, teacher, {"student": failing_generator}, inputs, 50, cfg, sink=calls.append)
+    assert not [t for t in threading.enumerate() if t.name == "sample-writer"]
+    assert len(calls) <= 3  # at most the batches handed off before the error; none after it
 
 
 def test_sharded_image_features_equal_one_process_exactly(two_process_runs, tmp_path):
@@ -509,6 +581,18 @@ def test_sample_stage_under_torchrun_writes_the_one_process_files(tmp_path, subp
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     assert json.loads((two / "timing.json").read_text())["processes"] == 2
     assert not list(tmp_path.glob(".out*")), "a temporary folder was left behind"
+
+
+def test_non_finite_samples_stop_the_sample_stage_with_one_line_and_no_output(tmp_path, capsys):
+    # The check runs in rank 0's writer thread; its error ends the stage as before: one line, nothing written.
+    argv = stage_inputs(tmp_path, 1)
+    generator = read_checkpoint(tmp_path / "generator.pt", "generator", needed_by="the test")
+    nan = {k: torch.full_like(v, float("nan")) for k, v in generator.copies["ema_0.99"].items()}
+    save_checkpoint(dataclasses.replace(generator, copies={**generator.copies, "ema_0.99": nan}),
+                    tmp_path / "generator.pt")
+    assert sample_stage.cli(argv) == 1
+    assert capsys.readouterr().err == "error: the student_ema_0_99 generator produced non-finite samples\n"
+    assert not (tmp_path / "out1").exists() and not list(tmp_path.glob(".out1*"))
 
 
 @pytest.mark.slow

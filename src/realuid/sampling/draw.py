@@ -7,6 +7,8 @@ batch split; only the teacher's SDE noise is drawn per batch (from the seed and 
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Callable
 
@@ -72,15 +74,18 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
     ``start .. start+n-1`` (``x0`` [n, ...], ``y`` [n] or None, ``noise`` [n, ...] or None): each process
     makes only those of its own batches. ``generators[name](start, x0, y, noise)`` samples them [n, ...];
     the teacher samples with ``guidance_scale`` and ``null_label`` (:func:`sample_teacher_batch`). Rank 0
-    calls ``sink({who: samples [b, ...] on CPU})`` for every batch in order (batches of a round of processes
-    are gathered together, so at most ``world_size`` batches are held). Returns ``{who: seconds}``, the
-    slowest process's (the wall time of a parallel run).
+    gathers the batches of each round of processes together and hands the round to a writer thread, which
+    calls ``sink({who: samples [b, ...] on CPU})`` for every batch in order while the next round is sampled
+    (:class:`_BackgroundSink`: at most two rounds are held). An exception of the sink is raised here, and
+    the sink's last call is over when this returns. Returns ``{who: seconds}``, the slowest process's (the
+    wall time of a parallel run).
     """
     device = dist.device
     seconds = {"teacher": 0.0, **{name: 0.0 for name in generators}}
     batches = -(-n_samples // cfg.batch_size)
+    writer = _BackgroundSink(sink if dist.is_main else None)
     # bf16 (sample.precision): forward passes autocast; samples are stored in float32 either way.
-    with torch.no_grad(), autocast(device, getattr(cfg, "precision", "fp32")):
+    with torch.no_grad(), autocast(device, getattr(cfg, "precision", "fp32")), writer:
         for first in range(0, batches, dist.world_size):  # one round: batch first + rank on each process
             mine = {}
             start = (first + dist.rank) * cfg.batch_size
@@ -98,11 +103,76 @@ def stream_samples(family, teacher, generators: dict, inputs: Callable[[int, int
                     out, sec = _timed(lambda: generator(start, xb, yb, nb), device)
                     mine[start][name] = out.float().cpu()
                     seconds[name] += sec
-            ordered = dist.gather_batches(mine)
-            if ordered is not None and sink is not None:
-                for batch in ordered:
-                    sink(batch)
-    return {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
+            writer.make_room()  # before the gather, so that the round it brings has a place to go
+            writer.hand_off(dist.gather_batches(mine))
+        # The last collective comes before the writer is waited for: no process waits there for rank 0's writes.
+        slowest = {who: max(s[who] for s in dist.all_gather(seconds)) for who in seconds}
+    return slowest
+
+
+class _BackgroundSink:
+    """Calls ``sink(batch)`` for every batch of the rounds handed to it, in order, on a thread of its own,
+    so that rank 0 samples and gathers the next round while one is written (``sink`` None: nothing to do).
+
+    Memory stays bounded at two rounds: one being written and one waiting for it. :meth:`make_room`, called
+    before gathering a round, waits until fewer than two are held, so the other processes wait on rank 0's
+    writes only when writing is slower than sampling.
+
+    The GIL: h5py holds it while it compresses and writes a chunk, yet sampling goes on meanwhile: a GPU
+    runs the kernels already queued, and torch's CPU kernels release the GIL while they compute.
+
+    The sink's first exception is raised again in the calling thread, the same object, by the next
+    :meth:`make_room` or on leaving the ``with`` block; the sink is not called after it. Leaving the block
+    waits for the last call of the sink (after an exception in the block, batches not yet begun are dropped).
+    """
+
+    def __init__(self, sink: Callable[[dict[str, torch.Tensor]], None] | None):
+        self._sink = sink
+        self._rounds: queue.SimpleQueue[list | None] = queue.SimpleQueue()  # None: no more rounds
+        self._room = threading.Semaphore(2)  # one round being written, one waiting
+        self._error: BaseException | None = None
+        self._dropping = False
+        self._thread = None if sink is None else threading.Thread(target=self._write, name="sample-writer",
+                                                                  daemon=True)
+
+    def __enter__(self) -> _BackgroundSink:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def make_room(self) -> None:
+        """Wait until fewer than two rounds are held; raise the sink's exception if it raised one."""
+        if self._thread is not None:
+            self._room.acquire()
+            self._raise_error()
+
+    def hand_off(self, batches: list[dict[str, torch.Tensor]] | None) -> None:
+        """Queue a round's batches, in order, for the sink (after :meth:`make_room`)."""
+        if self._thread is not None:
+            self._rounds.put(batches)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self._thread is None:
+            return
+        self._dropping = error is not None
+        self._rounds.put(None)
+        self._thread.join()
+        if error is None:
+            self._raise_error()
+
+    def _write(self) -> None:
+        while (batches := self._rounds.get()) is not None:
+            try:
+                for batch in batches:
+                    if self._error is None and not self._dropping:
+                        self._sink(batch)
+            except BaseException as error:  # raised again in the calling thread
+                self._error = error
+            self._room.release()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def draw_samples(family, teacher, generators: dict, inputs: Callable[[int, int], tuple], n_samples: int, cfg,

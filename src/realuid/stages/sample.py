@@ -10,9 +10,10 @@ A k-step student is also sampled with each step count j of ``sample.generator_st
 ``sample.guidance_scale`` w samples the teacher's classifier-free guided field (w = 1: none).
 
 With ``sample.nproc`` > 1 the stage runs under torchrun and deals whole batches to the processes
-round-robin (batch ``j`` to rank ``j % nproc``); after each round of batches rank 0 gathers them and
-streams them into the files. A batch is computed exactly as in one process, SDE noise included, so the
-files are identical to a one-process run on the same device type.
+round-robin (batch ``j`` to rank ``j % nproc``); after each round of batches rank 0 gathers them, and a
+thread of its own streams them into the files while the next round is sampled. A batch is computed
+exactly as in one process, SDE noise included, so the files are identical to a one-process run on the
+same device type.
 
 Memory: samples are never all held; each batch goes into its HDF5 file as it comes
 (:class:`realuid.data.SplitWriter`, the same bytes as writing the whole array at once), and only the
