@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,11 +14,16 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality_study import capacity_control as cc  # noqa: E402
 from quality_study import settings  # noqa: E402
+from quality_study.training_levers import DataEndWeightedFM, widened_mlp  # noqa: E402
 
+from realuid.checkpoints import read_state  # noqa: E402
+from realuid.distillation_losses import fake_loss, generator_loss  # noqa: E402
 from realuid.matching import make_family  # noqa: E402
 from realuid.models import build_model, model_spec  # noqa: E402
 from realuid.sampling import OneStepGenerator  # noqa: E402
-from realuid.sampling import sample_teacher  # noqa: E402
+from realuid.sampling import generate_one_step, sample_teacher  # noqa: E402
+from realuid.training.batches import TrainData  # noqa: E402
+from realuid.training.distillation import RealUID  # noqa: E402
 
 
 def test_the_control_fits_the_teachers_ode_map_better_than_its_start():
@@ -46,6 +52,73 @@ def test_the_control_fits_the_teachers_ode_map_better_than_its_start():
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # it trained a copy
 
 
+def random_mlp(num_classes: int = 0, hidden_dim: int = 16) -> tuple[torch.nn.Module, dict]:
+    """A tiny MLP whose every weight (LayerNorm scales and shifts included) is random."""
+    model = dataclasses.replace(settings.tiny().toy.teacher.model, hidden_dim=hidden_dim, depth=2,
+                                class_cond=bool(num_classes))
+    spec = model_spec(model, (2,), num_classes)
+    net = build_model(spec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.5)
+    return net.eval(), spec
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_the_wide_fake_model_starts_as_the_teachers_function_and_its_new_units_learn(num_classes):
+    teacher, spec = random_mlp(num_classes)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    wide, wide_spec = widened_mlp(teacher, spec, seed=0)
+    assert wide_spec["args"]["hidden_dim"] == 32 and wide.inp.out_features == 32
+    rng = torch.Generator().manual_seed(1)
+    t, x = torch.rand(256, generator=rng), 2 * torch.randn(256, 2, generator=rng)
+    y = torch.randint(num_classes, (256,), generator=rng) if num_classes else None
+    torch.testing.assert_close(wide(t, x, y), teacher(t, x, y), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # read, not changed
+    # Silent at the start, not dead: the weights leaving the new units get gradients.
+    wide(t, x, y).square().sum().backward()
+    for layer in (wide.out[2], wide.blocks[0].fc2, wide.blocks[1].fc1):
+        assert layer.weight.grad[:, 16:].abs().sum() > 0
+    assert widened_mlp(teacher, spec, seed=0)[0].state_dict()["blocks.0.fc1.weight"].equal(
+        wide.state_dict()["blocks.0.fc1.weight"])  # the new units' start is the seed's
+
+
+def per_sample_losses(uid: RealUID, batch: TrainData, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Times ``t`` [B] and the unweighted fake and generator losses [B] of the phase drawn from ``seed``."""
+    d = uid._draws(batch, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        x1_gen = generate_one_step(uid.family, uid.generator.net, d.z)
+        gen, data = (uid.family.path_sample(d.x0, x1, d.t) for x1 in (x1_gen, d.x1))
+        f_gen, f_data = uid.fake(d.t, gen.x_t), uid.fake(d.t, data.x_t)
+        fake = fake_loss(f_gen, gen.target, f_data, data.target, alpha=uid.alpha, beta=uid.beta)
+        generator = generator_loss(f_gen, uid.teacher(d.t, gen.x_t), gen.target, alpha=uid.alpha, beta=uid.beta)
+    return d.t, fake, generator
+
+
+def test_the_data_end_weight_has_mean_one_and_weighs_both_losses_of_the_loop():
+    family = DataEndWeightedFM()
+    midpoints = (torch.arange(10_000, dtype=torch.float64) + 0.5) / 10_000
+    assert abs(float(family.time_weight(midpoints).mean()) - 1) < 1e-4
+    ends = [1 / (1.05 * np.log(21)), 1 / (0.05 * np.log(21))]  # 0.31 and 6.6
+    assert family.time_weight(torch.tensor([0.0, 1.0])).tolist() == pytest.approx(ends, rel=1e-6)
+    assert family.to_dict() == make_family("fm").to_dict()  # its checkpoints load as plain flow matching
+    teacher, spec = random_mlp()
+    batch = TrainData(torch.randn(64, 2, generator=torch.Generator().manual_seed(2)), None, None)
+    cfg = dataclasses.replace(settings.tiny().toy.distill, fake_init="teacher")
+    fake_means = []
+    for fam in (make_family("fm"), family):
+        uid = RealUID(fam, teacher, spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+        t, fake, generator = per_sample_losses(uid, batch, seed=3)
+        w = fam.time_weight(t)
+        # Each phase returns its loss before its update: the batch mean of w(t) times the per-sample loss.
+        fake_means.append(uid.fake_step(batch, torch.Generator().manual_seed(3))[0])
+        torch.testing.assert_close(fake_means[-1], (w * fake).mean())
+        uid = RealUID(fam, teacher, spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))
+        torch.testing.assert_close(uid.generator_step(batch, torch.Generator().manual_seed(3))[0],
+                                   (w * generator).mean())
+    assert abs(fake_means[1] - fake_means[0]) > 1e-3
+
+
 def test_the_target_rule():
     teacher = {"sw2": [0.02, 0.04], "knn_precision": [0.9, 0.9]}
     assert cc.reaches_teacher({"sw2": [0.04, 0.05], "knn_precision": [0.86, 0.86]}, teacher)  # 1.5x, 0.04 below
@@ -64,14 +137,18 @@ def test_whose_gap_it_is():
 
 def test_tiny_study_writes_its_tables_and_figure(tmp_path):
     out = tmp_path / "R.md"
+    levers = ("cosine", "lr_half", "fake_wide", "time_weight")
     code = cc.main(["--preset", "tiny", "--seeds", "2", "--workers", "1", "--datasets", "spiral",
-                    "--levers", "cosine", "--work", str(tmp_path / "w"), "--out", str(out)])
+                    "--levers", *levers, "--work", str(tmp_path / "w"), "--out", str(out)])
     assert code == 0
     text = out.read_text()
     assert "Command: `bench/capacity_control" in text and "## spiral" in text and "## Reading" in text
-    for label in ("control (regression), 1x updates", "RealUID, k = 4", cc.LABELS["realuid_cosine"]):
+    for label in ("control (regression), 1x updates", "RealUID, k = 4", *(cc.LABELS[f"realuid_{x}"] for x in levers)):
         assert f"| {label} |" in text
     assert "fake update per generator update" not in text  # levers not asked for are not run
+    assert "- Wide fake model: MLP 32 wide" in text and "- Time weight:" in text
+    fake = read_state(tmp_path / "w" / "realuid_fake_wide-spiral-s0" / "checkpoint.pt")["fake"]
+    assert fake["inp.weight"].shape == (32, 2)  # the tiny teacher is 16 wide: the wide fake model trained
     result = json.loads(out.with_suffix(".json").read_text())
     spiral = result["table"]["spiral"]
     assert len(spiral["control_16x"]["reference"]["sw2"]) == 2

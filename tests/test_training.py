@@ -228,6 +228,21 @@ def test_fake_init_teacher_needs_a_teacher_of_the_same_spec():
                 alpha=0.9, beta=0.9, device=torch.device("cpu"), student_init=build_model(spec))
 
 
+def test_the_fake_model_starts_as_a_copy_of_the_network_handed_in_and_trains():
+    family, spec = make_family("fm"), spec_for()
+    torch.manual_seed(0)
+    teacher = build_model(spec).eval()
+    wide = build_model({**spec, "args": {**spec["args"], "hidden_dim": 2 * spec["args"]["hidden_dim"]}})
+    start = {k: v.clone() for k, v in wide.state_dict().items()}
+    # It takes the place of cfg.fake_init's network (the teacher's weights would not even fit).
+    uid = RealUID(family, teacher, spec, dataclasses.replace(DISTILL, fake_init="teacher"), alpha=0.9, beta=0.95,
+                  device=torch.device("cpu"), fake_start=wide)
+    assert uid.fake is not wide and same_weights(uid.fake.state_dict(), start)
+    uid.fake_step(toy_data(family, n=64), torch.Generator().manual_seed(1))
+    assert not same_weights(uid.fake.state_dict(), start)  # its optimizer holds the copy's parameters
+    assert same_weights(wide.state_dict(), start)  # the caller's network is left as it was
+
+
 def with_dropout(spec: dict, p: float) -> dict:
     return {**spec, "args": {**spec["args"], "dropout": p}}
 

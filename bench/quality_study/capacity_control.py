@@ -51,6 +51,7 @@ from .cli import BENCH, Job, JobCache, accumulate_wall_seconds, code_version, ru
 from .figures import _pyplot, _save
 from .stats import phrase, summarize, verdict
 from .toy import _generator_inputs, _sample_teacher, _train_mlp_teacher, distances
+from .training_levers import DataEndWeightedFM, widened_mlp
 
 FAMILY = "fm"
 DATASETS = ("gmm8", "checkerboard", "spiral")
@@ -73,8 +74,11 @@ K_STEP_TIMES = {2: [0.5], 4: [0.25, 0.5, 0.75]}
 LEVERS = {
     "updates_4x": "4x generator updates (1600)",
     "lr_2x": "both learning rates doubled",
+    "lr_half": "both learning rates halved",
     "cosine": "cosine decay of both learning rates to 0",
     "fake_1": "1 fake update per generator update (instead of 5)",
+    "fake_wide": "fake model twice as wide, started as the teacher's function",
+    "time_weight": "losses weighted toward the data end, w(t) ∝ 1 / (1.05 − t)",
 }
 SCATTER_POINTS = 2000
 EVAL_SETS = ("reference", "validation")
@@ -209,17 +213,18 @@ def run_control(dataset: str, seed: int, multiple: int, cfg: Settings, teacher: 
 def student_config(cfg: Settings, variant: str, seed: int):
     """The DistillConfig of a RealUID ``variant``: ``k1``, ``k2``, ``k4``, or a lever of :data:`LEVERS`."""
     base = dataclasses.replace(cfg.study.toy.distill, seed=seed)
-    if variant == "k1":
+    if variant in ("k1", "fake_wide", "time_weight"):  # the last two change the fake model or the family (run_student)
         return base
     if variant in ("k2", "k4"):
         k = int(variant[1:])
         return dataclasses.replace(base, generator_steps=k, generator_times=K_STEP_TIMES[k])
     if variant == "updates_4x":
         return dataclasses.replace(base, steps=4 * base.steps, checkpoint_every_steps=4 * base.steps)
-    if variant == "lr_2x":
+    if variant in ("lr_2x", "lr_half"):
+        factor = 2 if variant == "lr_2x" else 0.5
         return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim,
-                                                                             lr=2 * base.generator_optim.lr),
-                                   fake_optim=dataclasses.replace(base.fake_optim, lr=2 * base.fake_optim.lr))
+                                                                             lr=factor * base.generator_optim.lr),
+                                   fake_optim=dataclasses.replace(base.fake_optim, lr=factor * base.fake_optim.lr))
     if variant == "cosine":
         return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim, decay="cosine"),
                                    fake_optim=dataclasses.replace(base.fake_optim, decay="cosine"))
@@ -230,14 +235,16 @@ def student_config(cfg: Settings, variant: str, seed: int):
 
 def run_student(dataset: str, seed: int, variant: str, cfg: Settings, work_dir: Path, teacher: dict) -> dict:
     """A RealUID student (bench/quality's alpha, beta; the EMA copy it reports) distilled from the teacher."""
-    family = make_family(FAMILY)
+    family = DataEndWeightedFM() if variant == "time_weight" else make_family(FAMILY)
     task = build_task(dataset, seed, cfg)
     spec = _spec(task, cfg)
     x1, _ = task.train_tensors()
     distill_cfg = student_config(cfg, variant, seed)
+    net = _teacher_net(teacher["state"], spec)
+    fake_start = widened_mlp(net, spec, seed=seed)[0] if variant == "fake_wide" else None
     start = time.perf_counter()
-    result = distill(family, TrainData(x1, None, None), _teacher_net(teacher["state"], spec), spec, distill_cfg,
-                     work_dir, alpha=cfg.study.alpha, beta=cfg.study.beta, progress=False)
+    result = distill(family, TrainData(x1, None, None), net, spec, distill_cfg, work_dir, alpha=cfg.study.alpha,
+                     beta=cfg.study.beta, progress=False, fake_start=fake_start)
     generator = load_generator(result, ema=cfg.study.toy.student_ema)
     z = _generator_inputs(family, task, len(task.reference), seed)
     points = generator.sample_batch(z, None, None, start=0, seed=seed, steps=generator.steps).numpy()
@@ -403,6 +410,20 @@ def reading(table: dict, cfg: Settings) -> list[str]:
     return lines
 
 
+def lever_notes(cfg: Settings) -> list[str]:
+    """How the levers that change a network or the loss are built (bench/quality_study/training_levers.py)."""
+    notes = {
+        "fake_wide": f"- Wide fake model: MLP {2 * cfg.study.toy.teacher.model.hidden_dim} wide, same depth; the "
+                     "teacher's weights in the first half of every layer, which reads nothing of the new half; the new "
+                     "units inside the blocks start random with zero outgoing weights, the residual stream's as copies "
+                     "of the old (LayerNorm statistics unchanged), so it starts as the teacher's function",
+        "time_weight": "- Time weight: w(t) = 1 / ((1.05 − t) ln 21) (mean 1 over t ~ U[0, 1], 21x larger at the data "
+                       "end than at the source) on the fake and the generator losses",
+    }
+    levers = cfg.levers if set(cfg.lever_datasets) & set(cfg.datasets) else ()
+    return [text for lever, text in notes.items() if lever in levers]
+
+
 def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figures: Path, *, command: str,
                  wall: dict) -> None:
     table = collect(results, cfg)
@@ -448,6 +469,7 @@ def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figur
         f"with replacement, the generator's Adam, warm-up and clip; EMA {distill_cfg.ema_decays[0]:g} reported; "
         f"{distill_cfg.steps} updates (1x, the student's) and {CONTROL_UPDATES[1]}x; {CONTROL_UPDATES[2]}x too on "
         f"{', '.join(cfg.lever_datasets)}",
+        *lever_notes(cfg),
         f"- Target: sliced W2 at most {TARGET_SW2_RATIO}× the teacher's and k-NN precision at most "
         f"{TARGET_PRECISION_GAP} below it (seed means); *reaches the teacher* says whether a row meets both",
         "",

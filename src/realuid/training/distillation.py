@@ -133,7 +133,8 @@ class RealUID:
     """The two phases of RealUID distillation over a frozen teacher ``f*``.
 
     ``generator`` starts as a copy of ``student_init`` (default: the teacher), the fake model from the
-    teacher or from random weights (``cfg.fake_init``). Each phase has its own optimizer and touches only
+    teacher or from random weights (``cfg.fake_init``), or as a copy of ``fake_start`` when given (a network
+    that takes the teacher's inputs, e.g. a wider one). Each phase has its own optimizer and touches only
     its own network: the fake step samples the generator without autograd, the generator step freezes the
     fake model so its gradients stay as the fake step left them.
 
@@ -151,7 +152,8 @@ class RealUID:
     """
 
     def __init__(self, family, teacher: nn.Module, spec: dict, cfg, *, alpha: float, beta: float,
-                 device: torch.device, student_init: nn.Module | None = None, dist: Dist = SINGLE_PROCESS):
+                 device: torch.device, student_init: nn.Module | None = None, fake_start: nn.Module | None = None,
+                 dist: Dist = SINGLE_PROCESS):
         self.family, self.cfg, self.alpha, self.beta = family, cfg, alpha, beta
         self.device, self.dist = device, dist
         # Without a spec (a module of one's own) the data decide: labels, when the batch has them, condition.
@@ -166,7 +168,10 @@ class RealUID:
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
         self.times = generator_times(family, cfg)
         torch.manual_seed(cfg.seed)  # random fake-model weights, when asked for
-        if spec is None:
+        if fake_start is not None:
+            # The caller's network stays as it is; the wrappers and optimizers below take this copy.
+            self.fake = copy.deepcopy(fake_start).to(device).eval()
+        elif spec is None:
             # Nothing to build a fresh network from: the fake model starts as a copy of the teacher.
             if cfg.fake_init != "teacher":
                 raise ConfigError("fake_init='random' needs a model spec to build the fake model from; a teacher "
@@ -174,7 +179,7 @@ class RealUID:
             self.fake = copy.deepcopy(teacher).eval()
         else:
             self.fake = build_model(spec).to(device).eval()
-        if cfg.fake_init == "teacher" and spec is not None:
+        if cfg.fake_init == "teacher" and spec is not None and fake_start is None:
             if set(teacher.state_dict()) != set(self.fake.state_dict()):
                 raise ConfigError("fake_init='teacher' needs a teacher built from the same spec as the fake model; "
                                  "use fake_init='random' for other teachers (e.g. a closed-form one)")
@@ -369,6 +374,7 @@ def distill(
     progress: bool = True,
     stop_after: int | None = None,
     student_init: nn.Module | None = None,
+    fake_start: nn.Module | None = None,
     on_log: Callable[[dict, nn.Module], None] | None = None,
     evaluator=None,
     dist: Dist = SINGLE_PROCESS,
@@ -380,8 +386,10 @@ def distill(
     :class:`realuid.config.DistillConfig` (``cfg.batch_size`` is the global batch, split evenly over the
     processes of ``dist``; only rank 0 writes to ``state_dir``); resumes from ``state_dir``.
     ``on_log(row, generator)`` is called on rank 0 at each log interval (benchmarks follow convergence
-    with it). ``evaluator`` (a :class:`realuid.in_training_eval.QualityEvaluator`, or None) scores every copy of the
-    generator every ``evaluator.every_steps`` updates (on every process, rank 0 writing) into ``state_dir/eval.csv``
+    with it). ``fake_start``: the fake model starts as a copy of it instead of as ``cfg.fake_init`` says
+    (see :class:`RealUID`; a resumed run must pass the same). ``evaluator`` (a
+    :class:`realuid.in_training_eval.QualityEvaluator`, or None) scores every copy of the generator every
+    ``evaluator.every_steps`` updates (on every process, rank 0 writing) into ``state_dir/eval.csv``
     (:class:`QualityLog`). Returns the generator :class:`realuid.checkpoints.Checkpoint`: raw weights,
     one copy ``ema_<decay>`` per EMA decay, ``meta`` with ``alpha``, ``beta`` and ``step``, and ``cfg`` as
     its config; with ``cfg.keep_best`` (on rank 0) also the copy ``best``, the best copy's weights, and
@@ -395,7 +403,7 @@ def distill(
     device = data.x1.device
     dist.rows(cfg.batch_size)  # a batch that does not split evenly stops here, before any work
     uid = RealUID(family, teacher, spec, cfg, alpha=alpha, beta=beta, device=device, student_init=student_init,
-                  dist=dist)
+                  fake_start=fake_start, dist=dist)
     log = CurveLog(state_dir / "curves.csv", ["fake_loss", "generator_loss", "fake_grad_norm", "generator_grad_norm"])
     stream = BatchStream(data, cfg.batch_size, cfg.seed)
     keep_best = getattr(cfg, "keep_best", False)
