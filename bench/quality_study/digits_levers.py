@@ -314,6 +314,21 @@ def start_study(args: argparse.Namespace) -> tuple[float, dict, int]:
     return start, base, args.steps or base["distill"]["steps"]
 
 
+def finish_study(args: argparse.Namespace, result: dict, write_markdown: Callable[[dict, Path], None],
+                 pictures: list[tuple[Path | None, Callable[[Path], None]]] = ()) -> None:
+    """Draw each picture whose path was given (``draw(path)``), then write ``result`` to ``args.json`` and its
+    report to ``args.out``, and print the report."""
+    from realuid.atomic import atomic_write
+
+    for path, draw in pictures:
+        if path is not None:
+            draw(path)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.json, json.dumps(result, indent=1))
+    write_markdown(result, args.out)
+    print(args.out.read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench/digits_levers", description=__doc__.split("\n\n")[0])
     add_study_arguments(parser, "digits_levers")

@@ -3,8 +3,8 @@
 The teacher is the params file's ``train_teacher`` block made class-conditional with label dropout
 (``class_cond: true``, ``class_dropout: 0.1``; ``--base`` may change either), trained once on the fit split.
 Splits, feature extractor, teacher cache and student run folders are digits_levers' (fit / validation carved
-from the pipeline's training digits); the test digits score the same images a second time, for the report
-only: nothing here is chosen by a score.
+from the pipeline's training digits); the test digits score a second image set of every model (its own seeds),
+for the report only: nothing here is chosen by a score.
 
 Students: the params file's ``distill`` block and (alpha, beta), the same number of updates for every one,
 in two sweeps: k in ``--ks`` at w = 1 (re-noising times evenly spaced, t_j = (j - 1) / k), and w in ``--ws``
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import json
 import os
 import sys
 import time
@@ -36,7 +35,8 @@ from realuid.atomic import atomic_write
 
 from . import cli, stats
 from .diffusers_digits import GRID_IMAGES, TEST_SEED, VAL_SEED, cached, score, three_splits
-from .digits_levers import add_study_arguments, distil_setting, load_base, prepare_shared, run_digest, start_study
+from .digits_levers import (add_study_arguments, distil_setting, finish_study, load_base, prepare_shared, run_digest,
+                            start_study)
 
 COPY = "ema_0.999"
 METHOD = "euler"
@@ -86,9 +86,9 @@ def score_set(images: torch.Tensor, split, features: str) -> dict:
 
     out = score(images, split, features)
     if out["finite"]:
-        labels = class_labels(np.arange(len(images)), load_feature_net(features).num_classes)
-        out["label_accuracy"] = classifier_accuracy(load_feature_net(features), images.float().clamp(-1, 1),
-                                                    labels)["accuracy"]
+        classifier = load_feature_net(features)
+        labels = class_labels(np.arange(len(images)), classifier.num_classes)
+        out["label_accuracy"] = classifier_accuracy(classifier, images.float().clamp(-1, 1), labels)["accuracy"]
     return out
 
 
@@ -152,20 +152,24 @@ def student_job(k: int, w: float, seed: int, shared: dict, base: dict, run_args:
 
 def summarize_students(runs: dict, teacher: dict, settings: list, seeds: list[int], nfe: int) -> dict:
     """Per setting and split: seed statistics of every metric, the FID ratio to the teacher at ``nfe`` (same
-    w), and the spread rule's verdict on FID against the k=1, w=1 student and the teacher at the same NFE
-    and w."""
+    w), and the spread rule's verdicts: FID against the k=1, w=1 student and the teacher at the same NFE
+    and w, label accuracy against the k=1, w=1 student."""
     out = {}
     for k, w in settings:
-        rows = [runs[(k, w, s)] for s in seeds]
+        rows, reference = [runs[(k, w, s)] for s in seeds], [runs[(1, 1.0, s)] for s in seeds]
         summary = {"k": k, "w": w}
         for split in SPLIT_SEEDS:
-            fid = [r[split]["fid"] for r in rows]
-            reference = [runs[(1, 1.0, s)][split]["fid"] for s in seeds]
-            summary[split] = {m: stats.summarize([r[split].get(m, float("nan")) for r in rows]).__dict__
-                              for m in METRICS}
-            summary[split]["ratio"] = stats.ratio(fid, [teacher[(nfe, w)][split]["fid"]] * len(fid)).__dict__
-            summary[split]["vs_base"] = None if (k, w) == (1, 1.0) else stats.verdict(fid, reference)
-            summary[split]["vs_teacher"] = stats.verdict(fid, [teacher[(k, w)][split]["fid"]])
+            per_seed = lambda runs_, metric: [r[split].get(metric, float("nan")) for r in runs_]  # noqa: E731
+            fid, first = per_seed(rows, "fid"), (k, w) == (1, 1.0)
+            summary[split] = {m: stats.summarize(per_seed(rows, m)).__dict__ for m in METRICS}
+            summary[split].update(
+                ratio=stats.ratio(fid, [teacher[(nfe, w)][split]["fid"]] * len(fid)).__dict__,
+                vs_base=None if first else stats.verdict(fid, per_seed(reference, "fid")),
+                vs_teacher=stats.verdict(fid, [teacher[(k, w)][split]["fid"]]),
+                # Guidance is meant to make the label asked for readable: higher label accuracy is better.
+                label_vs_base=None if first else stats.verdict(per_seed(rows, "label_accuracy"),
+                                                               per_seed(reference, "label_accuracy"),
+                                                               lower_is_better=False))
         summary["seconds"] = float(np.mean([r["seconds"] for r in rows]))
         summary["seconds_per_update"] = float(np.mean([r["seconds_per_update"] for r in rows]))
         out[name(k, w)] = summary
@@ -200,14 +204,15 @@ def write_markdown(result: dict, path: Path) -> None:
         lines += [f"![samples]({result['grid']})", ""]
     for split in SPLIT_SEEDS:
         lines += [f"### Students, {split} digits", "",
-                  f"| student | NFE | FID | / teacher NFE {nfe} (same w) | precision | recall | class TV | label acc. | "
-                  f"vs k=1, w=1 | vs teacher, same NFE and w | s / student |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"| student | NFE | FID | / teacher NFE {nfe} (same w) | precision | recall | class TV | label acc. "
+                  "| FID vs k=1, w=1 | FID vs teacher, same NFE and w | label acc. vs k=1, w=1 | s / student |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for setting, s in result["summary"].items():
             row = s[split]
             text = lambda m: stats.Summary(**row[m]).text(3)  # noqa: E731
-            lines.append(f"| {setting} | {s['k']} | {text('fid')} | {text('ratio')} | "
-                         f"{text('precision')} | {text('recall')} | {text('class_tv')} | {text('label_accuracy')} | "
-                         f"{row['vs_base'] or '–'} | {row['vs_teacher']} | {s['seconds']:.0f} |")
+            cells = [setting, str(s["k"]), *(text(m) for m in ("fid", "ratio", *METRICS[1:])), row["vs_base"] or "–",
+                     row["vs_teacher"], row["label_vs_base"] or "–", f"{s['seconds']:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["### Teacher (Euler) and real digits", "",
               "| model | validation FID | test FID | test precision | test recall | test class TV | test label acc. |",
@@ -215,13 +220,15 @@ def write_markdown(result: dict, path: Path) -> None:
     floor = result["floor"]
     rows = [(f"teacher, NFE {n}, w={w:g}", r) for (n, w), r in sorted(teacher.items())]
     rows.append((f"real fit digits ({floor['images']}), the floor", floor))
-    for label, r in rows:
-        t = r["test"]
-        lines.append(f"| {label} | {_num(r['validation']['fid'])} | {_num(t['fid'])} | {_num(t.get('precision', np.nan))} | "
-                     f"{_num(t.get('recall', np.nan))} | {_num(t.get('class_tv', np.nan))} | "
-                     f"{_num(t.get('label_accuracy', np.nan))} |")
-    lines += ["", "Seconds of every job, per-seed scores and the students' in-training validation curves "
-                  f"({result['eval_samples']} images, every {result['eval_every']} updates) are in the JSON."]
+    for label, r in rows:  # a diverged set has a FID only (nan)
+        cells = [_num(r["validation"]["fid"]), *(_num(r["test"].get(m, np.nan)) for m in METRICS)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    trained = ", ".join(f"{k.removesuffix('_seconds')} {v:.0f} s" for k, v in result["trained_now_seconds"].items())
+    seconds = {kind: sum(jobs.values()) for kind, jobs in result["seconds"].items()}
+    lines += ["", f"Job seconds: teacher sample sets {seconds['teacher']:.0f} s in all; students "
+                  f"{seconds['students']:.0f} s in all" + (f"; trained in this run: {trained}" if trained else "")
+              + ". Seconds of every job, per-seed scores and the students' in-training validation curves "
+                f"({result['eval_samples']} images, every {result['eval_every']} updates) are in the JSON."]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, "\n".join(lines) + "\n")
 
@@ -274,6 +281,7 @@ def sample_grid(result: dict, images: dict[str, list], path: Path) -> None:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/few_step_digits", description=__doc__.split("\n\n")[0])
     add_study_arguments(parser, "few_step_digits")
+    parser.set_defaults(eval_every=200)  # the params file's: three copies scored each time
     parser.add_argument("--preset", choices=list(PRESETS), default="full",
                         help="tiny: the whole study in seconds (options after it still apply)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4], help="student steps at w = 1 (must hold 1)")
@@ -359,11 +367,5 @@ def main(argv: list[str] | None = None) -> None:
         "figure": None if args.figure is None else os.path.relpath(args.figure, args.out.parent),
         "grid": None if args.grid is None else os.path.relpath(args.grid, args.out.parent),
     }
-    if args.figure is not None:
-        fid_against_nfe(result, args.figure)
-    if args.grid is not None:
-        sample_grid(result, grid, args.grid)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.json, json.dumps(result, indent=1))
-    write_markdown(result, args.out)
-    print(args.out.read_text())
+    finish_study(args, result, write_markdown, [(args.figure, lambda path: fid_against_nfe(result, path)),
+                                                (args.grid, lambda path: sample_grid(result, grid, path))])
