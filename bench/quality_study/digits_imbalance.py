@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -32,8 +31,8 @@ import numpy as np
 import torch
 
 from . import cli, stats
-from .digits_levers import (add_study_arguments, distil_setting, distill_config, fid_evaluator, prepare_shared, splits,
-                            start_study, summarize)
+from .digits_levers import (add_study_arguments, distil_setting, distill_config, fid_evaluator, finish_study,
+                            prepare_shared, splits, start_study, summarize)
 
 HISTOGRAM_SEED = 3_000_000  # sample i starts from the noise of seed HISTOGRAM_SEED + i (far from EVAL_SEED's)
 GRID_IMAGES = 50  # the first scored images of every row that --grid shows
@@ -312,11 +311,5 @@ def main(argv: list[str] | None = None) -> None:
         "figure": None if args.figure is None else os.path.relpath(args.figure, args.out.parent),
         "grid": None if args.grid is None else os.path.relpath(args.grid, args.out.parent),
     }
-    if args.figure is not None:
-        class_mass_figure(result, args.figure)
-    if args.grid is not None:
-        sample_grid(result, images, args.grid)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
-    write_markdown(result, args.out)
-    print(args.out.read_text())
+    finish_study(args, result, write_markdown, [(args.figure, lambda path: class_mass_figure(result, path)),
+                                                (args.grid, lambda path: sample_grid(result, images, path))])

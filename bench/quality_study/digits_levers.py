@@ -121,13 +121,15 @@ def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None 
         save_feature_net(feat_path, net, {"source": "digits", "split": "fit"})
         out["features_seconds"] = time.perf_counter() - start
     teacher_cfg = config_module.build(config_module.TrainTeacherConfig, base["train_teacher"], "train_teacher.")
-    spec = model_spec(teacher_cfg.model, fit.sample_shape, 0)
+    spec = model_spec(teacher_cfg.model, fit.sample_shape, fit.num_classes)  # unconditional unless class_cond
+    if teacher_images is not None and conditional(spec):
+        raise ValueError("teacher_images have no labels: a class-conditional teacher trains on the fit split")
     key = [base["train_teacher"], spec] + ([] if teacher_tag is None else [teacher_tag])
     teacher_path = work / f"teacher-{_digest(key)}.pt"
     if not teacher_path.exists():
         start = time.perf_counter()
-        images = fit.x1 if teacher_images is None else teacher_images
-        result = train_teacher(make_family("fm"), TrainData(torch.as_tensor(images)), spec, teacher_cfg,
+        data = fit_data(fit, spec) if teacher_images is None else TrainData(torch.as_tensor(teacher_images))
+        result = train_teacher(make_family("fm"), data, spec, teacher_cfg,
                                work / f"teacher-state-{teacher_path.stem}", progress=False)
         save_checkpoint(result, teacher_path)
         out["teacher_seconds"] = time.perf_counter() - start
@@ -137,13 +139,25 @@ def prepare_shared(base: dict, work: Path, *, teacher_images: np.ndarray | None 
     return out
 
 
+def conditional(spec: dict) -> bool:
+    """Whether a model spec takes class labels."""
+    return spec["args"].get("num_classes", 0) > 0
+
+
+def fit_data(fit, spec: dict) -> TrainData:
+    """The fit digits as training data, with their labels where the model ``spec`` takes them."""
+    return TrainData(torch.as_tensor(fit.x1), torch.as_tensor(fit.y) if conditional(spec) else None)
+
+
 def fid_evaluator(shared: dict, distill_cfg, val):
-    """In-training FID (and KID) against the validation digits ``val``, with the study's feature extractor."""
+    """In-training FID (and KID) against the validation digits ``val``, with the study's feature extractor
+    (a class-conditional generator is asked for the balanced labels ``i % num_classes``)."""
     from realuid import in_training_eval
 
     evaluate_cfg = argparse.Namespace(feature_extractor="realuid-features", kid_subset_size=KID_SUBSET)
     return in_training_eval.image_evaluator(make_family("fm"), val, distill_cfg, evaluate_cfg,
-                                            weights_path=shared["features"], cache_root=None, num_classes=0,
+                                            weights_path=shared["features"], cache_root=None,
+                                            num_classes=shared["spec"]["args"].get("num_classes", 0),
                                             device=torch.device("cpu"))
 
 
@@ -218,7 +232,7 @@ def distil_setting(setting: dict, seed: int, shared: dict, base: dict, args: dic
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"seconds": 0.0, "updates": 0}
     done_before = _last_step(state / "eval.csv")
     start = time.perf_counter()
-    generator = distill(make_family("fm"), TrainData(torch.as_tensor(fit.x1)), load_teacher(shared["teacher"]).net,
+    generator = distill(make_family("fm"), fit_data(fit, shared["spec"]), load_teacher(shared["teacher"]).net,
                         shared["spec"], cfg, state, alpha=setting["alpha"], beta=setting["beta"], progress=False,
                         evaluator=fid_evaluator(shared, cfg, val))
     if cfg.steps > done_before:
@@ -298,6 +312,21 @@ def start_study(args: argparse.Namespace) -> tuple[float, dict, int]:
     base = load_base(args.params, args.base)
     args.work.mkdir(parents=True, exist_ok=True)
     return start, base, args.steps or base["distill"]["steps"]
+
+
+def finish_study(args: argparse.Namespace, result: dict, write_markdown: Callable[[dict, Path], None],
+                 pictures: list[tuple[Path | None, Callable[[Path], None]]] = ()) -> None:
+    """Draw each picture whose path was given (``draw(path)``), then write ``result`` to ``args.json`` and its
+    report to ``args.out``, and print the report."""
+    from realuid.atomic import atomic_write
+
+    for path, draw in pictures:
+        if path is not None:
+            draw(path)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.json, json.dumps(result, indent=1))
+    write_markdown(result, args.out)
+    print(args.out.read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
