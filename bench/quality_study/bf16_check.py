@@ -72,6 +72,8 @@ def compare(size: str, updates: int, device: torch.device, alpha: float, beta: f
         for k in range(phases - 1):
             uid.fake_step(stream(step * phases + k), seeded(cfg.seed, step, k, device=device))
         batch, k = stream(step * phases + phases - 1), phases - 1
+        if step % 100 == 0 and step:
+            print(f"update {step}/{updates}", file=sys.stderr, flush=True)
         if step % compare_every:
             uid.generator_step(batch, seeded(cfg.seed, step, k, device=device))
             continue
