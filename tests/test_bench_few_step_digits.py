@@ -70,6 +70,14 @@ def test_guidance_without_label_dropout_is_one_error_line_before_any_work(tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_no_in_training_scores_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fsd.main(["--eval-every", "0", "--work", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"),
+                  "--out", str(tmp_path / "r.md")])
+    assert "--eval-every: must be a positive number of updates, got 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("few_step_digits")

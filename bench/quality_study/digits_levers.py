@@ -289,13 +289,21 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of updates, got {value}")
+    return value
+
+
 def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """The options the digits studies share (their work folder: ``bench/.work/<name>``)."""
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override the params file (e.g. distill.steps=1500 train_teacher.steps=3000)")
     parser.add_argument("--steps", type=int, default=None, help="generator updates (default: the base's)")
-    parser.add_argument("--eval-every", type=int, default=100)
+    # The studies read the in-training scores (and resume from the checkpoints written with them): never 0.
+    parser.add_argument("--eval-every", type=_positive, default=100, help="updates between in-training scores")
     parser.add_argument("--eval-samples", type=int, default=1000)
     parser.add_argument("--nfe", type=int, default=99)
     parser.add_argument("--workers", type=int, default=2)
