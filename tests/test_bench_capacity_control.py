@@ -137,7 +137,7 @@ def test_whose_gap_it_is():
 
 def test_tiny_study_writes_its_tables_and_figure(tmp_path):
     out = tmp_path / "R.md"
-    levers = ("cosine", "lr_half", "fake_wide", "time_weight")
+    levers = ("cosine", "lr_half", "fake_wide", "time_weight", "data_free")
     code = cc.main(["--preset", "tiny", "--seeds", "2", "--workers", "1", "--datasets", "spiral",
                     "--levers", *levers, "--work", str(tmp_path / "w"), "--out", str(out)])
     assert code == 0

@@ -79,7 +79,11 @@ LEVERS = {
     "fake_1": "1 fake update per generator update (instead of 5)",
     "fake_wide": "fake model twice as wide, started as the teacher's function",
     "time_weight": "losses weighted toward the data end, w(t) ∝ 1 / (1.05 − t)",
+    "data_free": "(α, β) = (1, 1): no real data",
+    "real_weighted": "(α, β) = (0.2, 1): the digits default's weight on real data",
 }
+# The levers that change RealUID's coefficients instead of the training settings.
+COEFFICIENTS = {"data_free": (1.0, 1.0), "real_weighted": (0.2, 1.0)}
 SCATTER_POINTS = 2000
 EVAL_SETS = ("reference", "validation")
 
@@ -230,11 +234,14 @@ def student_config(cfg: Settings, variant: str, seed: int):
                                    fake_optim=dataclasses.replace(base.fake_optim, decay="cosine"))
     if variant == "fake_1":
         return dataclasses.replace(base, fake_updates_per_generator_update=1)
+    if variant in COEFFICIENTS:
+        return base
     raise ValueError(f"unknown RealUID variant {variant!r}")
 
 
 def run_student(dataset: str, seed: int, variant: str, cfg: Settings, work_dir: Path, teacher: dict) -> dict:
-    """A RealUID student (bench/quality's alpha, beta; the EMA copy it reports) distilled from the teacher."""
+    """A RealUID student (bench/quality's alpha, beta unless the variant sets them; the EMA copy it reports)
+    distilled from the teacher."""
     family = DataEndWeightedFM() if variant == "time_weight" else make_family(FAMILY)
     task = build_task(dataset, seed, cfg)
     spec = _spec(task, cfg)
@@ -243,8 +250,9 @@ def run_student(dataset: str, seed: int, variant: str, cfg: Settings, work_dir: 
     net = _teacher_net(teacher["state"], spec)
     fake_start = widened_mlp(net, spec, seed=seed)[0] if variant == "fake_wide" else None
     start = time.perf_counter()
-    result = distill(family, TrainData(x1, None, None), net, spec, distill_cfg, work_dir, alpha=cfg.study.alpha,
-                     beta=cfg.study.beta, progress=False, fake_start=fake_start)
+    alpha, beta = COEFFICIENTS.get(variant, (cfg.study.alpha, cfg.study.beta))
+    result = distill(family, TrainData(x1, None, None), net, spec, distill_cfg, work_dir, alpha=alpha, beta=beta,
+                     progress=False, fake_start=fake_start)
     generator = load_generator(result, ema=cfg.study.toy.student_ema)
     z = _generator_inputs(family, task, len(task.reference), seed)
     points = generator.sample_batch(z, None, None, start=0, seed=seed, steps=generator.steps).numpy()
