@@ -137,18 +137,19 @@ def test_whose_gap_it_is():
 
 def test_tiny_study_writes_its_tables_and_figure(tmp_path):
     out = tmp_path / "R.md"
-    levers = ("cosine", "lr_half", "fake_wide", "time_weight", "data_free")
+    levers = ("cosine", "lr_half", "fake_wide", "time_weight", "data_free", "momentum+batch_4x+fake_wide")
     code = cc.main(["--preset", "tiny", "--seeds", "2", "--workers", "1", "--datasets", "spiral",
                     "--levers", *levers, "--work", str(tmp_path / "w"), "--out", str(out)])
     assert code == 0
     text = out.read_text()
     assert "Command: `bench/capacity_control" in text and "## spiral" in text and "## Reading" in text
-    for label in ("control (regression), 1x updates", "RealUID, k = 4", *(cc.LABELS[f"realuid_{x}"] for x in levers)):
+    for label in ("control (regression), 1x updates", "RealUID, k = 4", *(cc.label(f"realuid_{x}") for x in levers)):
         assert f"| {label} |" in text
     assert "fake update per generator update" not in text  # levers not asked for are not run
     assert "- Wide fake model: MLP 32 wide" in text and "- Time weight:" in text
-    fake = read_state(tmp_path / "w" / "realuid_fake_wide-spiral-s0" / "checkpoint.pt")["fake"]
-    assert fake["inp.weight"].shape == (32, 2)  # the tiny teacher is 16 wide: the wide fake model trained
+    for run in ("realuid_fake_wide-spiral-s0", "realuid_momentum+batch_4x+fake_wide-spiral-s0"):
+        fake = read_state(tmp_path / "w" / run / "checkpoint.pt")["fake"]
+        assert fake["inp.weight"].shape == (32, 2)  # the tiny teacher is 16 wide: the wide fake model trained
     result = json.loads(out.with_suffix(".json").read_text())
     spiral = result["table"]["spiral"]
     assert len(spiral["control_16x"]["reference"]["sw2"]) == 2
@@ -162,3 +163,31 @@ def test_bad_input_is_one_error_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "w").exists() and not (tmp_path / "R.md").exists()
+
+
+def test_levers_join_into_one_run_that_changes_each():
+    cfg = cc.full()
+    base = cc.student_config(cfg, "k1", 0)
+    joined = cc.student_config(cfg, "updates_4x+cosine+momentum+batch_4x", 0)
+    assert (joined.steps, joined.checkpoint_every_steps, joined.batch_size) == (4 * base.steps, 4 * base.steps,
+                                                                                4 * base.batch_size)
+    for optim in (joined.generator_optim, joined.fake_optim):
+        assert optim.decay == "cosine" and optim.betas == [0.9, base.generator_optim.betas[1]]
+        assert optim.lr == base.generator_optim.lr
+    # One lever alone changes only its own setting; the order of a join does not matter.
+    assert cc.student_config(cfg, "cosine", 0) == dataclasses.replace(
+        base, generator_optim=dataclasses.replace(base.generator_optim, decay="cosine"),
+        fake_optim=dataclasses.replace(base.fake_optim, decay="cosine"))
+    assert cc.student_config(cfg, "cosine+updates_16x", 0) == cc.student_config(cfg, "updates_16x+cosine", 0)
+    assert cc.student_config(cfg, "updates_16x", 0).steps == 16 * base.steps
+    assert cc.label("realuid_updates_4x+cosine") == ("RealUID k = 1, 4x generator updates (1600) + cosine decay of "
+                                                     "both learning rates to 0")
+
+
+@pytest.mark.parametrize("lever", ["lr_3x", "cosine+cosine", "data_free+real_weighted", "cosine+"])
+def test_an_unknown_or_conflicting_lever_is_one_error_line(tmp_path, capsys, lever):
+    with pytest.raises(SystemExit):
+        cc.main(["--levers", lever, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "R.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bench/capacity_control: error: argument --levers") and lever in err[-1]
+    assert not (tmp_path / "w").exists()

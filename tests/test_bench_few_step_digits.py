@@ -23,8 +23,10 @@ def test_generator_times_are_evenly_spaced_and_valid_for_flow_matching():
 
 
 def test_the_two_sweeps_share_the_one_step_unguided_student():
-    assert fsd.study_settings([1, 2, 4], [1.5, 2, 3]) == [(1, 1.0), (2, 1.0), (4, 1.0), (1, 1.5), (1, 2), (1, 3)]
-    assert fsd.study_settings([1], [1.0, 2.0]) == [(1, 1.0), (1, 2.0)]
+    assert fsd.study_settings([1, 2, 4], [1.5, 2, 3]) == [(1, 1.0, False), (2, 1.0, False), (4, 1.0, False),
+                                                          (1, 1.5, False), (1, 2, False), (1, 3, False)]
+    assert fsd.study_settings([1], [1.0, 2.0]) == [(1, 1.0, False), (1, 2.0, False)]
+    assert fsd.study_settings([1], [1.0, 2.0], guide_fake=True) == [(1, 1.0, False), (1, 2.0, False), (1, 2.0, True)]
 
 
 def _scores(fid: float, label_accuracy: float = 0.9) -> dict:
@@ -33,12 +35,12 @@ def _scores(fid: float, label_accuracy: float = 0.9) -> dict:
 
 
 def test_verdicts_follow_the_spread_rule():
-    settings, seeds = [(1, 1.0), (2, 1.0), (1, 2.0)], [0, 1, 2]
+    settings, seeds = [(1, 1.0, False), (2, 1.0, False), (1, 2.0, False)], [0, 1, 2]
     fids = {(1, 1.0): [2.0, 2.2, 2.4], (2, 1.0): [1.0, 1.1, 1.2], (1, 2.0): [2.1, 2.3, 2.5]}
     # Guidance reads better: label accuracy 0.95 against 0.9, a spread of 0.001 over seeds.
-    runs = {(k, w, s): {**_scores(fids[(k, w)][s], 0.9 + 0.05 * (w == 2) + 0.001 * s), "seconds": 1.0,
-                        "seconds_per_update": 0.1}
-            for k, w in settings for s in seeds}
+    runs = {(k, w, g, s): {**_scores(fids[(k, w)][s], 0.9 + 0.05 * (w == 2) + 0.001 * s), "seconds": 1.0,
+                           "seconds_per_update": 0.1}
+            for k, w, g in settings for s in seeds}
     teacher = {(n, w): _scores(fid) for (n, w), fid in {(1, 1.0): 2.2, (2, 1.0): 2.0, (1, 2.0): 1.0, (99, 1.0): 1.0,
                                                        (99, 2.0): 0.5}.items()}
     summary = fsd.summarize_students(runs, teacher, settings, seeds, nfe=99)
@@ -91,15 +93,17 @@ def tiny_run(tmp_path_factory):
 def test_tiny_study_trains_each_setting_and_writes_its_report(tiny_run):
     root, _ = tiny_run
     result = json.loads((root / "r.json").read_text())
-    assert result["settings"] == [[1, 1.0], [2, 1.0], [1, 2.0]] and result["nfes"] == [1, 2, 3]
+    assert result["settings"] == [[1, 1.0, False], [2, 1.0, False], [1, 2.0, False], [1, 2.0, True]]
+    assert result["nfes"] == [1, 2, 3]
     assert result["base"]["train_teacher"]["model"]["class_cond"] is True
     for run in result["runs"]:  # what each student's checkpoint says it was trained with
         assert run["trained_with"] == {"generator_steps": run["k"], "generator_times": fsd.generator_times(run["k"]),
-                                       "guidance_scale": run["w"]}
+                                       "guidance_scale": run["w"], "guide_fake": run["fake_guided"]}
         assert run["step"] == result["steps"] == 2 and run["validation"]["finite"] and run["test"]["finite"]
     assert sorted((r["nfe"], r["w"]) for r in result["teacher"]) == [(n, w) for n in (1, 2, 3) for w in (1.0, 2.0)]
     report = (root / "r.md").read_text()
     for text in ("### Students, validation digits", "### Students, test digits", "| k=2, w=1 | 2 |",
+                 "| k=1, w=2, fake guided | 1 |",
                  "| teacher, NFE 3, w=2 |", "![samples](grid.png)", "![test FID against NFE](fid.png)"):
         assert text in report, text
     assert (root / "grid.png").stat().st_size > 1000 and (root / "fid.png").stat().st_size > 1000
@@ -109,7 +113,7 @@ def test_tiny_study_trains_each_setting_and_writes_its_report(tiny_run):
 def test_a_second_run_comes_from_the_cache(tiny_run):
     root, args = tiny_run
     jobs = sorted(p.name for p in (root / "work" / "jobs").iterdir())
-    assert len(jobs) == 1 + 6 + 6  # the floor, 3 settings x 2 seeds, 3 NFE x 2 w
+    assert len(jobs) == 1 + 8 + 6  # the floor, 4 settings x 2 seeds, 3 NFE x 2 w
     before = (root / "r.json").read_text()
     fsd.main(args)
     assert sorted(p.name for p in (root / "work" / "jobs").iterdir()) == jobs

@@ -55,7 +55,10 @@ DISTILL_CASES = [("fm", "fm", 0.9, 0.95, 0, DISTILL_RUN),
                  ("bridge_gan", "bridge", 0.94, 0.9, 3, dataclasses.replace(DISTILL_RUN, gan=GAN)),
                  # A 3-step student: each stage's re-noising is drawn for the global batch too.
                  ("fm_3_steps", "fm", 0.9, 0.95, 0,
-                  dataclasses.replace(DISTILL_RUN, generator_steps=3, generator_times=[0.3, 0.7]))]
+                  dataclasses.replace(DISTILL_RUN, generator_steps=3, generator_times=[0.3, 0.7])),
+                 # Guidance of the teacher and the fake model: the fake model's guided field is one forward.
+                 ("fm_guided_fake", "fm", 0.9, 0.95, 3,
+                  dataclasses.replace(DISTILL_RUN, guidance_scale=2.0, guide_fake=True))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +93,8 @@ def teacher_setup(name="fm"):
 def distill_setup(case):
     _, family_name, alpha, beta, classes, cfg = case
     family = make_family(family_name)
-    data, spec = toy_data(family, classes=classes), spec_for(classes=classes)
+    dropout = 0.2 if cfg.guidance_scale != 1 else 0.0  # guidance needs a teacher with a null label
+    data, spec = toy_data(family, classes=classes), spec_for(classes=classes, class_dropout=dropout)
     torch.manual_seed(0)
     teacher = build_model(spec)
     return family, data, teacher, spec, cfg, dict(alpha=alpha, beta=beta)

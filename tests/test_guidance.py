@@ -8,9 +8,11 @@ import torch
 from helpers.training import DISTILL, MODEL, TEACHER, Crash, crash_at, same_weights, toy_data
 from realuid.api import Teacher
 from realuid.config import in_effect
+from realuid.distillation_losses import fake_loss, generator_loss
 from realuid.errors import ConfigError
 from realuid.matching import make_family
 from realuid.models import build_model, check_guidance, guided, model_spec, null_label
+from realuid.sampling import generate_one_step
 from realuid.training.distillation import RealUID, distill
 from realuid.training.teacher import train_teacher
 
@@ -125,3 +127,67 @@ def test_guidance_without_a_null_label_is_one_clear_error(tmp_path, spec):
     if spec is not None:
         with pytest.raises(ConfigError, match="label dropout"):
             Teacher(make_family("fm"), teacher, spec).sample(2, nfe=2, method="euler", guidance_scale=2.0)
+
+
+# ---------------------------------------------------------------------------------------------- guide_fake
+
+
+def phase_losses(uid: RealUID, batch, seed: int, fake_field) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fake and the generator loss of the phases drawn from ``seed``, written out by hand with the fake
+    model's field ``fake_field(t, x, y)`` (a one-step fm student)."""
+    d = uid._draws(batch, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        x1_gen = generate_one_step(uid.family, uid.generator.net, d.z, d.y)
+        gen, data = (uid.family.path_sample(d.x0, x1, d.t, d.noise) for x1 in (x1_gen, d.x1))
+        fake = fake_loss(fake_field(d.t, gen.x_t, d.y), gen.target, fake_field(d.t, data.x_t, d.y), data.target,
+                         alpha=uid.alpha, beta=uid.beta).mean()
+        generator = generator_loss(fake_field(d.t, gen.x_t, d.y), uid.teacher_field(d.t, gen.x_t, d.y), gen.target,
+                                   alpha=uid.alpha, beta=uid.beta).mean()
+    return fake, generator
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_guide_fake_gives_both_losses_the_fake_models_guided_field(scale):
+    spec = cond_spec(0.2)
+    torch.manual_seed(0)
+    teacher = build_model(spec).eval()
+    family = make_family("fm")
+    batch = toy_data(family, n=64, classes=CLASSES)
+    cfg = dataclasses.replace(DISTILL, guidance_scale=scale, guide_fake=True)
+    make = lambda: RealUID(family, teacher, spec, cfg, alpha=0.9, beta=0.95, device=torch.device("cpu"))  # noqa: E731
+    uid = make()
+    with torch.no_grad():  # the fake model starts as a copy of the teacher: perturb it so the fields differ
+        for p in uid.fake.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    state = {k: v.clone() for k, v in uid.fake.state_dict().items()}
+    # By hand: the two labels in two separate calls of the fake model; w = 0 is its unconditional field.
+    two_calls = guided(uid.fake, CLASSES, scale)
+    if scale == 0:
+        two_calls = lambda t, x, y: uid.fake(t, x, torch.full_like(y, CLASSES))  # noqa: E731
+    fake, generator = phase_losses(uid, batch, 3, two_calls)
+    torch.testing.assert_close(uid.fake_step(batch, torch.Generator().manual_seed(3))[0], fake)  # the loss before its update
+    uid = make()
+    uid.fake.load_state_dict(state)
+    torch.testing.assert_close(uid.generator_step(batch, torch.Generator().manual_seed(3))[0], generator)
+    # Without the flag the fake model's own field is read: the losses differ.
+    plain = RealUID(family, teacher, spec, dataclasses.replace(cfg, guide_fake=False), alpha=0.9, beta=0.95,
+                    device=torch.device("cpu"))
+    plain.fake.load_state_dict(state)
+    assert abs(float(plain.fake_step(batch, torch.Generator().manual_seed(3))[0]) - float(fake)) > 1e-4
+
+
+def test_guide_fake_at_scale_one_trains_bit_identically_and_keeps_the_state_folder(tmp_path):
+    spec = cond_spec(0.2)
+    torch.manual_seed(0)
+    teacher = build_model(spec)
+    plain = distill_run(tmp_path, "a", teacher, spec)
+    flagged = distill_run(tmp_path, "b", teacher, spec, guide_fake=True)
+    assert same_weights(plain.weights, flagged.weights)
+    assert all(same_weights(plain.copies[k], flagged.copies[k]) for k in plain.copies)
+    for scale in (1.0, 2.0):
+        off = in_effect(dataclasses.replace(DISTILL, guidance_scale=scale))
+        on = in_effect(dataclasses.replace(DISTILL, guidance_scale=scale, guide_fake=True))
+        assert "guide_fake" not in off and (on == off) == (scale == 1)
+    guided_fake = distill_run(tmp_path, "c", teacher, spec, guidance_scale=2.0, guide_fake=True)
+    teacher_only = distill_run(tmp_path, "d", teacher, spec, guidance_scale=2.0)
+    assert not same_weights(guided_fake.weights, teacher_only.weights)

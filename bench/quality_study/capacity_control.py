@@ -70,9 +70,13 @@ N_PAIRS = 20000
 CONTROL_UPDATES = (1, 4, 16)
 # A k-step student re-noises its estimate at k - 1 evenly spaced times.
 K_STEP_TIMES = {2: [0.5], 4: [0.25, 0.5, 0.75]}
-# The training's levers, each changed alone from the study's RealUID student (spiral only).
+# The training's levers, each changed from the study's RealUID student (spiral by default). Levers join
+# with "+" into one run that changes all of them: "updates_4x+cosine".
 LEVERS = {
     "updates_4x": "4x generator updates (1600)",
+    "updates_16x": "16x generator updates (6400)",
+    "batch_4x": "4x batch (1024) for both networks",
+    "momentum": "Adam beta1 0.9 for both networks (the authors' 0)",
     "lr_2x": "both learning rates doubled",
     "lr_half": "both learning rates halved",
     "cosine": "cosine decay of both learning rates to 0",
@@ -82,8 +86,28 @@ LEVERS = {
     "data_free": "(α, β) = (1, 1): no real data",
     "real_weighted": "(α, β) = (0.2, 1): the digits default's weight on real data",
 }
+# Levers in combination on the spiral: the budget with a decay to zero, a larger batch, Adam's momentum.
+COMBINATIONS = ("updates_4x+cosine", "batch_4x+cosine", "updates_4x+momentum", "momentum+batch_4x")
+# The runs that reach the spiral's teacher on its validation set, measured on every data set.
+EVERY_SET_LEVERS = ("updates_4x+cosine", "batch_4x+cosine")
 # The levers that change RealUID's coefficients instead of the training settings.
 COEFFICIENTS = {"data_free": (1.0, 1.0), "real_weighted": (0.2, 1.0)}
+
+
+def lever_parts(lever: str) -> list[str]:
+    """The single levers of ``lever`` ("updates_4x+cosine" -> both); ValueError names an unknown one."""
+    parts = lever.split("+")
+    unknown = [x for x in parts if x not in LEVERS]
+    if unknown or len(set(parts)) != len(parts) or sum(x in COEFFICIENTS for x in parts) > 1:
+        raise ValueError(f"unknown or conflicting lever {lever!r}: join distinct names of {', '.join(LEVERS)} "
+                         "with '+' (at most one coefficient lever)")
+    return parts
+
+
+def lever_label(lever: str) -> str:
+    return " + ".join(LEVERS[x] for x in lever_parts(lever))
+
+
 SCATTER_POINTS = 2000
 EVAL_SETS = ("reference", "validation")
 
@@ -94,8 +118,9 @@ class Settings:
     n_pairs: int
     teacher_steps: int
     datasets: tuple[str, ...] = DATASETS
-    levers: tuple[str, ...] = tuple(LEVERS)
+    levers: tuple[str, ...] = tuple(LEVERS) + COMBINATIONS
     lever_datasets: tuple[str, ...] = ("spiral",)
+    every_set_levers: tuple[str, ...] = EVERY_SET_LEVERS  # on every data set, the lever data sets' too
 
 
 def full() -> Settings:
@@ -215,42 +240,60 @@ def run_control(dataset: str, seed: int, multiple: int, cfg: Settings, teacher: 
 
 
 def student_config(cfg: Settings, variant: str, seed: int):
-    """The DistillConfig of a RealUID ``variant``: ``k1``, ``k2``, ``k4``, or a lever of :data:`LEVERS`."""
+    """The DistillConfig of a RealUID ``variant``: ``k1``, ``k2``, ``k4``, or a lever of :data:`LEVERS`
+    (single, or joined with "+")."""
     base = dataclasses.replace(cfg.study.toy.distill, seed=seed)
-    if variant in ("k1", "fake_wide", "time_weight"):  # the last two change the fake model or the family (run_student)
-        return base
     if variant in ("k2", "k4"):
         k = int(variant[1:])
         return dataclasses.replace(base, generator_steps=k, generator_times=K_STEP_TIMES[k])
-    if variant == "updates_4x":
-        return dataclasses.replace(base, steps=4 * base.steps, checkpoint_every_steps=4 * base.steps)
-    if variant in ("lr_2x", "lr_half"):
-        factor = 2 if variant == "lr_2x" else 0.5
-        return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim,
-                                                                             lr=factor * base.generator_optim.lr),
-                                   fake_optim=dataclasses.replace(base.fake_optim, lr=factor * base.fake_optim.lr))
-    if variant == "cosine":
-        return dataclasses.replace(base, generator_optim=dataclasses.replace(base.generator_optim, decay="cosine"),
-                                   fake_optim=dataclasses.replace(base.fake_optim, decay="cosine"))
-    if variant == "fake_1":
-        return dataclasses.replace(base, fake_updates_per_generator_update=1)
-    if variant in COEFFICIENTS:
+    if variant == "k1":
         return base
-    raise ValueError(f"unknown RealUID variant {variant!r}")
+    out = base
+    for part in lever_parts(variant):
+        out = _apply_lever(out, part)
+    return out
+
+
+def _both_optims(cfg, **changes):
+    return dataclasses.replace(cfg, generator_optim=dataclasses.replace(cfg.generator_optim, **changes),
+                               fake_optim=dataclasses.replace(cfg.fake_optim, **changes))
+
+
+def _apply_lever(cfg, lever: str):
+    """``cfg`` with one lever of :data:`LEVERS` applied; the levers that change the fake model, the family
+    or the coefficients leave it as it is (run_student applies them)."""
+    if lever.startswith("updates_"):
+        steps = int(lever.removeprefix("updates_").removesuffix("x")) * cfg.steps
+        return dataclasses.replace(cfg, steps=steps, checkpoint_every_steps=steps)
+    if lever == "batch_4x":
+        return dataclasses.replace(cfg, batch_size=4 * cfg.batch_size)
+    if lever == "momentum":
+        return _both_optims(cfg, betas=[0.9, cfg.generator_optim.betas[1]])
+    if lever in ("lr_2x", "lr_half"):
+        factor = 2 if lever == "lr_2x" else 0.5
+        return dataclasses.replace(cfg, generator_optim=dataclasses.replace(cfg.generator_optim,
+                                                                            lr=factor * cfg.generator_optim.lr),
+                                   fake_optim=dataclasses.replace(cfg.fake_optim, lr=factor * cfg.fake_optim.lr))
+    if lever == "cosine":
+        return _both_optims(cfg, decay="cosine")
+    if lever == "fake_1":
+        return dataclasses.replace(cfg, fake_updates_per_generator_update=1)
+    return cfg
 
 
 def run_student(dataset: str, seed: int, variant: str, cfg: Settings, work_dir: Path, teacher: dict) -> dict:
     """A RealUID student (bench/quality's alpha, beta unless the variant sets them; the EMA copy it reports)
     distilled from the teacher."""
-    family = DataEndWeightedFM() if variant == "time_weight" else make_family(FAMILY)
+    parts = lever_parts(variant) if variant not in ("k1", "k2", "k4") else []
+    family = DataEndWeightedFM() if "time_weight" in parts else make_family(FAMILY)
     task = build_task(dataset, seed, cfg)
     spec = _spec(task, cfg)
     x1, _ = task.train_tensors()
     distill_cfg = student_config(cfg, variant, seed)
     net = _teacher_net(teacher["state"], spec)
-    fake_start = widened_mlp(net, spec, seed=seed)[0] if variant == "fake_wide" else None
+    fake_start = widened_mlp(net, spec, seed=seed)[0] if "fake_wide" in parts else None
     start = time.perf_counter()
-    alpha, beta = COEFFICIENTS.get(variant, (cfg.study.alpha, cfg.study.beta))
+    alpha, beta = next((COEFFICIENTS[x] for x in parts if x in COEFFICIENTS), (cfg.study.alpha, cfg.study.beta))
     result = distill(family, TrainData(x1, None, None), net, spec, distill_cfg, work_dir, alpha=alpha, beta=beta,
                      progress=False, fake_start=fake_start)
     generator = load_generator(result, ema=cfg.study.toy.student_ema)
@@ -268,8 +311,8 @@ def methods(cfg: Settings, dataset: str) -> list[str]:
     """The rows of one data set's table, in order."""
     rows = ["teacher"] + [f"control_{m}x" for m in control_multiples(cfg, dataset)]
     rows += ["realuid_k1", "realuid_k2", "realuid_k4"]
-    if dataset in cfg.lever_datasets:
-        rows += [f"realuid_{lever}" for lever in cfg.levers]
+    levers = [*cfg.levers] if dataset in cfg.lever_datasets else []
+    rows += [f"realuid_{lever}" for lever in levers + [x for x in cfg.every_set_levers if x not in levers]]
     return rows
 
 
@@ -301,8 +344,12 @@ LABELS = {
     "realuid_k1": "RealUID, k = 1",
     "realuid_k2": "RealUID, k = 2",
     "realuid_k4": "RealUID, k = 4",
-    **{f"realuid_{lever}": f"RealUID k = 1, {text}" for lever, text in LEVERS.items()},
 }
+
+
+def label(method: str) -> str:
+    """A table row's name: LABELS, or a lever's (single or joined)."""
+    return LABELS.get(method) or f"RealUID k = 1, {lever_label(method.removeprefix('realuid_'))}"
 METRICS = ("sw2", "knn_precision", "knn_recall")
 
 
@@ -344,7 +391,7 @@ def dataset_table(rows: dict, eval_set: str) -> list[str]:
     for method, sets in rows.items():
         r = sets[eval_set]
         same = method == "teacher"
-        cells = [LABELS[method], summarize(r["sw2"]).text(), _ratio_text(r["sw2"], teacher["sw2"]),
+        cells = [label(method), summarize(r["sw2"]).text(), _ratio_text(r["sw2"], teacher["sw2"]),
                  "–" if same else verdict(r["sw2"], teacher["sw2"]),
                  summarize(r["knn_precision"]).text(),
                  summarize(np.asarray(r["knn_precision"]) - np.asarray(teacher["knn_precision"])).text(2),
@@ -378,7 +425,7 @@ def figure(results: dict, cfg: Settings, dataset: str, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
-        ax.set_title(textwrap.fill(LABELS[name], 28), fontsize=8)
+        ax.set_title(textwrap.fill(label(name), 28), fontsize=8)
     fig.suptitle(f"{dataset}, flow matching: {len(reference)} samples of seed {seed} (real reference in grey)",
                  fontsize=9)
     _save(fig, path)
@@ -406,13 +453,16 @@ def reading(table: dict, cfg: Settings) -> list[str]:
         teacher = rows["teacher"]["reference"]
         reached = {m: reaches_teacher(rows[m]["reference"], teacher) for m in rows if m not in ("floor", "teacher")}
         lines.append(f"- **{dataset}**: {verdict_of(reached)}.")
+        closing = [label(m) for m in rows if m.startswith("realuid_") and m != "realuid_k1" and reached[m]]
+        if not reached["realuid_k1"]:
+            lines.append("  - **RealUID runs that reach the teacher here**: " + ("; ".join(closing) if closing else "none"))
         base, control = rows["realuid_k1"]["reference"], rows["control_1x"]["reference"]
         lines.append(f"  - RealUID, k = 1 against the control at the same updates: sliced W2 "
                      f"{phrase(base['sw2'], control['sw2'])} it, k-NN precision "
                      f"{phrase(base['knn_precision'], control['knn_precision'], lower_is_better=False)} it")
         for method in [m for m in rows if m.startswith("realuid_") and m != "realuid_k1"]:
             r = rows[method]["reference"]
-            lines.append(f"  - {LABELS[method]}: sliced W2 {phrase(r['sw2'], base['sw2'])} the one-step student's, "
+            lines.append(f"  - {label(method)}: sliced W2 {phrase(r['sw2'], base['sw2'])} the one-step student's, "
                          f"k-NN precision {phrase(r['knn_precision'], base['knn_precision'], lower_is_better=False)} "
                          f"it; {'reaches' if reached[method] else 'does not reach'} the teacher")
     return lines
@@ -428,8 +478,9 @@ def lever_notes(cfg: Settings) -> list[str]:
         "time_weight": "- Time weight: w(t) = 1 / ((1.05 − t) ln 21) (mean 1 over t ~ U[0, 1], 21x larger at the data "
                        "end than at the source) on the fake and the generator losses",
     }
-    levers = cfg.levers if set(cfg.lever_datasets) & set(cfg.datasets) else ()
-    return [text for lever, text in notes.items() if lever in levers]
+    levers = (cfg.levers if set(cfg.lever_datasets) & set(cfg.datasets) else ()) + cfg.every_set_levers
+    used = {part for lever in levers for part in lever_parts(lever)}
+    return [text for lever, text in notes.items() if lever in used]
 
 
 def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figures: Path, *, command: str,
@@ -518,12 +569,24 @@ def write_report(results: dict, cfg: Settings, out: Path, json_path: Path, figur
 # ---------------------------------------------------------------------------------------------- command
 
 
+def _lever(text: str) -> str:
+    try:
+        lever_parts(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/capacity_control", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="full", help=argparse.SUPPRESS)
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    p.add_argument("--levers", nargs="*", choices=sorted(LEVERS), default=list(LEVERS),
-                   help="RealUID levers measured on the spiral (none: --levers with no names)")
+    p.add_argument("--levers", nargs="*", type=_lever, default=list(LEVERS) + list(COMBINATIONS), metavar="LEVER",
+                   help=f"RealUID levers measured on the spiral, single or joined with '+' (updates_4x+cosine); "
+                        f"none: --levers with no names. Single levers: {', '.join(LEVERS)}")
+    p.add_argument("--every-set-levers", nargs="*", type=_lever, default=list(EVERY_SET_LEVERS), metavar="LEVER",
+                   help="levers measured on every data set (default: the spiral's fixes, "
+                        f"{' '.join(EVERY_SET_LEVERS)}; none: the option with no names)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--workers", type=int, default=2, help="parallel jobs, one torch thread each")
     p.add_argument("--work", help="folder for checkpoints and cached job results (default: a temp folder)")
@@ -539,6 +602,7 @@ def main(argv=None) -> int:
         return 2
     cfg = PRESETS[args.preset]()
     cfg = dataclasses.replace(cfg, datasets=tuple(args.datasets), levers=tuple(args.levers),
+                              every_set_levers=tuple(args.every_set_levers),
                               study=dataclasses.replace(cfg.study, seeds=tuple(range(args.seeds)), workers=args.workers))
     # The number of workers never changes a result, so it does not name the cache.
     digest = settings_digest(dataclasses.replace(cfg.study, workers=0), None)

@@ -203,6 +203,8 @@ _SET_BY_STUDY = ("steps", "seed", "eval_every_steps", "eval_samples", "keep_best
 def run_digest(setting: dict, teacher: str, args: dict, seed: int) -> str:
     """The name of a run's folder: what shapes the run, so the same run is found again from any command."""
     distill = {k: v for k, v in setting["distill"].items() if k not in _SET_BY_STUDY}
+    if not (distill.get("guide_fake") and distill.get("guidance_scale", 1) != 1):
+        distill.pop("guide_fake", None)  # it acts only with guidance: without, runs keep their folders
     return _digest([{**setting, "distill": distill}, Path(teacher).name, args, seed])
 
 

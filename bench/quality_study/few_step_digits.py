@@ -51,7 +51,7 @@ PRESETS = {
                       "features.steps=5", "distill.batch_size=16", "distill.generator_optim.warmup_steps=1",
                       "distill.fake_optim.warmup_steps=1"],
              "options": ["--steps", "2", "--eval-every", "2", "--eval-samples", "200", "--samples", "50",
-                         "--nfe", "3", "--ks", "1", "2", "--ws", "2", "--seeds", "0", "1", "--workers", "1"]},
+                         "--nfe", "3", "--ks", "1", "2", "--ws", "2", "--guide-fake", "--seeds", "0", "1", "--workers", "1"]},
 }
 
 
@@ -60,20 +60,25 @@ def generator_times(k: int) -> list[float]:
     return [j / k for j in range(1, k)]
 
 
-def study_settings(ks: list[int], ws: list[float]) -> list[tuple[int, float]]:
-    """The students' (k, w): every k at w = 1, then every other w at k = 1."""
-    return [(k, 1.0) for k in ks] + [(1, w) for w in ws if w != 1]
+def study_settings(ks: list[int], ws: list[float], guide_fake: bool = False) -> list[tuple[int, float, bool]]:
+    """The students' (k, w, fake model guided): every k at w = 1, then every other w at k = 1; with
+    ``guide_fake`` every w != 1 at k = 1 once more, the fake model guided too."""
+    guided = [w for w in ws if w != 1]
+    return ([(k, 1.0, False) for k in ks] + [(1, w, False) for w in guided]
+            + [(1, w, True) for w in guided if guide_fake])
 
 
-def name(k: int, w: float) -> str:
-    return f"k={k}, w={w:g}"
+def name(k: int, w: float, fake_guided: bool = False) -> str:
+    return f"k={k}, w={w:g}" + (", fake guided" if fake_guided else "")
 
 
-def student_setting(base: dict, k: int, w: float) -> dict:
-    """{"alpha", "beta", "distill"} of the (k, w) student: the base with its steps, times and guidance."""
+def student_setting(base: dict, k: int, w: float, fake_guided: bool = False) -> dict:
+    """{"alpha", "beta", "distill"} of the (k, w) student: the base with its steps, times and guidance (of the
+    fake model too with ``fake_guided``)."""
     from realuid import config as config_module
 
-    change = {"generator_steps": k, "generator_times": generator_times(k), "guidance_scale": w}
+    change = {"generator_steps": k, "generator_times": generator_times(k), "guidance_scale": w,
+              "guide_fake": fake_guided}
     return {"alpha": base["alpha"], "beta": base["beta"],
             "distill": config_module.with_changes(base["distill"], change)}
 
@@ -128,22 +133,24 @@ def floor_job(base: dict, features: str, samples: int) -> dict:
                                     for split_name, split in (("validation", val), ("test", test))}}
 
 
-def student_job(k: int, w: float, seed: int, shared: dict, base: dict, run_args: dict, work: Path,
+def student_job(k: int, w: float, fake_guided: bool, seed: int, shared: dict, base: dict, run_args: dict, work: Path,
                 samples: int) -> dict:
-    """Distil (or resume) the (k, w) student of ``seed``; its ``COPY`` with k steps, scored on both splits."""
+    """Distil (or resume) the (k, w, fake guided) student of ``seed``; its ``COPY`` with k steps, scored on both
+    splits."""
     from realuid.api import load_generator
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    checkpoint, run = distil_setting(student_setting(base, k, w), seed, shared, base, run_args, work)
+    checkpoint, run = distil_setting(student_setting(base, k, w, fake_guided), seed, shared, base, run_args, work)
     generator = load_generator(checkpoint, ema=COPY)
     scores, grid = score_both(lambda s: generator.sample(samples, seed=s, batch_size=500), base["prepare"],
                               shared["features"])
-    # What the run recorded (the checkpoint leaves out k = 1 and w = 1, which change nothing).
+    # What the run recorded (the checkpoint leaves out k = 1, w = 1 and an unguided fake model: they change nothing).
     trained = {"generator_steps": checkpoint.config.get("generator_steps", 1),
                "generator_times": checkpoint.config.get("generator_times", []),
-               "guidance_scale": checkpoint.config.get("guidance_scale", 1.0)}
-    return {"k": k, "w": w, "seed": seed, "trained_with": trained, "copy": COPY,
+               "guidance_scale": checkpoint.config.get("guidance_scale", 1.0),
+               "guide_fake": checkpoint.config.get("guide_fake", False)}
+    return {"k": k, "w": w, "fake_guided": fake_guided, "seed": seed, "trained_with": trained, "copy": COPY,
             "step": checkpoint.meta["step"], **run, **scores, "grid": grid, "seconds": time.perf_counter() - start}
 
 
@@ -155,12 +162,12 @@ def summarize_students(runs: dict, teacher: dict, settings: list, seeds: list[in
     w), and the spread rule's verdicts: FID against the k=1, w=1 student and the teacher at the same NFE
     and w, label accuracy against the k=1, w=1 student."""
     out = {}
-    for k, w in settings:
-        rows, reference = [runs[(k, w, s)] for s in seeds], [runs[(1, 1.0, s)] for s in seeds]
-        summary = {"k": k, "w": w}
+    for k, w, g in settings:
+        rows, reference = [runs[(k, w, g, s)] for s in seeds], [runs[(1, 1.0, False, s)] for s in seeds]
+        summary = {"k": k, "w": w, "fake_guided": g}
         for split in SPLIT_SEEDS:
             per_seed = lambda runs_, metric: [r[split].get(metric, float("nan")) for r in runs_]  # noqa: E731
-            fid, first = per_seed(rows, "fid"), (k, w) == (1, 1.0)
+            fid, first = per_seed(rows, "fid"), (k, w, g) == (1, 1.0, False)
             summary[split] = {m: stats.summarize(per_seed(rows, m)).__dict__ for m in METRICS}
             summary[split].update(
                 ratio=stats.ratio(fid, [teacher[(nfe, w)][split]["fid"]] * len(fid)).__dict__,
@@ -172,7 +179,7 @@ def summarize_students(runs: dict, teacher: dict, settings: list, seeds: list[in
                                                                lower_is_better=False))
         summary["seconds"] = float(np.mean([r["seconds"] for r in rows]))
         summary["seconds_per_update"] = float(np.mean([r["seconds_per_update"] for r in rows]))
-        out[name(k, w)] = summary
+        out[name(k, w, g)] = summary
     return out
 
 
@@ -247,9 +254,9 @@ def fid_against_nfe(result: dict, path: Path) -> None:
         points = sorted((r["nfe"], r["test"]["fid"]) for r in result["teacher"] if r["w"] == w)
         ax.plot(*zip(*points), "--", marker=".", color=colors[w], alpha=0.7, label=f"teacher (Euler), w={w:g}")
     for setting, s in result["summary"].items():
-        k, w, fid = s["k"], s["w"], s["test"]["fid"]
-        ax.errorbar([k * (1 + 0.04 * ws.index(w))], [fid["mean"]], yerr=[fid["std"]], fmt="o", color=colors[w],
-                    capsize=3, label=f"student, w={w:g}" if k == 1 else None)
+        k, w, fid, g = s["k"], s["w"], s["test"]["fid"], s.get("fake_guided", False)
+        ax.errorbar([k * (1 + 0.04 * ws.index(w) + 0.02 * g)], [fid["mean"]], yerr=[fid["std"]], fmt="s" if g else "o",
+                    color=colors[w], capsize=3, label=f"student, {setting.removeprefix('k=1, ')}" if k == 1 else None)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(result["nfes"], [str(n) for n in result["nfes"]])
@@ -286,6 +293,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="tiny: the whole study in seconds (options after it still apply)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4], help="student steps at w = 1 (must hold 1)")
     parser.add_argument("--ws", type=float, nargs="+", default=[1.5, 2, 3], help="guidance scales at k = 1")
+    parser.add_argument("--guide-fake", action="store_true",
+                        help="also every w != 1 with the fake model guided at the same w (distill.guide_fake)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=1000, help="images per score")
     parser.add_argument("--grid", type=Path, default=None, help="PNG of sample grids per k and per w (optional)")
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
     args.base = STUDY_TEACHER + args.base
     check_base(args)
-    settings = study_settings(sorted(set(args.ks)), sorted(set(args.ws)))
+    settings = study_settings(sorted(set(args.ks)), sorted(set(args.ws)), args.guide_fake)
     start, base, steps = start_study(args)
     fit, val, test = three_splits(base["prepare"])
     shared = prepare_shared(base, args.work)
@@ -334,22 +343,22 @@ def main(argv: list[str] | None = None) -> None:
             return pool.submit(cached, args.work, job_name, [key, features, args.samples], job, *job_args)
 
         floor = run("floor", [base["prepare"]], floor_job, base, shared["features"], args.samples)
-        students = {(k, w, seed): run("student", run_digest(student_setting(base, k, w), shared["teacher"], run_args,
-                                                            seed), student_job, k, w, seed, shared, base, run_args,
-                                      args.work, args.samples)
-                    for k, w in settings for seed in args.seeds}
+        students = {(k, w, g, seed): run("student", run_digest(student_setting(base, k, w, g), shared["teacher"],
+                                                               run_args, seed), student_job, k, w, g, seed, shared,
+                                         base, run_args, args.work, args.samples)
+                    for k, w, g in settings for seed in args.seeds}
         teacher = {(n, w): run("teacher", [teacher_file, n, w, METHOD], teacher_job, n, w, shared, base, args.samples)
                    for n in nfes for w in teacher_ws}
         teacher = {job: fut.result() for job, fut in teacher.items()}
         runs = {}
         for job, fut in students.items():
             runs[job] = fut.result()
-            print(f"{name(*job[:2])} seed {job[2]}: test FID {runs[job]['test']['fid']:.3f}, validation FID "
+            print(f"{name(*job[:3])} seed {job[3]}: test FID {runs[job]['test']['fid']:.3f}, validation FID "
                   f"{runs[job]['validation']['fid']:.3f}", flush=True)
         floor = floor.result()
 
     grid = {"test digits": by_label(test), f"teacher, NFE {args.nfe}, w=1": teacher[(args.nfe, 1.0)]["grid"]}
-    grid.update({f"student {name(k, w)}": runs[(k, w, args.seeds[0])]["grid"] for k, w in settings})
+    grid.update({f"student {name(*setting)}": runs[(*setting, args.seeds[0])]["grid"] for setting in settings})
     strip = lambda r: {k: v for k, v in r.items() if k != "grid"}  # noqa: E731
     result = {
         "command": "bench/few_step_digits " + " ".join(args.argv), "code": cli.code_version(), "base": base,
@@ -362,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summarize_students(runs, teacher, settings, args.seeds, args.nfe), "floor": floor,
         "teacher": [strip(r) for r in teacher.values()], "runs": [strip(r) for r in runs.values()],
         "seconds": {"teacher": {f"NFE {n}, w={w:g}": r["seconds"] for (n, w), r in teacher.items()},
-                    "students": {f"{name(*job[:2])} seed {job[2]}": r["seconds"] for job, r in runs.items()}},
+                    "students": {f"{name(*job[:3])} seed {job[3]}": r["seconds"] for job, r in runs.items()}},
         "wall_seconds": time.perf_counter() - start,
         "figure": None if args.figure is None else os.path.relpath(args.figure, args.out.parent),
         "grid": None if args.grid is None else os.path.relpath(args.grid, args.out.parent),

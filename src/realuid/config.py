@@ -207,6 +207,8 @@ class DistillConfig:
                                                "to, after its own start (empty for k = 1)")
     guidance_scale: float = opt(1.0, ge=0, doc="w of the teacher's field in the generator loss, "
                                                "f_uncond + w (f_cond - f_uncond) (1 = no guidance)")
+    guide_fake: bool = opt(False, doc="the fake model's field guided at the same w, in its own loss and in the "
+                                      "generator loss (SiD-LSG's long and short guidance); no effect at w = 1")
 
 
 @dataclass(frozen=True)
@@ -503,6 +505,9 @@ def in_effect(cfg) -> dict:
         settings.pop("eval_samples")
     if settings.get("guidance_scale") == 1:  # no guidance: its runs keep their state folders
         settings.pop("guidance_scale")
+        settings.pop("guide_fake", None)
+    if settings.get("guide_fake") is False:
+        settings.pop("guide_fake")
     if settings.get("generator_steps") == 1:  # the one-step generator: its runs keep their state folders
         settings.pop("generator_steps")
         settings.pop("generator_times")

@@ -35,7 +35,7 @@ DEFAULT_SETTINGS = {
     "fake_init": "teacher", "ema_decays": [0.99, 0.999], "checkpoint_every_steps": 100, "log_every_steps": 20,
     "seed": 0, "device": "auto", "precision": "fp32", "nproc": 1,
     "eval_every_steps": 0, "eval_samples": 1000, "keep_best": False,
-    "generator_steps": 1, "generator_times": [], "guidance_scale": 1.0,
+    "generator_steps": 1, "generator_times": [], "guidance_scale": 1.0, "guide_fake": False,
     "gan": {"enabled": False, "gen_coef": 5.0, "disc_coef": 15.0},
     "speed": to_dict(SpeedConfig()),
 }

@@ -30,8 +30,8 @@ def toy_data(family, n=256, shape=(2,), classes=0):
     return TrainData(x1, y, x0)
 
 
-def spec_for(shape=(2,), classes=0):
-    return model_spec(dataclasses.replace(MODEL, class_cond=bool(classes)), shape, classes)
+def spec_for(shape=(2,), classes=0, class_dropout=0.0):
+    return model_spec(dataclasses.replace(MODEL, class_cond=bool(classes), class_dropout=class_dropout), shape, classes)
 
 
 def same_weights(a: dict, b: dict) -> bool:

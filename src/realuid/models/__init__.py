@@ -91,13 +91,20 @@ def check_guidance(spec: dict | None, scale: float) -> int | None:
     return null
 
 
-def guided(model, null: int, scale: float):
+def guided(model, null: int, scale: float, *, one_pass: bool = False):
     """Classifier-free guidance of ``model(t, x, y)``: the same signature, output
-    ``f_w = f_uncond + w · (f_cond − f_uncond)`` with ``f_uncond = model(t, x, null)`` (w = 1: f_cond)."""
+    ``f_w = f_uncond + w · (f_cond − f_uncond)`` with ``f_uncond = model(t, x, null)`` (w = 1: f_cond).
+
+    ``one_pass`` evaluates both fields in one call over the rows ``[cond; null]`` (``t`` of shape ``[B]``):
+    a network under DDP must run one forward per backward.
+    """
 
     def field(t: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        uncond = model(t, x, torch.full_like(y, null))
-        return uncond + scale * (model(t, x, y) - uncond)
+        if one_pass:
+            cond, uncond = model(t.repeat(2), torch.cat([x, x]), torch.cat([y, torch.full_like(y, null)])).chunk(2)
+        else:
+            cond, uncond = model(t, x, y), model(t, x, torch.full_like(y, null))
+        return uncond + scale * (cond - uncond)
 
     return field
 

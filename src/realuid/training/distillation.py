@@ -164,6 +164,8 @@ class RealUID:
         scale = getattr(cfg, "guidance_scale", 1.0)
         null = check_guidance(spec, scale)
         self.teacher_field = self.teacher if null is None else guided(self.teacher, null, scale)
+        # With guide_fake the fake model's field is guided too, where it is trained and where it is read.
+        self.fake_guidance = (null, scale) if null is not None and getattr(cfg, "guide_fake", False) else None
         init = student_init if student_init is not None else teacher
         self.generator = OneStepGenerator(family, copy.deepcopy(init).requires_grad_(True)).to(device).eval()
         self.times = generator_times(family, cfg)
@@ -244,6 +246,11 @@ class RealUID:
                                 renoise=before)
         return renoise_step(self.family, net, x1, self.times[len(before)], source, y, noise)
 
+    def _fake_field(self, net: nn.Module):
+        """The fake model's field as the losses read it: ``net`` (the fake model or its DDP wrapper), or with
+        ``guide_fake`` its guided field, both labels in one forward."""
+        return net if self.fake_guidance is None else guided(net, *self.fake_guidance, one_pass=True)
+
     def _gan_logits(self, x1: torch.Tensor, y: torch.Tensor | None, draws: StepDraws) -> torch.Tensor:
         """Head logits ``[copies*B]`` of ``x1`` [copies*B, ...] on the path at the draws' discriminator
         times in (0.8, t_max].
@@ -270,12 +277,12 @@ class RealUID:
         gen_path = self.family.path_sample(x0, x1_gen, t, noise)
         with autocast(self.device, self.cfg.precision):
             if self.data_free:
-                f_gen, f_data, data_target = self.fake_trained(t, gen_path.x_t, y).float(), None, None
+                f_gen, f_data, data_target = self._fake_field(self.fake_trained)(t, gen_path.x_t, y).float(), None, None
             else:
                 data_path = self.family.path_sample(x0, d.x1, t, noise)
                 # One forward over [generated; real] is cheaper than two half-size ones (no batch-coupled layers).
-                both = self.fake_trained(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
-                                 None if y is None else y.repeat(2))
+                both = self._fake_field(self.fake_trained)(t.repeat(2), torch.cat([gen_path.x_t, data_path.x_t]),
+                                                           None if y is None else y.repeat(2))
                 f_gen, f_data = both.float().chunk(2)
                 data_target = data_path.target
         loss = fake_loss(f_gen, gen_path.target, f_data, data_target, alpha=self.alpha, beta=self.beta,
@@ -297,7 +304,8 @@ class RealUID:
             with autocast(self.device, self.cfg.precision):
                 x1_gen = self._generate(d, y, self.generator_trained).float()
                 gen_path = self.family.path_sample(x0, x1_gen, t, noise)
-                f_fake, f_teacher = self.fake(t, gen_path.x_t, y), self.teacher_field(t, gen_path.x_t, y)
+                f_fake = self._fake_field(self.fake)(t, gen_path.x_t, y)
+                f_teacher = self.teacher_field(t, gen_path.x_t, y)
             loss = generator_loss(f_fake.float(), f_teacher.float(), gen_path.target,
                                   alpha=self.alpha, beta=self.beta, weight=gen_path.weight).mean()
             if self.gan is not None:
