@@ -229,6 +229,13 @@ def test_settings_digest_changes_with_settings():
     a, b = settings.tiny(), dataclasses.replace(settings.tiny(), alpha=0.9)
     assert cli.settings_digest(a, None) != cli.settings_digest(b, None)
     assert cli.settings_digest(a, None) == cli.settings_digest(settings.tiny(), None)
+    # An option at a value that changes nothing is left out, as if it did not exist; any other value counts.
+    with_guide = lambda on: dataclasses.replace(a, toy=dataclasses.replace(  # noqa: E731
+        a.toy, distill=dataclasses.replace(a.toy.distill, guide_fake=on)))
+    blob = dataclasses.asdict(a)
+    del blob["toy"]["distill"]["guide_fake"]
+    assert cli._without_inert(dataclasses.asdict(with_guide(False))) == blob
+    assert cli.settings_digest(with_guide(True), None) != cli.settings_digest(a, None)
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -37,8 +37,18 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+# Options that change nothing at these values stay out of the digest, so caches outlive their arrival.
+_INERT_OPTIONS = {"guide_fake": False}
+
+
+def _without_inert(obj):
+    if isinstance(obj, dict):
+        return {k: _without_inert(v) for k, v in obj.items() if not (k in _INERT_OPTIONS and v == _INERT_OPTIONS[k])}
+    return [_without_inert(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def settings_digest(study: presets.StudySettings, user: tasks.UserPoints | None) -> str:
-    blob = json.dumps([dataclasses.asdict(study), None if user is None else
+    blob = json.dumps([_without_inert(dataclasses.asdict(study)), None if user is None else
                        [user.path, hashlib.sha256(user.points.tobytes()).hexdigest()]], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
