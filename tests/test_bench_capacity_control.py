@@ -156,6 +156,12 @@ def test_tiny_study_writes_its_tables_and_figure(tmp_path):
     for losses in result["control_loss"]["spiral"].values():
         assert all(x["pairs_end"] < x["pairs_start"] for x in losses)
     assert (tmp_path / "figures" / "capacity_control_spiral.png").stat().st_size > 0
+    # A note on the load, written into the study's wall record, is printed when the report is written again.
+    wall = tmp_path / "w" / "wall.json"
+    wall.write_text(json.dumps({**json.loads(wall.read_text()), "load": "beside two other jobs"}))
+    assert cc.main(["--preset", "tiny", "--seeds", "2", "--workers", "1", "--datasets", "spiral",
+                    "--levers", *levers, "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    assert "- Load: beside two other jobs\n" in out.read_text() and "1 invocation(s)" in out.read_text()
 
 
 def test_bad_input_is_one_error_line_before_any_work(tmp_path, capsys):

@@ -277,6 +277,8 @@ def test_wall_time_adds_up_over_resumed_runs(tmp_path):
     assert cli.accumulate_wall_seconds(path, 0.0, command="other") == first  # a cached rerun adds nothing
     resumed = cli.accumulate_wall_seconds(path, 5.0, command="other", code="def")
     assert resumed == {"seconds": 15.0, "invocations": 2, "command": "bench/quality", "code": "abc"}
+    path.write_text(json.dumps({**resumed, "load": "shared with other work"}))  # a note written by hand stays
+    assert cli.accumulate_wall_seconds(path, 1.0)["load"] == "shared with other work"
 
 
 def test_code_version_names_a_commit():

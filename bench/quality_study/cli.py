@@ -249,11 +249,12 @@ def accumulate_wall_seconds(path: Path, seconds: float, *, command: str = "", co
 
     Invocations that found every job cached pass 0 and add nothing: regenerating a report keeps the total.
     The first invocation that computes jobs also records its command line and code version, which the
-    report names as the ones that produced the numbers.
+    report names as the ones that produced the numbers. Other keys of the file (a note on the machine's
+    load, written by hand where a report prints it) are kept.
     """
     total = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
     if seconds > 0:
-        total = {"seconds": total["seconds"] + seconds, "invocations": total["invocations"] + 1,
+        total = {**total, "seconds": total["seconds"] + seconds, "invocations": total["invocations"] + 1,
                  "command": total.get("command") or command, "code": total.get("code") or code}
         atomic_write(path, json.dumps(total))
     return total
