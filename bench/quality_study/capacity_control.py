@@ -89,8 +89,8 @@ LEVERS = {
 # Levers in combination on the spiral: the budget with a decay to zero, a larger batch, Adam's momentum.
 COMBINATIONS = ("updates_4x+cosine", "batch_4x+cosine", "updates_4x+momentum", "momentum+batch_4x",
                 "updates_16x+cosine")
-# The decayed runs, measured on every data set: the two that reach the spiral's teacher on its validation set
-# and the longest budget with the same decay.
+# The budgets with the decay to zero, measured on every data set: 4x updates (the spiral's best combination on
+# its validation set), 4x batch (the same number of generated samples in 400 updates) and 16x updates.
 EVERY_SET_LEVERS = ("updates_4x+cosine", "batch_4x+cosine", "updates_16x+cosine")
 # The levers that change RealUID's coefficients instead of the training settings.
 COEFFICIENTS = {"data_free": (1.0, 1.0), "real_weighted": (0.2, 1.0)}
