@@ -137,7 +137,8 @@ def test_whose_gap_it_is():
 
 def test_tiny_study_writes_its_tables_and_figure(tmp_path):
     out = tmp_path / "R.md"
-    levers = ("cosine", "lr_half", "fake_wide", "time_weight", "data_free", "momentum+batch_4x+fake_wide")
+    levers = ("cosine", "lr_half", "fake_wide", "time_weight", "data_free", "momentum+batch_4x+fake_wide",
+              "steps_2+cosine")
     code = cc.main(["--preset", "tiny", "--seeds", "2", "--workers", "1", "--datasets", "spiral",
                     "--levers", *levers, "--work", str(tmp_path / "w"), "--out", str(out)])
     assert code == 0
@@ -188,9 +189,17 @@ def test_levers_join_into_one_run_that_changes_each():
     assert cc.student_config(cfg, "updates_16x", 0).steps == 16 * base.steps
     assert cc.label("realuid_updates_4x+cosine") == ("RealUID k = 1, 4x generator updates (1600) + cosine decay of "
                                                      "both learning rates to 0")
+    # A step count makes a k-step student of the same run, re-noised where the k = 2, 4 rows are.
+    k4 = cc.student_config(cfg, "steps_4+updates_16x+cosine", 0)
+    assert k4 == dataclasses.replace(cc.student_config(cfg, "updates_16x+cosine", 0), generator_steps=4,
+                                     generator_times=cc.K_STEP_TIMES[4])
+    assert cc.student_config(cfg, "steps_2", 0) == cc.student_config(cfg, "k2", 0)
+    assert cc.label("realuid_steps_4+updates_16x+cosine").startswith("RealUID k = 4, 16x generator updates (6400) + ")
+    assert not any(x.startswith("steps_") for x in cc.DEFAULT_LEVERS if "+" not in x)  # alone they are the k rows
 
 
-@pytest.mark.parametrize("lever", ["lr_3x", "cosine+cosine", "data_free+real_weighted", "cosine+"])
+@pytest.mark.parametrize("lever", ["lr_3x", "cosine+cosine", "data_free+real_weighted", "cosine+", "steps_2+steps_4",
+                                   "updates_4x+updates_16x"])
 def test_an_unknown_or_conflicting_lever_is_one_error_line(tmp_path, capsys, lever):
     with pytest.raises(SystemExit):
         cc.main(["--levers", lever, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "R.md")])

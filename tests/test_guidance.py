@@ -165,7 +165,8 @@ def test_guide_fake_gives_both_losses_the_fake_models_guided_field(scale):
     if scale == 0:
         two_calls = lambda t, x, y: uid.fake(t, x, torch.full_like(y, CLASSES))  # noqa: E731
     fake, generator = phase_losses(uid, batch, 3, two_calls)
-    torch.testing.assert_close(uid.fake_step(batch, torch.Generator().manual_seed(3))[0], fake)  # the loss before its update
+    # Each phase returns its loss before its update.
+    torch.testing.assert_close(uid.fake_step(batch, torch.Generator().manual_seed(3))[0], fake)
     uid = make()
     uid.fake.load_state_dict(state)
     torch.testing.assert_close(uid.generator_step(batch, torch.Generator().manual_seed(3))[0], generator)

@@ -73,6 +73,8 @@ K_STEP_TIMES = {2: [0.5], 4: [0.25, 0.5, 0.75]}
 # The training's levers, each changed from the study's RealUID student (spiral by default). Levers join
 # with "+" into one run that changes all of them: "updates_4x+cosine".
 LEVERS = {
+    "steps_2": "2 steps",  # a k-step student: the k of its row's name, re-noised at K_STEP_TIMES[k]
+    "steps_4": "4 steps",
     "updates_4x": "4x generator updates (1600)",
     "updates_16x": "16x generator updates (6400)",
     "batch_4x": "4x batch (1024) for both networks",
@@ -88,10 +90,12 @@ LEVERS = {
 }
 # Levers in combination on the spiral: the budget with a decay to zero, a larger batch, Adam's momentum.
 COMBINATIONS = ("updates_4x+cosine", "batch_4x+cosine", "updates_4x+momentum", "momentum+batch_4x",
-                "updates_16x+cosine")
+                "updates_16x+cosine", "steps_2+updates_16x+cosine", "steps_4+updates_16x+cosine")
 # The budgets with the decay to zero, measured on every data set: 4x updates (the spiral's best combination on
 # its validation set), 4x batch (the same number of generated samples in 400 updates) and 16x updates.
 EVERY_SET_LEVERS = ("updates_4x+cosine", "batch_4x+cosine", "updates_16x+cosine")
+# The spiral's runs by default: every single lever (the step counts alone are the k = 2, 4 rows) and the combinations.
+DEFAULT_LEVERS = tuple(x for x in LEVERS if not x.startswith("steps_")) + COMBINATIONS
 # The levers that change RealUID's coefficients instead of the training settings.
 COEFFICIENTS = {"data_free": (1.0, 1.0), "real_weighted": (0.2, 1.0)}
 
@@ -100,14 +104,19 @@ def lever_parts(lever: str) -> list[str]:
     """The single levers of ``lever`` ("updates_4x+cosine" -> both); ValueError names an unknown one."""
     parts = lever.split("+")
     unknown = [x for x in parts if x not in LEVERS]
-    if unknown or len(set(parts)) != len(parts) or sum(x in COEFFICIENTS for x in parts) > 1:
+    one_of = (COEFFICIENTS, [x for x in LEVERS if x.startswith("steps_")],
+              [x for x in LEVERS if x.startswith("updates_")])
+    if unknown or len(set(parts)) != len(parts) or any(sum(x in group for x in parts) > 1 for group in one_of):
         raise ValueError(f"unknown or conflicting lever {lever!r}: join distinct names of {', '.join(LEVERS)} "
-                         "with '+' (at most one coefficient lever)")
+                         "with '+' (at most one coefficient, step count and update count)")
     return parts
 
 
 def lever_label(lever: str) -> str:
-    return " + ".join(LEVERS[x] for x in lever_parts(lever))
+    """A lever's row name: "RealUID k = 1, 4x generator updates (1600) + cosine decay ..."."""
+    parts = lever_parts(lever)
+    k = next((int(x.removeprefix("steps_")) for x in parts if x.startswith("steps_")), 1)
+    return f"RealUID k = {k}, " + " + ".join(LEVERS[x] for x in parts if not x.startswith("steps_"))
 
 
 SCATTER_POINTS = 2000
@@ -120,7 +129,7 @@ class Settings:
     n_pairs: int
     teacher_steps: int
     datasets: tuple[str, ...] = DATASETS
-    levers: tuple[str, ...] = tuple(LEVERS) + COMBINATIONS
+    levers: tuple[str, ...] = DEFAULT_LEVERS
     lever_datasets: tuple[str, ...] = ("spiral",)
     every_set_levers: tuple[str, ...] = EVERY_SET_LEVERS  # on every data set, the lever data sets' too
 
@@ -264,6 +273,9 @@ def _both_optims(cfg, **changes):
 def _apply_lever(cfg, lever: str):
     """``cfg`` with one lever of :data:`LEVERS` applied; the levers that change the fake model, the family
     or the coefficients leave it as it is (run_student applies them)."""
+    if lever.startswith("steps_"):
+        k = int(lever.removeprefix("steps_"))
+        return dataclasses.replace(cfg, generator_steps=k, generator_times=K_STEP_TIMES[k])
     if lever.startswith("updates_"):
         steps = int(lever.removeprefix("updates_").removesuffix("x")) * cfg.steps
         return dataclasses.replace(cfg, steps=steps, checkpoint_every_steps=steps)
@@ -351,7 +363,7 @@ LABELS = {
 
 def label(method: str) -> str:
     """A table row's name: LABELS, or a lever's (single or joined)."""
-    return LABELS.get(method) or f"RealUID k = 1, {lever_label(method.removeprefix('realuid_'))}"
+    return LABELS.get(method) or lever_label(method.removeprefix("realuid_"))
 METRICS = ("sw2", "knn_precision", "knn_recall")
 
 
@@ -584,7 +596,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/capacity_control", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="full", help=argparse.SUPPRESS)
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
-    p.add_argument("--levers", nargs="*", type=_lever, default=list(LEVERS) + list(COMBINATIONS), metavar="LEVER",
+    p.add_argument("--levers", nargs="*", type=_lever, default=list(DEFAULT_LEVERS), metavar="LEVER",
                    help=f"RealUID levers measured on the spiral, single or joined with '+' (updates_4x+cosine); "
                         f"none: --levers with no names. Single levers: {', '.join(LEVERS)}")
     p.add_argument("--every-set-levers", nargs="*", type=_lever, default=list(EVERY_SET_LEVERS), metavar="LEVER",

@@ -51,7 +51,8 @@ PRESETS = {
                       "features.steps=5", "distill.batch_size=16", "distill.generator_optim.warmup_steps=1",
                       "distill.fake_optim.warmup_steps=1"],
              "options": ["--steps", "2", "--eval-every", "2", "--eval-samples", "200", "--samples", "50",
-                         "--nfe", "3", "--ks", "1", "2", "--ws", "2", "--guide-fake", "--seeds", "0", "1", "--workers", "1"]},
+                         "--nfe", "3", "--ks", "1", "2", "--ws", "2", "--guide-fake", "--seeds", "0", "1",
+                         "--workers", "1"]},
 }
 
 
