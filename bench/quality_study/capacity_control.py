@@ -254,11 +254,8 @@ def student_config(cfg: Settings, variant: str, seed: int):
     """The DistillConfig of a RealUID ``variant``: ``k1``, ``k2``, ``k4``, or a lever of :data:`LEVERS`
     (single, or joined with "+")."""
     base = dataclasses.replace(cfg.study.toy.distill, seed=seed)
-    if variant in ("k2", "k4"):
-        k = int(variant[1:])
-        return dataclasses.replace(base, generator_steps=k, generator_times=K_STEP_TIMES[k])
-    if variant == "k1":
-        return base
+    if variant in ("k1", "k2", "k4"):
+        return base if variant == "k1" else _apply_lever(base, f"steps_{variant[1:]}")
     out = base
     for part in lever_parts(variant):
         out = _apply_lever(out, part)
